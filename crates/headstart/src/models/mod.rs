@@ -94,8 +94,11 @@ impl Model {
 }
 
 pub fn unknown_model(name: &str) -> Error {
-    let names: Vec<&str> = registry::ENTRIES.iter().map(|e| e.name).collect();
-    let near = crate::weights::report::nearest(name, &names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // Compare against the short names too (`mobilenet_v2` for `mobilenet_v2.tv_in1k`).
+    let short: Vec<String> = registry::ENTRIES.iter().map(|e| e.name.split('.').next().unwrap_or(e.name).to_string()).collect();
+    let near = crate::weights::report::nearest(name.split('.').next().unwrap_or(name), &short)
+        .and_then(|s| registry::ENTRIES.iter().find(|e| e.name.starts_with(&format!("{s}."))))
+        .map(|e| e.name);
     Error::Model(format!(
         "unknown model `{name}`{}; `headstart models` lists them",
         near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()

@@ -63,7 +63,7 @@ pub fn build(cfg: &LiteCfg, p: &nn::Path, in_channels: i64, num_classes: Option<
     for (si, &(repeats, k, s, e, c)) in STAGES.iter().enumerate() {
         // Lite keeps the first and last stage at one block whatever the depth multiplier.
         let n = if si == 0 || si == STAGES.len() - 1 { repeats } else { (repeats as f64 * cfg.depth).ceil() as i64 };
-        let cout = if si == 0 { c } else { round_filters(c, cfg.width) };
+        let cout = round_filters(c, cfg.width);
         let mut prefixes = vec![];
         for i in 0..n {
             let idx = blocks.len() as i64;

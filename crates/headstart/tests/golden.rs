@@ -1,0 +1,68 @@
+//! Golden parity: tiny random-weight models in the upstream layouts, outputs from
+//! torchvision / PyTorch (tests/fixtures/make_fixtures.py), compared in fp32.
+
+use std::path::PathBuf;
+
+use headstart::models::vision::efficientnet::LiteCfg;
+use headstart::models::vision::mobilenet::MobileNetV2Cfg;
+use headstart::models::vision::resnet::ResNetCfg;
+use headstart::models::vision::Arch;
+use headstart::models::{Mode, Model};
+use headstart::weights::report::{load_into, LoadPlan};
+use headstart::weights::{Format, Weights};
+use tch::Tensor;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a - b).abs().max().double_value(&[])
+}
+
+fn check(arch: Arch, weights: &str, format: Format, golden: &str, classes: i64) {
+    let w = Weights::open(fixture(weights)).unwrap();
+    assert_eq!(w.files()[0].format(), format);
+    let m = Model::build(&arch, 3, Some(classes)).unwrap();
+    let report = load_into(&m.vs, &w, &LoadPlan::default()).unwrap();
+    report.require_complete().unwrap();
+    assert!(report.unexpected.is_empty(), "unexpected: {:?}", report.unexpected);
+    assert!(report.dropped.is_empty() && report.adapted.is_empty());
+    let g = Weights::open(fixture(golden)).unwrap();
+    let x = g.tensor("input").unwrap();
+    let (feats, pooled, logits) = tch::no_grad(|| {
+        let f = m.backbone.forward_features(&x, Mode::Eval);
+        let p = m.backbone.pool(&f);
+        (f, p, m.forward(&x, Mode::Eval).unwrap())
+    });
+    for (name, got) in [("features", &feats), ("pooled", &pooled), ("logits", &logits)] {
+        let want = g.tensor(name).unwrap();
+        let d = max_diff(got, &want);
+        assert!(d < 1e-4, "{golden} {name}: max abs diff {d}");
+    }
+    assert_eq!(m.backbone.num_features(), pooled.size()[1]);
+}
+
+#[test]
+fn mobilenet_v2_matches_torchvision() {
+    check(Arch::MobileNetV2(MobileNetV2Cfg { width_mult: 0.25 }), "mobilenet_v2_tiny.pth", Format::TorchZip, "mobilenet_v2_tiny.golden.safetensors", 10);
+}
+
+#[test]
+fn resnet_basic_matches_torchvision() {
+    let cfg = ResNetCfg { bottleneck: false, layers: [1, 1, 1, 1], widths: [8, 16, 24, 32] };
+    check(Arch::ResNet(cfg), "resnet_basic_tiny.pth", Format::TorchLegacy, "resnet_basic_tiny.golden.safetensors", 10);
+}
+
+#[test]
+fn resnet_bottleneck_matches_torchvision() {
+    let cfg = ResNetCfg { bottleneck: true, layers: [1, 2, 1, 1], widths: [8, 8, 16, 16] };
+    check(Arch::ResNet(cfg), "resnet_bottleneck_tiny.safetensors", Format::Safetensors, "resnet_bottleneck_tiny.golden.safetensors", 7);
+}
+
+#[test]
+fn efficientnet_lite_matches_reference() {
+    let cfg = LiteCfg { width: 0.25, depth: 1.0, dropout: 0.2, drop_connect: 0.2 };
+    check(Arch::EfficientNetLite(cfg), "efficientnet_lite_tiny.safetensors", Format::Safetensors, "efficientnet_lite_tiny.golden.safetensors", 10);
+}
