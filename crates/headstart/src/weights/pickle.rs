@@ -21,17 +21,20 @@ pub struct Limits {
     pub max_str: usize,
     /// Node visits allowed when walking the result (defends against shared-reference bombs).
     pub max_nodes: usize,
+    /// Estimated bytes of the object graph (containers, strings, memo entries).
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_memo: 1 << 20,
-            max_stack: 1 << 20,
+            max_memo: 1 << 18,
+            max_stack: 1 << 18,
             max_marks: 1_000,
             max_ops: 50_000_000,
             max_str: 1 << 26,
-            max_nodes: 10_000_000,
+            max_nodes: 1_000_000,
+            max_bytes: 24 << 20,
         }
     }
 }
@@ -73,11 +76,11 @@ pub enum Value {
     Float(f64),
     Str(Rc<str>),
     Bytes(Rc<[u8]>),
-    Tuple(Rc<Vec<Value>>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Tuple(Rc<Items>),
+    List(Rc<RefCell<Items>>),
+    Dict(Rc<RefCell<Pairs>>),
     Global(Global),
-    Storage(StorageRef),
+    Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
     /// A persistent id that is not a torch storage: kept so the error can say so.
     OtherPid,
@@ -154,10 +157,84 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
     })
 }
 
+/// Elements of a tuple or list. Dropping them never recurses: a hostile file can nest
+/// containers hundreds of thousands deep, and a recursive drop would overflow the stack.
+#[derive(Debug, Clone, Default)]
+pub struct Items(pub Vec<Value>);
+
+/// Entries of a dict; dropped without recursion like [`Items`].
+#[derive(Debug, Clone, Default)]
+pub struct Pairs(pub Vec<(Value, Value)>);
+
+impl std::ops::Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.0
+    }
+}
+impl std::ops::DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.0
+    }
+}
+impl std::ops::Deref for Pairs {
+    type Target = Vec<(Value, Value)>;
+    fn deref(&self) -> &Vec<(Value, Value)> {
+        &self.0
+    }
+}
+impl std::ops::DerefMut for Pairs {
+    fn deref_mut(&mut self) -> &mut Vec<(Value, Value)> {
+        &mut self.0
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            dispose(std::mem::take(&mut self.0));
+        }
+    }
+}
+impl Drop for Pairs {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            dispose(self.0.drain(..).flat_map(|(k, v)| [k, v]).collect());
+        }
+    }
+}
+
+/// Frees values with a work list: a container whose last owner we hold is emptied into the
+/// list before it is freed, so each drop stays shallow.
+fn dispose(mut work: Vec<Value>) {
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(rc) => {
+                if let Ok(mut items) = Rc::try_unwrap(rc) {
+                    work.append(&mut items.0)
+                }
+            }
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.append(&mut cell.into_inner().0)
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    for (k, v) in cell.into_inner().0.drain(..) {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Unpickles one pickle starting at `data[0]`. Returns the value and the bytes consumed.
 pub fn load(data: &[u8], limits: &Limits) -> R<(Value, usize)> {
-    Machine { data, pos: 0, limits, stack: vec![], marks: vec![], memo: HashMap::new(), ops: 0 }
-        .run()
+    Machine { data, pos: 0, limits, stack: vec![], marks: vec![], memo: HashMap::new(), ops: 0, bytes: 0 }.run()
 }
 
 struct Machine<'a> {
@@ -168,6 +245,7 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     ops: usize,
+    bytes: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -215,7 +293,25 @@ impl<'a> Machine<'a> {
             Err(_) => self.err(at, "string is not UTF-8"),
         }
     }
+    /// Accounts for memory the object graph is about to hold; refuses past the cap.
+    fn charge(&mut self, bytes: usize, at: usize) -> R<()> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.max_bytes {
+            return self.err(at, format!("object graph exceeds the {} MiB cap (memory bomb?)", self.limits.max_bytes >> 20));
+        }
+        Ok(())
+    }
     fn push(&mut self, v: Value, at: usize) -> R<()> {
+        let cost = match &v {
+            Value::Tuple(t) => 128 + 32 * t.len(),
+            Value::List(l) => 128 + 32 * l.borrow().len(),
+            Value::Dict(d) => 128 + 64 * d.borrow().len(),
+            Value::Str(s) => 32 + s.len(),
+            Value::Bytes(b) | Value::BigInt(b) => 32 + b.len(),
+            Value::Storage(_) | Value::Tensor(_) => 128,
+            _ => 0,
+        };
+        self.charge(cost, at)?;
         if self.stack.len() >= self.limits.max_stack {
             return self.err(at, "stack depth cap exceeded");
         }
@@ -242,6 +338,7 @@ impl<'a> Machine<'a> {
     }
     fn memo_put(&mut self, idx: u32, at: usize) -> R<()> {
         let v = self.top(at)?.clone();
+        self.charge(48, at)?;
         if self.memo.len() >= self.limits.max_memo && !self.memo.contains_key(&idx) {
             return self.err(at, format!("memo cap of {} entries exceeded", self.limits.max_memo));
         }
@@ -378,10 +475,10 @@ impl<'a> Machine<'a> {
                     let b = self.sized(n, at)?;
                     self.push(Value::Bytes(b.into()), at)?
                 }
-                b')' => self.push(Value::Tuple(Rc::new(vec![])), at)?,
+                b')' => self.push(Value::Tuple(Rc::new(Items::default())), at)?,
                 b't' => {
                     let items = self.pop_mark(at)?;
-                    self.push(Value::Tuple(Rc::new(items)), at)?
+                    self.push(Value::Tuple(Rc::new(Items(items))), at)?
                 }
                 0x85 | 0x86 | 0x87 => {
                     let n = (op - 0x84) as usize;
@@ -390,14 +487,15 @@ impl<'a> Machine<'a> {
                         items.push(self.pop(at)?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(Rc::new(items)), at)?
+                    self.push(Value::Tuple(Rc::new(Items(items))), at)?
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(vec![]))), at)?,
+                b']' => self.push(Value::List(Rc::new(RefCell::new(Default::default()))), at)?,
                 b'l' => {
                     let items = self.pop_mark(at)?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))), at)?
+                    self.push(Value::List(Rc::new(RefCell::new(Items(items)))), at)?
                 }
                 b'a' => {
+                    self.charge(32, at)?;
                     let v = self.pop(at)?;
                     match self.top(at)? {
                         Value::List(l) => l.borrow_mut().push(v),
@@ -409,6 +507,7 @@ impl<'a> Machine<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark(at)?;
+                    self.charge(32 * items.len(), at)?;
                     match self.top(at)? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         other => {
@@ -417,11 +516,11 @@ impl<'a> Machine<'a> {
                         }
                     }
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(vec![]))), at)?,
+                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Default::default()))), at)?,
                 b'd' => {
                     let items = self.pop_mark(at)?;
                     let pairs = pairs(items).or_else(|m| self.err(at, m))?;
-                    self.push(Value::Dict(Rc::new(RefCell::new(pairs))), at)?
+                    self.push(Value::Dict(Rc::new(RefCell::new(Pairs(pairs)))), at)?
                 }
                 b's' => {
                     let v = self.pop(at)?;
@@ -433,9 +532,10 @@ impl<'a> Machine<'a> {
                     let p = pairs(items).or_else(|m| self.err(at, m))?;
                     self.set_items(p, at)?
                 }
-                0x8f => self.push(Value::List(Rc::new(RefCell::new(vec![]))), at)?, // EMPTY_SET
+                0x8f => self.push(Value::List(Rc::new(RefCell::new(Default::default()))), at)?, // EMPTY_SET
                 0x90 => {
                     let items = self.pop_mark(at)?;
+                    self.charge(32 * items.len(), at)?;
                     match self.top(at)? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         _ => return self.err(at, "ADDITEMS to a non-set"),
@@ -443,7 +543,7 @@ impl<'a> Machine<'a> {
                 }
                 0x91 => {
                     let items = self.pop_mark(at)?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))), at)?
+                    self.push(Value::List(Rc::new(RefCell::new(Items(items)))), at)?
                 }
                 b'p' => {
                     let s = self.line(at)?;
@@ -525,6 +625,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<(Value, Value)>, at: usize) -> R<()> {
+        self.charge(64 * items.len(), at)?;
         match self.top(at)? {
             Value::Dict(d) => {
                 d.borrow_mut().extend(items);
@@ -551,7 +652,7 @@ impl<'a> Machine<'a> {
         let Value::Tuple(args) = args else { return self.err(at, "REDUCE arguments are not a tuple") };
         let Value::Global(g) = f else { return self.err(at, format!("REDUCE on a {}", f.kind())) };
         match g {
-            Global::OrderedDict => Ok(Value::Dict(Rc::new(RefCell::new(vec![])))),
+            Global::OrderedDict => Ok(Value::Dict(Rc::new(RefCell::new(Default::default())))),
             Global::RebuildTensorV2 | Global::RebuildTensor => {
                 if args.len() < 4 {
                     return self.err(at, "_rebuild_tensor needs (storage, offset, size, stride)");
@@ -564,7 +665,7 @@ impl<'a> Machine<'a> {
                 let stride = int_list(&args[3]);
                 match (offset, shape, stride) {
                     (Some(offset), Some(shape), Some(stride)) if shape.len() == stride.len() => {
-                        Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), offset: offset as u64, shape, stride })))
+                        Ok(Value::Tensor(Rc::new(TensorRef { storage: (**storage).clone(), offset: offset as u64, shape, stride })))
                     }
                     _ => self.err(at, "tensor offset/size/stride are malformed"),
                 }
@@ -614,7 +715,7 @@ fn persistent(pid: &Value) -> Result<Value, String> {
         other => return Err(format!("storage key is a {}", other.kind())),
     };
     let numel = t[4].as_int().filter(|&n| n >= 0).ok_or("storage size is not a non-negative int")?;
-    Ok(Value::Storage(StorageRef { key, dtype, numel: numel as u64 }))
+    Ok(Value::Storage(Rc::new(StorageRef { key, dtype, numel: numel as u64 })))
 }
 
 /// Walks a loaded object and collects `name → tensor` pairs. Accepts a plain state dict, or a
@@ -624,18 +725,12 @@ pub fn collect_tensors(root: &Value, limits: &Limits) -> Result<Vec<(String, Ten
     let Value::Dict(d) = root else {
         return Err(format!("top-level object is a {}, expected a state dict", root.kind()));
     };
-    for wrapper in ["state_dict", "model_state_dict", "model", "module"] {
-        for (k, v) in d.borrow().iter() {
-            if k.as_str() == Some(wrapper) {
-                if let Value::Dict(_) = v {
-                    return collect_tensors(v, limits);
-                }
-            }
-        }
-    }
+    let wrapped = ["state_dict", "model_state_dict", "model", "module"].iter().find_map(|w| {
+        d.borrow().iter().find_map(|(k, v)| (k.as_str() == Some(w) && matches!(v, Value::Dict(_))).then(|| v.clone()))
+    });
     let mut out = vec![];
     let mut budget = limits.max_nodes;
-    walk(root, "", &mut out, &mut budget, 0)?;
+    walk(wrapped.as_ref().unwrap_or(root), "", &mut out, &mut budget, 0)?;
     Ok(out)
 }
 

@@ -64,8 +64,8 @@ pub(super) fn read_legacy(wf: &mut WeightFile) -> Result<()> {
     let mut pos = 0usize;
     let (magic, n) = unpickle(wf, data, pos, "magic number")?;
     pos += n;
-    match magic {
-        Value::BigInt(b) if *b == LEGACY_MAGIC => {}
+    match &magic {
+        Value::BigInt(b) if **b == LEGACY_MAGIC => {}
         _ => return Err(bad(&wf.path, "not a PyTorch legacy checkpoint (wrong magic number)")),
     }
     let (proto, n) = unpickle(wf, &data[pos..], pos, "protocol version")?;
@@ -78,9 +78,10 @@ pub(super) fn read_legacy(wf: &mut WeightFile) -> Result<()> {
     let (root, n) = unpickle(wf, &data[pos..], pos, "state dict")?;
     pos += n;
     let tensors = pickle::collect_tensors(&root, &limits).map_err(|m| bad(&wf.path, m))?;
+    drop(root);
     let (keys, n) = unpickle(wf, &data[pos..], pos, "storage key list")?;
     pos += n;
-    let Value::List(keys) = keys else { return Err(bad(&wf.path, "storage key list is not a list")) };
+    let Value::List(keys) = &keys else { return Err(bad(&wf.path, "storage key list is not a list")) };
     let refs = storage_refs(wf, &tensors)?;
     let mut storages = HashMap::new();
     for k in keys.borrow().iter() {
@@ -140,6 +141,7 @@ pub(super) fn read_zip(wf: &mut WeightFile) -> Result<()> {
     };
     let (root, _) = pickle::load(&pkl_bytes, &limits).map_err(|e| bad(&wf.path, format!("{pkl}: {e}")))?;
     let tensors = pickle::collect_tensors(&root, &limits).map_err(|m| bad(&wf.path, m))?;
+    drop(root);
     let refs = storage_refs(wf, &tensors)?;
     let mut storages = HashMap::new();
     for (key, r) in refs {
