@@ -7,7 +7,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::registry::ImageInput;
+use crate::models::registry::{ImageInput, Interpolation, ResizeMode};
 
 /// Images larger than this many pixels are refused before decoding.
 pub const MAX_PIXELS: u64 = 100_000_000;
@@ -31,14 +31,28 @@ pub fn load_rgb(path: &Path) -> Result<Tensor> {
     Ok(t.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
 }
 
-/// Resize (shorter side to `input.resize()`), centre crop to `input.size`, normalise.
+/// Resize (shorter side to `input.resize()`, or straight to the input size), centre crop to
+/// `input.size`, normalise.
 pub fn prepare(img: &Tensor, input: &ImageInput) -> Result<Tensor> {
     let size = img.size();
     let (h, w) = (size[1], size[2]);
-    let r = input.resize();
-    let (nh, nw) = if h <= w { (r, (r as f64 * w as f64 / h as f64) as i64) } else { ((r as f64 * h as f64 / w as f64) as i64, r) };
-    let resized = img.unsqueeze(0).f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?;
     let c = input.size;
+    let (nh, nw) = match input.resize_mode {
+        ResizeMode::Squash => (c, c),
+        ResizeMode::ShorterSideThenCrop => {
+            let r = input.resize();
+            if h <= w {
+                (r, (r as f64 * w as f64 / h as f64) as i64)
+            } else {
+                ((r as f64 * h as f64 / w as f64) as i64, r)
+            }
+        }
+    };
+    let batch = img.unsqueeze(0);
+    let resized = match input.interpolation {
+        Interpolation::Bilinear => batch.f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?,
+        Interpolation::Bicubic => batch.f_internal_upsample_bicubic2d_aa([nh, nw], false, None, None)?,
+    };
     let top = ((nh - c) as f64 / 2.0).round() as i64;
     let left = ((nw - c) as f64 / 2.0).round() as i64;
     let cropped = resized.narrow(2, top, c).narrow(3, left, c).squeeze_dim(0);

@@ -30,8 +30,14 @@ fn every_registry_entry_honours_the_backbone_contract() {
             let x = Tensor::randn([2, in_ch, 64, 64], tch::kind::FLOAT_CPU);
             for mode in [Mode::Train, Mode::Eval] {
                 let f = m.backbone.forward_features(&x, mode);
+                // [B, C, H, W] or [B, T, D]
+                let channels = match f.dim() {
+                    4 => f.size()[1],
+                    3 => f.size()[2],
+                    d => panic!("{}: features have {d} dimensions", entry.name),
+                };
                 assert_eq!(f.size()[0], 2);
-                assert_eq!(f.size()[1], m.backbone.num_features(), "{}", entry.name);
+                assert_eq!(channels, m.backbone.num_features(), "{}", entry.name);
                 let p = m.backbone.pool(&f);
                 assert_eq!(p.size(), vec![2, m.backbone.num_features()]);
                 let y = m.forward(&x, mode).unwrap();

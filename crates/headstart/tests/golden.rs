@@ -66,3 +66,51 @@ fn efficientnet_lite_matches_reference() {
     let cfg = LiteCfg { width: 0.25, depth: 1.0, dropout: 0.2, drop_connect: 0.2 };
     check(Arch::EfficientNetLite(cfg), "efficientnet_lite_tiny.safetensors", Format::Safetensors, "efficientnet_lite_tiny.golden.safetensors", 10);
 }
+
+/// An HF classification directory: `config.json` sizes the registry architecture, the `vit.` /
+/// `convnext.` prefix is stripped, the tiny 3-way classifier loads as the head.
+fn hf_model(entry: &str, dir: &str) -> (Model, headstart::weights::LoadReport) {
+    let entry = headstart::models::registry::find(entry).unwrap();
+    let dir = fixture(dir);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let arch = entry.arch.with_hf_config(&config).unwrap();
+    let w = Weights::open(&dir).unwrap();
+    let m = Model::build(&arch, 3, Some(3)).unwrap();
+    let plan = LoadPlan {
+        strip_prefixes: entry.strip_prefixes.iter().map(|s| s.to_string()).collect(),
+        unused: entry.unused.iter().map(|(p, w)| (p.to_string(), w.to_string())).collect(),
+        ..Default::default()
+    };
+    let report = load_into(&m.vs, &w, &plan).unwrap();
+    report.require_complete().unwrap();
+    assert!(report.unexpected.is_empty(), "unexpected: {:?}", report.unexpected);
+    (m, report)
+}
+
+fn compare(m: &Model, g: &Weights, suffix: &str, what: &str) {
+    let x = g.tensor(&format!("input{suffix}")).unwrap();
+    let (f, p, l) = tch::no_grad(|| {
+        let f = m.backbone.forward_features(&x, Mode::Eval);
+        let p = m.backbone.pool(&f);
+        (f, p, m.forward(&x, Mode::Eval).unwrap())
+    });
+    for (name, got) in [("features", &f), ("pooled", &p), ("logits", &l)] {
+        let d = max_diff(got, &g.tensor(&format!("{name}{suffix}")).unwrap());
+        assert!(d < 1e-4, "{what} {name}{suffix}: max abs diff {d}");
+    }
+}
+
+#[test]
+fn vit_matches_transformers_including_resized_position_embeddings() {
+    let (m, _) = hf_model("vit_base_patch16_224", "vit_tiny");
+    let g = Weights::open(fixture("vit_tiny.golden.safetensors")).unwrap();
+    compare(&m, &g, "_32", "vit");
+    compare(&m, &g, "_48", "vit");
+}
+
+#[test]
+fn convnext_matches_transformers() {
+    let (m, _) = hf_model("convnext_tiny_224", "convnext_tiny");
+    let g = Weights::open(fixture("convnext_tiny.golden.safetensors")).unwrap();
+    compare(&m, &g, "", "convnext");
+}

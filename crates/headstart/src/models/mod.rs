@@ -116,9 +116,15 @@ pub fn pretrained(
     in_channels: i64,
     num_classes: Option<i64>,
 ) -> Result<(Model, crate::weights::LoadReport)> {
-    let model = Model::build(&entry.arch, in_channels, Some(num_classes.unwrap_or(entry.num_classes)))?;
+    let arch = match hf_config(weights)? {
+        Some(config) => entry.arch.with_hf_config(&config).map_err(|e| Error::Model(format!("{}: {e}", weights.source.display())))?,
+        None => entry.arch.clone(),
+    };
+    let model = Model::build(&arch, in_channels, Some(num_classes.unwrap_or(entry.num_classes)))?;
     let mut plan = crate::weights::report::LoadPlan {
         first_conv: Some(entry.first_conv.to_string()),
+        strip_prefixes: entry.strip_prefixes.iter().map(|s| s.to_string()).collect(),
+        unused: entry.unused.iter().map(|(p, w)| (p.to_string(), w.to_string())).collect(),
         ..Default::default()
     };
     if num_classes.is_some() {
@@ -127,4 +133,14 @@ pub fn pretrained(
     }
     let report = crate::weights::report::load_into(&model.vs, weights, &plan)?;
     Ok((model, report))
+}
+
+/// The `config.json` beside HF-directory weights, if any.
+fn hf_config(weights: &crate::weights::Weights) -> Result<Option<serde_json::Value>> {
+    let p = weights.source.join("config.json");
+    if !weights.source.is_dir() || !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::input(&p, format!("invalid JSON: {e}")))
 }

