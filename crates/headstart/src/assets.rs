@@ -38,9 +38,13 @@ pub fn resolve_weights(entry: &Entry) -> Result<PathBuf> {
             }
         }
         WeightSource::Hub { repo, revision, file } => {
-            let snap = hub::resolve_snapshot(&hub::cache_dir(), repo, revision).map_err(|e| {
-                Error::Model(format!("weights for {}: {e}; download {repo} into the hub cache, or pass --weights PATH", entry.name))
-            })?;
+            let cache = hub::cache_dir();
+            let snap = match hub::resolve_snapshot(&cache, repo, revision) {
+                Ok(s) => s,
+                Err(_) => hub::download(&cache, repo, revision, None).map_err(|e| {
+                    Error::Model(format!("weights for {}: {e}; put {repo} in the hub cache ({}) or pass --weights PATH", entry.name, cache.display()))
+                })?,
+            };
             Ok(snap.join(file))
         }
     }

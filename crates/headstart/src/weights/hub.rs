@@ -55,3 +55,72 @@ pub fn resolve_snapshot(cache: &Path, repo_id: &str, revision: &str) -> Result<P
     }
     Ok(snap)
 }
+
+/// Whether downloads are disabled (`HF_HUB_OFFLINE=1`).
+pub fn offline() -> bool {
+    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
+}
+
+/// The files of a model repository that a load needs: `config.json` and the weights, preferring
+/// safetensors (single or sharded) over `pytorch_model.bin`.
+pub fn weight_files(listing: &[String], index: impl Fn(&str) -> Result<Vec<String>>) -> Result<Vec<String>> {
+    let has = |f: &str| listing.iter().any(|x| x == f);
+    let mut files = vec![];
+    if has("config.json") {
+        files.push("config.json".to_string());
+    }
+    for (index_name, single) in [("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")] {
+        if has(index_name) {
+            files.push(index_name.to_string());
+            let mut shards = index(index_name)?;
+            shards.sort();
+            shards.dedup();
+            files.extend(shards);
+            return Ok(files);
+        }
+        if has(single) {
+            files.push(single.to_string());
+            return Ok(files);
+        }
+    }
+    Err(Error::Model("the repository has no model.safetensors, pytorch_model.bin or sharded index".into()))
+}
+
+/// Downloads `repo_id` at `revision` into the hub cache `cache` (the layout `huggingface_hub`
+/// uses) from `endpoint` (default: `$HF_ENDPOINT`, else the public hub), and returns the
+/// snapshot directory. Files already in the cache are not fetched again.
+pub fn download(cache: &Path, repo_id: &str, revision: &str, endpoint: Option<&str>) -> Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+    if !valid_repo_id(repo_id) {
+        return Err(Error::Model(format!("`{repo_id}` is not a valid hub repo id (expected org/name)")));
+    }
+    if offline() {
+        return Err(Error::Model(format!("{repo_id}@{revision} is not in the hub cache and HF_HUB_OFFLINE is set")));
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Model(format!("downloading {repo_id}@{revision}: {what}: {e}"));
+    let mut builder = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).with_progress(false);
+    if let Some(ep) = endpoint {
+        builder = builder.with_endpoint(ep.trim_end_matches('/').to_string());
+    }
+    let api = builder.build().map_err(|e| fail("client", &e))?;
+    let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));
+    let info = repo.info().map_err(|e| fail("listing files", &e))?;
+    let listing: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let files = weight_files(&listing, |index_name| {
+        let p = repo.get(index_name).map_err(|e| fail(index_name, &e))?;
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&p, format!("invalid JSON: {e}")))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::input(&p, "missing `weight_map`"))?;
+        Ok(map.values().filter_map(|f| f.as_str().map(str::to_string)).collect())
+    })?;
+    let mut snapshot = None;
+    for f in &files {
+        if f.contains("..") || f.starts_with('/') {
+            return Err(fail(f, &"file name escapes the repository"));
+        }
+        let p = repo.get(f).map_err(|e| fail(f, &e))?;
+        snapshot = p.parent().map(Path::to_path_buf);
+    }
+    snapshot.ok_or_else(|| fail("listing files", &"nothing to download"))
+}
