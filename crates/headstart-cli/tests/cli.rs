@@ -1,0 +1,111 @@
+//! The real binary, run as a user would.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn headstart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_headstart")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn models_lists_the_registry_as_table_and_json() {
+    let o = headstart(&["models"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["mobilenet_v2.tv_in1k", "efficientnet_lite0.in1k", "resnet50.tv_in1k", "vit_base_patch16_224", "convnext_tiny_224.fb_in1k"] {
+        assert!(stdout(&o).contains(name), "{name} missing from:\n{}", stdout(&o));
+    }
+    let o = headstart(&["models", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), headstart::models::registry::ENTRIES.len());
+    let mb = entries.iter().find(|e| e["name"] == "mobilenet_v2.tv_in1k").unwrap();
+    assert_eq!(mb["input"]["size"], 224);
+    assert_eq!(mb["input"]["mean"][0], 0.485);
+    assert_eq!(mb["arch"]["family"], "mobilenet_v2");
+}
+
+#[test]
+fn inspect_weights_prints_every_tensor() {
+    let o = headstart(&["inspect", "weights", fixture("resnet_basic_tiny.pth").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("conv1.weight") && out.contains("[8, 3, 7, 7]") && out.contains("f32"), "{out}");
+    assert!(out.contains("TorchLegacy"), "{out}");
+    let o = headstart(&["inspect", "weights", "--json", fixture("vit_tiny").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.as_array().unwrap().iter().any(|t| t["name"] == "vit.embeddings.cls_token"));
+}
+
+#[test]
+fn convert_legacy_pth_to_safetensors_keeps_every_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w.safetensors");
+    let src = fixture("resnet_basic_tiny.pth");
+    let o = headstart(&["convert", src.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = headstart::weights::Weights::open(&src).unwrap();
+    let b = headstart::weights::Weights::open(&out).unwrap();
+    assert_eq!(b.files()[0].format(), headstart::weights::Format::Safetensors);
+    assert_eq!(a.names().len(), b.names().len());
+    for n in a.names() {
+        assert!(a.tensor(n).unwrap().equal(&b.tensor(n).unwrap()), "{n}");
+    }
+}
+
+#[test]
+fn inspect_load_reports_mismatches_and_fails() {
+    // Tiny MobileNetV2 weights into the full-size registry model: shapes differ.
+    let o = headstart(&["inspect", "load", "mobilenet_v2", "--weights", fixture("mobilenet_v2_tiny.pth").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("mismatch    features.0.0.weight"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("load incomplete"), "{}", stderr(&o));
+}
+
+#[test]
+fn inspect_load_with_new_head_and_grey_input() {
+    let o = headstart(&["inspect", "load", "efficientnet_lite0", "--num-classes", "10", "--in-channels", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["missing"].as_array().unwrap().len(), 0);
+    assert_eq!(v["dropped"].as_array().unwrap().len(), 2);
+    assert_eq!(v["adapted"][0]["name"], "_conv_stem.weight");
+    assert_eq!(v["initialised"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn classify_the_test_photos() {
+    let o = headstart(&["classify", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["results"][0]["top"][0]["class"], 285);
+    assert_eq!(v["results"][0]["top"][0]["label"], "Egyptian cat");
+    assert_eq!(v["results"][1]["top"][0]["class"], 967);
+    assert_eq!(v["results"][0]["top"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn errors_name_the_file_or_suggest_a_model() {
+    let o = headstart(&["inspect", "weights", "/nonexistent/w.pth"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/w.pth"), "{}", stderr(&o));
+    let o = headstart(&["classify", "--model", "mobilenet_v3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("did you mean `mobilenet_v2.tv_in1k`"), "{}", stderr(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let o = headstart(&["classify", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+}
