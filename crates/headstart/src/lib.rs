@@ -3,10 +3,16 @@
 //! The library does the work and prints nothing; the `headstart` binary is glue.
 
 pub mod assets;
+pub mod bundle;
+pub mod data;
 pub mod error;
+pub mod features;
 pub mod fsx;
+pub mod metrics;
 pub mod models;
 pub mod preprocess;
+pub mod progress;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

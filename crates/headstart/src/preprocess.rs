@@ -14,20 +14,34 @@ pub const MAX_PIXELS: u64 = 100_000_000;
 
 /// Decodes an image file to an RGB float tensor `[3, H, W]` in [0, 1].
 pub fn load_rgb(path: &Path) -> Result<Tensor> {
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| Error::input(path, format!("cannot read image header: {e}")))?;
-    if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(Error::input(path, format!("{w}×{h} image exceeds the {MAX_PIXELS}-pixel cap")));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(&bytes).map_err(|m| Error::input(path, m))
+}
+
+/// Decodes image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF first frame) to RGB `[3, H, W]` in
+/// [0, 1]: EXIF orientation applied; grey, palette, 16-bit and alpha converted as PIL's
+/// `convert("RGB")` does. The pixel count is checked from the header before decoding.
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Tensor, String> {
+    use image::ImageDecoder;
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string());
+    let r = reader()?;
+    if r.format().is_none() {
+        return Err("unsupported or unrecognised image format".into());
     }
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    let t = Tensor::f_from_data_size(img.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8)?;
+    let (w, h) = r.into_dimensions().map_err(|e| format!("cannot read image header: {e}"))?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(format!("{w}×{h} image exceeds the {MAX_PIXELS}-pixel cap"));
+    }
+    if w == 0 || h == 0 {
+        return Err("image has no pixels".into());
+    }
+    let mut decoder = reader()?.into_decoder().map_err(|e| format!("cannot decode image: {e}"))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode image: {e}"))?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let t = Tensor::f_from_data_size(rgb.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8).map_err(|e| e.to_string())?;
     Ok(t.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
 }
 

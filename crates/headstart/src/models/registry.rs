@@ -1,7 +1,7 @@
 //! The static registry of pre-trained configurations (timm's `pretrained_cfg`): what a weight
 //! file implies, preprocessing included.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::vision::convnext::ConvNextCfg;
 use super::vision::efficientnet::LiteCfg;
@@ -16,14 +16,14 @@ pub enum Modality {
     Image,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interpolation {
     Bilinear,
     Bicubic,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeMode {
     /// Resize the shorter side to `size / crop_pct`, then centre-crop `size` (torchvision, timm).
@@ -33,7 +33,7 @@ pub enum ResizeMode {
 }
 
 /// How images must be prepared for this model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageInput {
     /// Side of the square input after the centre crop.
     pub size: i64,

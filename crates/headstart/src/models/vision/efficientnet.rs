@@ -4,14 +4,14 @@
 //! BatchNorm eps 1e-3. Variable names follow the `_conv_stem`/`_blocks.{i}`/`_fc` layout of
 //! the widely used PyTorch port, which the packaged Lite weights use.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
 use super::{global_avg_pool, linear_head, relu6, ConvBn, ConvSpec};
 use crate::models::{Backbone, Head, Mode, Stage};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiteCfg {
     pub width: f64,
     pub depth: f64,

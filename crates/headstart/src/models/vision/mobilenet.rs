@@ -1,14 +1,14 @@
 //! MobileNetV2 (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
 //! 2018), laid out as torchvision's `mobilenet_v2`: `features.{i}` and `classifier.1`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
 use super::{global_avg_pool, linear_head, relu6, ConvBn, ConvSpec};
 use crate::models::{Backbone, Head, Mode, Stage};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MobileNetV2Cfg {
     pub width_mult: f64,
 }

@@ -7,7 +7,7 @@ pub mod mobilenet;
 pub mod resnet;
 pub mod vit;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -15,7 +15,7 @@ use super::{Backbone, Head};
 use crate::error::{Error, Result};
 
 /// An architecture and its size parameters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family")]
 pub enum Arch {
     #[serde(rename = "resnet")]

@@ -2,14 +2,14 @@
 //! torchvision's `resnet*` (v1.5: the stride of a bottleneck sits on its 3×3 conv):
 //! `conv1`, `bn1`, `layer1`..`layer4`, `fc`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
 use super::{global_avg_pool, linear_head, ConvBn, ConvSpec};
 use crate::models::{Backbone, Head, Mode, Stage};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResNetCfg {
     pub bottleneck: bool,
     pub layers: [i64; 4],

