@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use headstart::models::{self, registry, Mode};
+use headstart::run::{self, TrainRequest};
+use headstart::train::{ClassWeights, HeadKind, TrainConfig};
 use headstart::weights::{self, Weights};
+
+mod progress;
 
 #[derive(Parser)]
 #[command(name = "headstart", version, about = "Transfer learning with pre-trained models")]
@@ -19,6 +23,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a classifier head on frozen pre-trained features (feature extraction).
+    Train(TrainArgs),
+    /// Evaluate a bundle on a labelled image folder or CSV manifest.
+    Eval {
+        bundle: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Predict the classes of image files with a bundle.
+    Predict {
+        bundle: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List the registered pre-trained models.
     Models {
         #[arg(long)]
@@ -45,6 +77,101 @@ enum Command {
         json: bool,
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Progress output on stderr (default: bar on a terminal, else none).
+    #[arg(long, value_enum)]
+    progress: Option<progress::Mode>,
+    /// Feature cache directory (default: $HEADSTART_CACHE or ~/.cache/headstart).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl Common {
+    fn progress(&self) -> progress::Render {
+        progress::Render::new(self.progress.unwrap_or_else(progress::default_mode))
+    }
+    fn cache(&self) -> Option<PathBuf> {
+        (!self.no_cache).then(|| self.cache_dir.clone().unwrap_or_else(headstart::features::default_cache_root))
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HeadArg {
+    Logistic,
+    Linear,
+    Mlp,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Image folder (one sub-folder per class) or CSV manifest (`path,label`).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = registry::DEFAULT_MODEL)]
+    model: String,
+    /// Weight file or HF directory (default: the registry's source).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "logistic")]
+    head: HeadArg,
+    /// Maximum epochs (linear and MLP heads).
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Fraction of each class held out for validation (seeded, stratified).
+    #[arg(long, default_value_t = 0.2, conflicts_with = "val")]
+    val_split: f64,
+    /// A separate validation folder or manifest.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory: config, metrics.jsonl, errors.jsonl, bundle/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// AdamW weight decay (0: Adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Early stopping: epochs without validation-loss improvement.
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    #[arg(long, default_value_t = 512)]
+    hidden: i64,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// auto, none, balanced, or one weight per class (comma-separated, class order).
+    #[arg(long, default_value = "auto")]
+    class_weights: String,
+    /// Fixed L2 strength of the logistic head (default: chosen on the validation split).
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn class_weights(s: &str) -> Result<ClassWeights> {
+    Ok(match s {
+        "auto" => ClassWeights::Auto,
+        "none" => ClassWeights::None,
+        "balanced" => ClassWeights::Balanced,
+        list => ClassWeights::Manual(
+            list.split(',').map(|x| x.trim().parse::<f64>().with_context(|| format!("--class-weights: `{x}` is not a number"))).collect::<Result<_>>()?,
+        ),
+    })
 }
 
 #[derive(Subcommand)]
@@ -116,6 +243,98 @@ fn human(bytes: u64) -> String {
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
+        Command::Train(a) => {
+            let req = TrainRequest {
+                data: a.data.clone(),
+                val: a.val.clone(),
+                val_split: if a.val.is_some() { 0.0 } else { a.val_split },
+                model: a.model.clone(),
+                weights: a.weights.clone(),
+                out: a.out.clone(),
+                cache: a.common.cache(),
+                extract_batch_size: 32,
+                train: TrainConfig {
+                    head: match a.head {
+                        HeadArg::Logistic => HeadKind::Logistic,
+                        HeadArg::Linear => HeadKind::Linear,
+                        HeadArg::Mlp => HeadKind::Mlp,
+                    },
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    lr: a.lr,
+                    weight_decay: a.weight_decay,
+                    patience: a.patience,
+                    hidden: a.hidden,
+                    dropout: a.dropout,
+                    label_smoothing: a.label_smoothing,
+                    class_weights: class_weights(&a.class_weights)?,
+                    seed: a.seed,
+                    l2: a.l2,
+                },
+            };
+            let p = a.common.progress();
+            let o = run::train_image(&req, &p)?;
+            if a.json {
+                serde_json::to_writer_pretty(&mut *out, &o)?;
+                writeln!(out)?;
+            } else {
+                for w in &o.warnings {
+                    eprintln!("warning: {w}");
+                }
+                writeln!(out, "model       {}", o.model)?;
+                writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
+                writeln!(out, "images      {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
+                writeln!(out, "backbone    {} images run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
+                let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
+                writeln!(out, "head        {:?}, best epoch {}{l2}", req.train.head, o.best_epoch)?;
+                writeln!(out, "train acc   {:.4}", o.train_accuracy)?;
+                if let Some(v) = &o.val {
+                    writeln!(out, "val acc     {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
+                }
+                if o.skipped > 0 {
+                    writeln!(out, "skipped     {} files, reasons in {}", o.skipped, o.run_dir.join("errors.jsonl").display())?;
+                }
+                writeln!(out, "bundle      {}", o.bundle.display())?;
+            }
+        }
+        Command::Eval { bundle, data, weights, json, common } => {
+            let p = run::Predictor::load(&bundle, weights.as_deref())?;
+            let (report, skipped) = run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?;
+            for s in &skipped {
+                eprintln!("skipped {}: {}", s.path.display(), s.reason);
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "n {}   accuracy {:.4}   macro-F1 {:.4}   top-{} {:.4}", report.n, report.accuracy, report.macro_f1, report.top_k, report.top_k_accuracy)?;
+                writeln!(out, "{:<20} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support")?;
+                for c in &report.per_class {
+                    writeln!(out, "{:<20} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support)?;
+                }
+            }
+        }
+        Command::Predict { bundle, files, top_k, weights, json, common } => {
+            let p = run::Predictor::load(&bundle, weights.as_deref())?;
+            let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
+            for s in &skipped {
+                eprintln!("skipped {}: {}", s.path.display(), s.reason);
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
+                writeln!(out)?;
+            } else {
+                for pr in &preds {
+                    writeln!(out, "{}", pr.file.display())?;
+                    for (label, prob) in &pr.top {
+                        writeln!(out, "  {prob:>7.4}  {label}")?;
+                    }
+                }
+            }
+            if preds.is_empty() {
+                bail!("none of the {} files could be read", files.len());
+            }
+        }
         Command::Models { json } => {
             if json {
                 serde_json::to_writer_pretty(&mut *out, registry::ENTRIES)?;
@@ -155,7 +374,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Inspect { what: Inspect::Load { model, weights, num_classes, in_channels, json } } => {
             let e = entry(&model)?;
             let w = open_weights(e, weights.as_deref())?;
-            let (_m, report) = models::pretrained(e, &w, in_channels, num_classes)?;
+            let (_m, report) = models::pretrained(e, &w, in_channels, num_classes.map_or(models::HeadInit::Pretrained, models::HeadInit::New))?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)?;
@@ -195,7 +414,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Classify { model, weights, top_k, json, files } => {
             let e = entry(&model)?;
             let w = open_weights(e, weights.as_deref())?;
-            let (m, report) = models::pretrained(e, &w, 3, None)?;
+            let (m, report) = models::pretrained(e, &w, 3, models::HeadInit::Pretrained)?;
             report.require_complete()?;
             let files = if files.is_empty() {
                 let dir = headstart::assets::asset_dir();

@@ -78,7 +78,7 @@ impl FeatureCache {
         let parent = p.parent().expect("has parent");
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        crate::fsx::atomic_write(&p, &bytes)
+        crate::fsx::cache_write(&p, &bytes)
     }
 }
 

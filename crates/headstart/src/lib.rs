@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod models;
 pub mod preprocess;
 pub mod progress;
+pub mod run;
 pub mod train;
 pub mod weights;
 

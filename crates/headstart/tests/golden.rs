@@ -114,3 +114,20 @@ fn convnext_matches_transformers() {
     let g = Weights::open(fixture("convnext_tiny.golden.safetensors")).unwrap();
     compare(&m, &g, "", "convnext");
 }
+
+/// Regression: a safetensors header of 128..=255 bytes starts with 0x80, the pickle protocol
+/// opcode; it must still be read as safetensors.
+#[test]
+fn safetensors_with_a_0x80_header_length_is_not_taken_for_a_pickle() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("small.safetensors");
+    let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    for name_len in 1..200 {
+        let name = "w".repeat(name_len);
+        headstart::weights::save_safetensors(&p, &[(name.clone(), t.shallow_clone())]).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let w = Weights::open(&p).unwrap_or_else(|e| panic!("header length byte {:#x}: {e}", bytes[0]));
+        assert_eq!(w.files()[0].format(), Format::Safetensors);
+        assert!(w.tensor(&name).unwrap().equal(&t));
+    }
+}

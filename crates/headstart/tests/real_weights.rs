@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use headstart::assets::{asset_dir, resolve_weights};
-use headstart::models::{pretrained, registry, Mode};
+use headstart::models::{pretrained, registry, HeadInit, Mode};
 use headstart::preprocess::{load_rgb, prepare};
 use headstart::weights::Weights;
 
@@ -24,7 +24,7 @@ fn weights(entry: &registry::Entry) -> Weights {
 
 fn check(name: &str, expect_top1: &[(&str, i64)]) {
     let entry = registry::find(name).unwrap();
-    let (m, report) = pretrained(entry, &weights(entry), 3, None).unwrap();
+    let (m, report) = pretrained(entry, &weights(entry), 3, HeadInit::Pretrained).unwrap();
     report.require_complete().unwrap();
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     let want = &reference()[name];
@@ -60,7 +60,7 @@ fn efficientnet_lite0_real_weights_match_pytorch() {
 fn greyscale_adaptation_of_real_weights() {
     let entry = registry::find("mobilenet_v2").unwrap();
     let w = weights(entry);
-    let (m, report) = pretrained(entry, &w, 1, Some(4)).unwrap();
+    let (m, report) = pretrained(entry, &w, 1, HeadInit::New(4)).unwrap();
     report.require_complete().unwrap();
     assert_eq!(report.adapted.len(), 1);
     assert_eq!(report.adapted[0].name, "features.0.0.weight");
@@ -81,7 +81,7 @@ fn greyscale_adaptation_of_real_weights() {
 fn efficientnet_lite1_and_lite2_load_completely_and_classify() {
     for name in ["efficientnet_lite1.in1k", "efficientnet_lite2.in1k"] {
         let entry = registry::find(name).unwrap();
-        let (m, report) = pretrained(entry, &weights(entry), 3, None).unwrap();
+        let (m, report) = pretrained(entry, &weights(entry), 3, HeadInit::Pretrained).unwrap();
         report.require_complete().unwrap();
         assert!(report.unexpected.is_empty(), "{name}: {:?}", report.unexpected);
         for (photo, class) in [("chelsea.png", 285), ("coffee.png", 967)] {

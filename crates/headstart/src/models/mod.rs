@@ -105,29 +105,42 @@ pub fn unknown_model(name: &str) -> Error {
     ))
 }
 
-/// Builds a registry model and loads pre-trained weights into it.
-///
-/// `num_classes`: `None` keeps the pre-trained classifier; `Some(n)` puts a fresh n-way head
-/// in its place (the old classifier is reported as dropped). `in_channels` 1 adapts the first
-/// convolution by summing its RGB kernels.
+/// Which classifier a pre-trained model gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadInit {
+    /// The pre-trained classifier, loaded from the weights.
+    Pretrained,
+    /// A fresh n-way head; the pre-trained classifier is reported as dropped.
+    New(i64),
+    /// Backbone only (feature extraction); the pre-trained classifier is dropped.
+    None,
+}
+
+/// Builds a registry model and loads pre-trained weights into it. `in_channels` 1 adapts the
+/// first convolution by summing its RGB kernels.
 pub fn pretrained(
     entry: &registry::Entry,
     weights: &crate::weights::Weights,
     in_channels: i64,
-    num_classes: Option<i64>,
+    head: HeadInit,
 ) -> Result<(Model, crate::weights::LoadReport)> {
     let arch = match hf_config(weights)? {
         Some(config) => entry.arch.with_hf_config(&config).map_err(|e| Error::Model(format!("{}: {e}", weights.source.display())))?,
         None => entry.arch.clone(),
     };
-    let model = Model::build(&arch, in_channels, Some(num_classes.unwrap_or(entry.num_classes)))?;
+    let num_classes = match head {
+        HeadInit::Pretrained => Some(entry.num_classes),
+        HeadInit::New(n) => Some(n),
+        HeadInit::None => None,
+    };
+    let model = Model::build(&arch, in_channels, num_classes)?;
     let mut plan = crate::weights::report::LoadPlan {
         first_conv: Some(entry.first_conv.to_string()),
         strip_prefixes: entry.strip_prefixes.iter().map(|s| s.to_string()).collect(),
         unused: entry.unused.iter().map(|(p, w)| (p.to_string(), w.to_string())).collect(),
         ..Default::default()
     };
-    if num_classes.is_some() {
+    if head != HeadInit::Pretrained {
         plan.classifier = entry.classifier.iter().map(|s| s.to_string()).collect();
         plan.fresh_prefixes = model.head.iter().map(|h| format!("{}.", h.prefix)).collect();
     }

@@ -172,13 +172,18 @@ impl WeightFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let head: Vec<u8> = map[..map.len().min(16)].to_vec();
         let mut wf = WeightFile { path: path.to_path_buf(), format: Format::Safetensors, map, entries: vec![] };
-        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        // safetensors first: its little-endian header length can begin with 0x80, the pickle
+        // protocol opcode.
+        let st_header = (head.len() >= 9 && head[8] == b'{').then(|| u64::from_le_bytes(head[..8].try_into().unwrap()));
+        if st_header.is_some_and(|n| n <= len - 8) {
+            wf.read_safetensors()?;
+        } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
             wf.format = Format::TorchZip;
             pth::read_zip(&mut wf)?;
         } else if head.first() == Some(&0x80) {
             wf.format = Format::TorchLegacy;
             pth::read_legacy(&mut wf)?;
-        } else if head.len() >= 9 && head[8] == b'{' {
+        } else if st_header.is_some() {
             wf.read_safetensors()?;
         } else {
             return Err(bad(path, "not a safetensors, zip .pth or legacy .pth file (unrecognised first bytes)"));

@@ -1,0 +1,279 @@
+//! Image transfer learning end to end: train a head on frozen-backbone features, evaluate a
+//! bundle, predict with it. The binary only parses arguments and prints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::bundle::{self, BundleMeta};
+use crate::data::{stratified_split, Dataset, Skip};
+use crate::error::{Error, Result};
+use crate::features::{extract, FeatureCache};
+use crate::metrics::{self, Report};
+use crate::models::registry::{self, Entry};
+use crate::models::{pretrained, unknown_model, HeadInit, Model};
+use crate::progress::Progress;
+use crate::train::{fit, EpochRecord, Head, Split, TrainConfig};
+use crate::weights::Weights;
+
+/// Everything `train` needs; serialised as the run's resolved config.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainRequest {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_split: f64,
+    pub model: String,
+    pub weights: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Feature cache root; `None` disables the cache.
+    pub cache: Option<PathBuf>,
+    pub extract_batch_size: usize,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub bundle: PathBuf,
+    pub model: String,
+    pub classes: Vec<String>,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub skipped: usize,
+    pub warnings: Vec<String>,
+    pub best_epoch: usize,
+    pub l2: Option<f64>,
+    pub train_accuracy: f64,
+    pub val: Option<Report>,
+    pub backbone_computed: usize,
+    pub backbone_reused: usize,
+}
+
+fn entry_of(name: &str) -> Result<&'static Entry> {
+    registry::find(name).ok_or_else(|| unknown_model(name))
+}
+
+fn open_weights(entry: &Entry, path: Option<&Path>) -> Result<Weights> {
+    match path {
+        Some(p) => Weights::open(p),
+        None => Weights::open(crate::assets::resolve_weights(entry)?),
+    }
+}
+
+/// The frozen backbone with its pre-trained weights; a load must be complete.
+fn backbone(entry: &Entry, weights: &Weights) -> Result<Model> {
+    let (model, report) = pretrained(entry, weights, 3, HeadInit::None)?;
+    report.require_complete()?;
+    if !report.unexpected.is_empty() {
+        return Err(Error::Model(format!("{}: {} unexpected tensors (first: {}); is this the right model?", report.source, report.unexpected.len(), report.unexpected[0])));
+    }
+    Ok(model)
+}
+
+fn append_jsonl<T: Serialize>(file: &mut std::fs::File, path: &Path, v: &T) -> Result<()> {
+    let line = serde_json::to_string(v).map_err(|e| Error::Model(e.to_string()))?;
+    writeln!(file, "{line}").and_then(|_| file.flush()).map_err(|e| Error::io(path, e))
+}
+
+fn ranked(logits: &Tensor) -> Result<Vec<Vec<usize>>> {
+    let k = logits.size()[1];
+    let (_, idx) = logits.topk(k, -1, true, true);
+    let flat: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
+    Ok(flat.chunks(k as usize).map(|r| r.iter().map(|&i| i as usize).collect()).collect())
+}
+
+pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainOutcome> {
+    if !(0.0..1.0).contains(&req.val_split) {
+        return Err(Error::Model(format!("--val-split must be in [0, 1), not {}", req.val_split)));
+    }
+    let entry = entry_of(&req.model)?;
+    let weights = open_weights(entry, req.weights.as_deref())?;
+    let sha = weights.sha256()?;
+    let model = backbone(entry, &weights)?;
+    let train_ds = Dataset::open(&req.data, None)?;
+    let val_ds = match &req.val {
+        Some(v) => Some(Dataset::open(v, Some(&train_ds.classes))?),
+        None => None,
+    };
+    let classes = train_ds.classes.clone();
+    let k = classes.len() as i64;
+    if k < 2 {
+        return Err(Error::input(&req.data, format!("need at least two classes, found {}", k)));
+    }
+    std::fs::create_dir_all(&req.out).map_err(|e| Error::io(&req.out, e))?;
+    let config = serde_json::to_string_pretty(req).map_err(|e| Error::Model(e.to_string()))?;
+    crate::fsx::atomic_write(&req.out.join("config.json"), config.as_bytes())?;
+
+    let mut items = train_ds.items.clone();
+    let n_train_items = items.len();
+    if let Some(v) = &val_ds {
+        items.extend(v.items.iter().cloned());
+    }
+    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
+    let dim = model.backbone.num_features() as usize;
+    let cache = match &req.cache {
+        Some(root) => Some(FeatureCache::new(root, &sha, &entry.input, "pooled", dim)?),
+        None => None,
+    };
+    let ex = extract(&model, &entry.input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?;
+
+    let mut skipped: Vec<Skip> = train_ds.skipped.clone();
+    if let Some(v) = &val_ds {
+        skipped.extend(v.skipped.iter().cloned());
+    }
+    skipped.extend(ex.skipped.iter().cloned());
+    let errors_path = req.out.join("errors.jsonl");
+    let mut errors = String::new();
+    for s in &skipped {
+        errors += &serde_json::to_string(s).map_err(|e| Error::Model(e.to_string()))?;
+        errors.push('\n');
+    }
+    crate::fsx::atomic_write(&errors_path, errors.as_bytes())?;
+
+    // Rows of ex.features ↔ items; split into train / validation.
+    let labels: Vec<usize> = ex.ok.iter().map(|&i| items[i].label).collect();
+    let (tr_rows, va_rows): (Vec<usize>, Vec<usize>) = if val_ds.is_some() {
+        (0..ex.ok.len()).partition(|&r| ex.ok[r] < n_train_items)
+    } else {
+        stratified_split(&labels, classes.len(), req.val_split, req.train.seed)
+    };
+    let mut warnings = train_ds.warnings.clone();
+    let mut present = vec![0usize; classes.len()];
+    for &r in &tr_rows {
+        present[labels[r]] += 1;
+    }
+    for (c, &n) in present.iter().enumerate() {
+        if n == 0 {
+            return Err(Error::input(&req.data, format!("class `{}` has no usable training images", classes[c])));
+        }
+    }
+    if va_rows.is_empty() {
+        warnings.push("no validation images: the head is chosen on training loss".into());
+    }
+    let take = |rows: &[usize]| -> (Tensor, Tensor) {
+        let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let y: Vec<i64> = rows.iter().map(|&r| labels[r] as i64).collect();
+        (ex.features.index_select(0, &idx), Tensor::from_slice(&y))
+    };
+    let (xtr, ytr) = take(&tr_rows);
+    let (xva, yva) = take(&va_rows);
+
+    let metrics_path = req.out.join("metrics.jsonl");
+    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut write_err = None;
+    let mut on_epoch = |r: &EpochRecord| {
+        progress.message(&epoch_line(r));
+        if let Err(e) = append_jsonl(&mut metrics_file, &metrics_path, r) {
+            write_err.get_or_insert(e);
+        }
+    };
+    let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    let train_logits = fitted.head.forward(&xtr)?;
+    let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    let val = if va_rows.is_empty() {
+        None
+    } else {
+        let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
+        Some(metrics::report(&classes, &truth, &ranked(&fitted.head.forward(&xva)?)?, 5.min(classes.len())))
+    };
+    let meta = BundleMeta::new(entry, &model.arch, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
+    let bundle_dir = bundle::default_bundle_dir(&req.out);
+    bundle::write(&bundle_dir, &meta, &fitted.head)?;
+    Ok(TrainOutcome {
+        run_dir: req.out.clone(),
+        bundle: bundle_dir,
+        model: entry.name.to_string(),
+        classes,
+        n_train: tr_rows.len(),
+        n_val: va_rows.len(),
+        skipped: skipped.len(),
+        warnings,
+        best_epoch: fitted.best_epoch,
+        l2: fitted.l2,
+        train_accuracy,
+        val,
+        backbone_computed: ex.computed,
+        backbone_reused: ex.reused,
+    })
+}
+
+fn epoch_line(r: &EpochRecord) -> String {
+    let mut s = format!("epoch {:>3}  train loss {:.4} acc {:.4}", r.epoch, r.train_loss, r.train_acc);
+    if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
+        s += &format!("  val loss {l:.4} acc {a:.4}");
+    }
+    if let Some(l2) = r.l2 {
+        s += &format!("  l2 {l2:.0e} ({} iterations)", r.iterations.unwrap_or(0));
+    }
+    s
+}
+
+/// A bundle ready to run: backbone with verified weights, head, labels.
+pub struct Predictor {
+    pub meta: BundleMeta,
+    pub entry: &'static Entry,
+    model: Model,
+    head: Head,
+    weights_sha: String,
+}
+
+impl Predictor {
+    pub fn load(bundle_dir: &Path, weights: Option<&Path>) -> Result<Predictor> {
+        let (meta, head) = bundle::read(bundle_dir)?;
+        let entry = entry_of(&meta.backbone.name)?;
+        let w = open_weights(entry, weights).map_err(|e| Error::Model(format!("{e} (needed by the bundle {})", bundle_dir.display())))?;
+        bundle::check_compatible(&meta, bundle_dir, &w)?;
+        let model = backbone(entry, &w)?;
+        if model.backbone.num_features() != meta.head.in_features {
+            return Err(Error::input(bundle_dir, format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features())));
+        }
+        Ok(Predictor { weights_sha: meta.backbone.weights_sha256.clone(), meta, entry, model, head })
+    }
+
+    /// Probabilities for each file (rows) in the order given; unusable files are skipped.
+    pub fn probabilities(&self, paths: &[PathBuf], cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
+        let dim = self.model.backbone.num_features() as usize;
+        let cache = match cache_root {
+            Some(root) => Some(FeatureCache::new(root, &self.weights_sha, &self.entry.input, "pooled", dim)?),
+            None => None,
+        };
+        let ex = extract(&self.model, &self.entry.input, paths, cache.as_ref(), 32, progress)?;
+        let probs = self.head.forward(&ex.features)?.softmax(-1, Kind::Float);
+        Ok((probs, ex.ok, ex.skipped))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub file: PathBuf,
+    pub top: Vec<(String, f64)>,
+}
+
+pub fn predict(p: &Predictor, files: &[PathBuf], top_k: usize, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Vec<Prediction>, Vec<Skip>)> {
+    let (probs, ok, skipped) = p.probabilities(files, cache_root, progress)?;
+    let k = top_k.clamp(1, p.meta.labels.len()) as i64;
+    let (vals, idx) = probs.topk(k, -1, true, true);
+    let vals: Vec<f64> = Vec::try_from(vals.to_kind(Kind::Double).flatten(0, -1))?;
+    let idx: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
+    let mut out = vec![];
+    for (row, &i) in ok.iter().enumerate() {
+        let top = (0..k as usize).map(|j| (p.meta.labels[idx[row * k as usize + j] as usize].clone(), vals[row * k as usize + j])).collect();
+        out.push(Prediction { file: files[i].clone(), top });
+    }
+    Ok((out, skipped))
+}
+
+pub fn evaluate(p: &Predictor, data: &Path, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+    let ds = Dataset::open(data, Some(&p.meta.labels))?;
+    let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
+    let (probs, ok, mut skipped) = p.probabilities(&paths, cache_root, progress)?;
+    skipped.extend(ds.skipped);
+    let truth: Vec<usize> = ok.iter().map(|&i| ds.items[i].label).collect();
+    let report = metrics::report(&p.meta.labels, &truth, &ranked(&probs)?, 5.min(p.meta.labels.len()));
+    Ok((report, skipped))
+}
