@@ -199,6 +199,7 @@ enum Inspect {
 }
 
 fn main() -> ExitCode {
+    headstart::engine::tune_allocator();
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     match run(cli, &mut out) {

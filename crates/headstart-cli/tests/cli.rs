@@ -109,3 +109,41 @@ fn errors_name_the_file_or_suggest_a_model() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
 }
+
+#[test]
+fn train_eval_predict_on_a_small_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
+    let data = tmp.path().join("data");
+    for c in ["Bag", "Trouser", "Sandal"] {
+        std::fs::create_dir_all(data.join(c)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(sample.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().take(8) {
+            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let (d, run, cache) = (data.to_str().unwrap(), tmp.path().join("run"), tmp.path().join("cache"));
+    let o = headstart(&["train", "--data", d, "--out", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--progress", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("val acc") && stdout(&o).contains("bundle"), "{}", stdout(&o));
+    assert!(stderr(&o).lines().any(|l| l.contains("\"stage\":\"features\"")), "{}", stderr(&o));
+    let bundle = run.join("bundle");
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", d, "--json", "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["accuracy", "macro_f1", "per_class", "confusion", "n"] {
+        assert!(!v[k].is_null(), "{k} missing");
+    }
+    assert_eq!(v["n"], 24);
+    assert_eq!(v["per_class"][0]["label"], "Bag");
+    assert!(v["per_class"][0]["support"].is_number() && v["per_class"][0]["recall"].is_number());
+    let img = std::fs::read_dir(data.join("Bag")).unwrap().next().unwrap().unwrap().path();
+    let o = headstart(&["predict", bundle.to_str().unwrap(), img.to_str().unwrap(), "--top-k", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["predictions"][0]["top"].as_array().unwrap().len(), 3);
+    // Predicting with other weights is refused.
+    let o = headstart(&["predict", bundle.to_str().unwrap(), img.to_str().unwrap(), "--weights", fixture("mobilenet_v2_tiny.pth").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+}

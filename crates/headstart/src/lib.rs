@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod bundle;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod features;
 pub mod fsx;

@@ -88,6 +88,7 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
     if !(0.0..1.0).contains(&req.val_split) {
         return Err(Error::Model(format!("--val-split must be in [0, 1), not {}", req.val_split)));
     }
+    req.train.validate()?;
     let entry = entry_of(&req.model)?;
     let weights = open_weights(entry, req.weights.as_deref())?;
     let sha = weights.sha256()?;

@@ -189,8 +189,37 @@ fn finite(v: f64, what: &str) -> Result<f64> {
     }
 }
 
+impl TrainConfig {
+    /// Rejects settings that cannot train, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Model(m));
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return bad(format!("learning rate must be in (0, 10], not {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay must be ≥ 0, not {}", self.weight_decay));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), not {}", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!("label smoothing must be in [0, 1), not {}", self.label_smoothing));
+        }
+        if self.batch_size == 0 || self.hidden <= 0 {
+            return bad("batch size and hidden size must be positive".into());
+        }
+        if let Some(l2) = self.l2 {
+            if !(l2.is_finite() && l2 >= 0.0) {
+                return bad(format!("l2 must be ≥ 0, not {l2}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Fits a head on `train`, measuring `val` (may be empty) every epoch.
 pub fn fit(cfg: &TrainConfig, train: Split, val: Split, num_classes: i64, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Fitted> {
+    cfg.validate()?;
     let n = train.x.size()[0];
     if n == 0 {
         return Err(Error::Model("no training examples".into()));
