@@ -156,11 +156,51 @@ struct TrainArgs {
     /// Fixed L2 strength of the logistic head (default: chosen on the validation split).
     #[arg(long)]
     l2: Option<f64>,
+    /// Override the model's input size (crop side), warned about.
+    #[arg(long)]
+    input_size: Option<i64>,
+    /// Override the model's normalisation mean (three comma-separated values), warned about.
+    #[arg(long)]
+    mean: Option<String>,
+    /// Override the model's normalisation std (three comma-separated values), warned about.
+    #[arg(long)]
+    std: Option<String>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     common: Common,
+}
+
+fn triple(flag: &str, s: &str) -> Result<[f64; 3]> {
+    let v: Vec<f64> = s.split(',').map(|x| x.trim().parse::<f64>().with_context(|| format!("{flag}: `{x}` is not a number"))).collect::<Result<_>>()?;
+    let arr: [f64; 3] = v.try_into().map_err(|_| anyhow::anyhow!("{flag} needs three comma-separated values"))?;
+    if flag == "--std" && arr.iter().any(|x| *x <= 0.0) {
+        bail!("--std values must be positive");
+    }
+    Ok(arr)
+}
+
+/// The model's preprocessing with the user's overrides, if any.
+fn input_override(a: &TrainArgs) -> Result<Option<registry::ImageInput>> {
+    if a.input_size.is_none() && a.mean.is_none() && a.std.is_none() {
+        return Ok(None);
+    }
+    let entry = registry::find(&a.model).ok_or_else(|| models::unknown_model(&a.model))?;
+    let mut input = entry.input.clone();
+    if let Some(s) = a.input_size {
+        if !(16..=2048).contains(&s) {
+            bail!("--input-size must be between 16 and 2048");
+        }
+        input.size = s;
+    }
+    if let Some(m) = &a.mean {
+        input.mean = triple("--mean", m)?;
+    }
+    if let Some(s) = &a.std {
+        input.std = triple("--std", s)?;
+    }
+    Ok(Some(input))
 }
 
 fn class_weights(s: &str) -> Result<ClassWeights> {
@@ -254,6 +294,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 out: a.out.clone(),
                 cache: a.common.cache(),
                 extract_batch_size: 32,
+                input_override: input_override(&a)?,
                 train: TrainConfig {
                     head: match a.head {
                         HeadArg::Logistic => HeadKind::Logistic,

@@ -43,12 +43,12 @@ pub struct BundleMeta {
 }
 
 impl BundleMeta {
-    pub fn new(entry: &Entry, arch: &Arch, weights_sha256: &str, weights_source: &str, labels: Vec<String>, head: HeadSpec) -> BundleMeta {
+    pub fn new(entry: &Entry, arch: &Arch, input: &ImageInput, weights_sha256: &str, weights_source: &str, labels: Vec<String>, head: HeadSpec) -> BundleMeta {
         BundleMeta {
             format_version: FORMAT_VERSION,
             created_by: format!("headstart {}", env!("CARGO_PKG_VERSION")),
             backbone: BackboneRef { name: entry.name.to_string(), weights_sha256: weights_sha256.to_string(), weights_source: weights_source.to_string() },
-            pretrained_cfg: PretrainedCfg { arch: arch.clone(), input: entry.input.clone() },
+            pretrained_cfg: PretrainedCfg { arch: arch.clone(), input: input.clone() },
             labels,
             head,
         }
@@ -102,17 +102,19 @@ pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
     Ok((meta, head))
 }
 
-/// Checks a bundle against the registry and the weights it will run with: same
-/// preprocessing as the registry entry, same weight bytes as at training.
-pub fn check_compatible(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result<&'static Entry> {
+/// Checks that the backbone built for a bundle has the architecture it was trained with.
+/// (Inference uses the bundle's own preprocessing.)
+pub fn check_arch(meta: &BundleMeta, dir: &Path, arch: &Arch) -> Result<()> {
+    if *arch != meta.pretrained_cfg.arch {
+        return Err(Error::input(&dir.join(META), format!("the bundle's architecture differs from {}'s in this build; retrain the head", meta.backbone.name)));
+    }
+    Ok(())
+}
+
+/// Checks that `weights` are the very bytes the bundle was trained on.
+pub fn check_weights(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result<&'static Entry> {
     let entry = registry::find(&meta.backbone.name)
         .ok_or_else(|| Error::input(&dir.join(META), format!("backbone `{}` is not in this build's registry", meta.backbone.name)))?;
-    if entry.input != meta.pretrained_cfg.input {
-        return Err(Error::input(
-            &dir.join(META),
-            format!("the bundle's preprocessing differs from {}'s in this build; retrain the head", entry.name),
-        ));
-    }
     let sha = weights.sha256()?;
     if sha != meta.backbone.weights_sha256 {
         return Err(Error::Model(format!(

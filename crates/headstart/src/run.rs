@@ -12,7 +12,7 @@ use crate::data::{stratified_split, Dataset, Skip};
 use crate::error::{Error, Result};
 use crate::features::{extract, FeatureCache};
 use crate::metrics::{self, Report};
-use crate::models::registry::{self, Entry};
+use crate::models::registry::{self, Entry, ImageInput};
 use crate::models::{pretrained, unknown_model, HeadInit, Model};
 use crate::progress::Progress;
 use crate::train::{fit, EpochRecord, Head, Split, TrainConfig};
@@ -30,6 +30,8 @@ pub struct TrainRequest {
     /// Feature cache root; `None` disables the cache.
     pub cache: Option<PathBuf>,
     pub extract_batch_size: usize,
+    /// Preprocessing that replaces the model's own (warned about).
+    pub input_override: Option<ImageInput>,
     pub train: TrainConfig,
 }
 
@@ -114,11 +116,12 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
     }
     let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
     let dim = model.backbone.num_features() as usize;
+    let input = req.input_override.clone().unwrap_or_else(|| entry.input.clone());
     let cache = match &req.cache {
-        Some(root) => Some(FeatureCache::new(root, &sha, &entry.input, "pooled", dim)?),
+        Some(root) => Some(FeatureCache::new(root, &sha, &input, "pooled", dim)?),
         None => None,
     };
-    let ex = extract(&model, &entry.input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?;
+    let ex = extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?;
 
     let mut skipped: Vec<Skip> = train_ds.skipped.clone();
     if let Some(v) = &val_ds {
@@ -141,6 +144,13 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
         stratified_split(&labels, classes.len(), req.val_split, req.train.seed)
     };
     let mut warnings = train_ds.warnings.clone();
+    if input != entry.input {
+        warnings.push(format!(
+            "preprocessing overridden: {} (the weights were trained with {})",
+            serde_json::to_string(&input).unwrap_or_default(),
+            serde_json::to_string(&entry.input).unwrap_or_default()
+        ));
+    }
     let mut present = vec![0usize; classes.len()];
     for &r in &tr_rows {
         present[labels[r]] += 1;
@@ -182,7 +192,7 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
         let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
         Some(metrics::report(&classes, &truth, &ranked(&fitted.head.forward(&xva)?)?, 5.min(classes.len())))
     };
-    let meta = BundleMeta::new(entry, &model.arch, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
+    let meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
     bundle::write(&bundle_dir, &meta, &fitted.head)?;
     Ok(TrainOutcome {
@@ -228,8 +238,9 @@ impl Predictor {
         let (meta, head) = bundle::read(bundle_dir)?;
         let entry = entry_of(&meta.backbone.name)?;
         let w = open_weights(entry, weights).map_err(|e| Error::Model(format!("{e} (needed by the bundle {})", bundle_dir.display())))?;
-        bundle::check_compatible(&meta, bundle_dir, &w)?;
+        bundle::check_weights(&meta, bundle_dir, &w)?;
         let model = backbone(entry, &w)?;
+        bundle::check_arch(&meta, bundle_dir, &model.arch)?;
         if model.backbone.num_features() != meta.head.in_features {
             return Err(Error::input(bundle_dir, format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features())));
         }
@@ -240,10 +251,10 @@ impl Predictor {
     pub fn probabilities(&self, paths: &[PathBuf], cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
         let dim = self.model.backbone.num_features() as usize;
         let cache = match cache_root {
-            Some(root) => Some(FeatureCache::new(root, &self.weights_sha, &self.entry.input, "pooled", dim)?),
+            Some(root) => Some(FeatureCache::new(root, &self.weights_sha, &self.meta.pretrained_cfg.input, "pooled", dim)?),
             None => None,
         };
-        let ex = extract(&self.model, &self.entry.input, paths, cache.as_ref(), 32, progress)?;
+        let ex = extract(&self.model, &self.meta.pretrained_cfg.input, paths, cache.as_ref(), 32, progress)?;
         let probs = self.head.forward(&ex.features)?.softmax(-1, Kind::Float);
         Ok((probs, ex.ok, ex.skipped))
     }

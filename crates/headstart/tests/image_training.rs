@@ -34,6 +34,7 @@ fn request(data: &Path, out: &Path, cache: &Path, head: HeadKind) -> TrainReques
         out: out.to_path_buf(),
         cache: Some(cache.to_path_buf()),
         extract_batch_size: 8,
+        input_override: None,
         train: TrainConfig { head, epochs: 15, ..Default::default() },
     }
 }
@@ -179,6 +180,23 @@ fn bundle_predicts_evaluates_and_refuses_other_weights() {
     let lite = headstart::assets::asset_dir().join("efficientnet-lite0-57934424.pth");
     let e = Predictor::load(&o.bundle, Some(&lite)).err().unwrap().to_string();
     assert!(e.contains("not the ones this bundle was trained on") && e.contains("fetch-assets mobilenet_v2"), "{e}");
+}
+
+#[test]
+fn preprocessing_override_is_warned_about_and_travels_with_the_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_set(&data, &["Bag", "Trouser"], 6);
+    let mut req = request(&data, &tmp.path().join("r"), &tmp.path().join("c"), HeadKind::Logistic);
+    let mut input = headstart::models::registry::find("mobilenet_v2").unwrap().input.clone();
+    input.size = 160;
+    req.input_override = Some(input.clone());
+    let o = train(&req);
+    assert!(o.warnings.iter().any(|w| w.contains("preprocessing overridden")), "{:?}", o.warnings);
+    let p = Predictor::load(&o.bundle, None).unwrap();
+    assert_eq!(p.meta.pretrained_cfg.input, input);
+    let (report, _) = evaluate(&p, &data, None, &Silent).unwrap();
+    assert_eq!(report.n, 12);
 }
 
 #[test]
