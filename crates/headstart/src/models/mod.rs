@@ -41,8 +41,21 @@ impl Stage {
 
 /// timm's backbone convention.
 pub trait Backbone: Send {
-    /// Unpooled features, `[B, C, H, W]` or `[B, T, D]`.
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor;
+    /// Runs stage `i` of [`Backbone::stages`] on the output of stage `i − 1` (the input image
+    /// for stage 0). Fine-tuning runs frozen stages without autograd and the rest with it.
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor;
+    /// Unpooled features, `[B, C, H, W]` or `[B, T, D]`: every stage in order.
+    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+        self.forward_range(0..self.stages().len(), xs, mode)
+    }
+    /// Stages `range` in order.
+    fn forward_range(&self, range: std::ops::Range<usize>, xs: &Tensor, mode: Mode) -> Tensor {
+        let mut x = xs.shallow_clone();
+        for i in range {
+            x = self.forward_stage(i, &x, mode);
+        }
+        x
+    }
     /// Pre-logits features, `[B, num_features]`.
     fn pool(&self, features: &Tensor) -> Tensor;
     fn num_features(&self) -> i64;

@@ -4,6 +4,8 @@
 //! the one kept; a non-finite loss stops the run before anything is saved.
 
 mod lbfgs;
+pub mod optim;
+pub mod schedule;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig};

@@ -101,24 +101,31 @@ fn drop_path(x: &Tensor, rate: f64) -> Tensor {
 }
 
 impl Backbone for ConvNext {
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+    /// The last stage (`final_norm`) holds the LayerNorm that [`Backbone::pool`] applies; as
+    /// a feature stage it passes its input through.
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
-        let mut x = ln_channels_first(&self.stem_norm, &self.stem.forward(xs));
-        for s in &self.stage_mods {
-            if let Some((ln, conv)) = &s.down {
-                x = conv.forward(&ln_channels_first(ln, &x));
+        if i == 0 {
+            return ln_channels_first(&self.stem_norm, &self.stem.forward(xs));
+        }
+        if i == self.stage_mods.len() + 1 {
+            return xs.shallow_clone();
+        }
+        let s = &self.stage_mods[i - 1];
+        let mut x = match &s.down {
+            Some((ln, conv)) => conv.forward(&ln_channels_first(ln, xs)),
+            None => xs.shallow_clone(),
+        };
+        for b in &s.blocks {
+            let mut h = b.dwconv.forward(&x).permute([0, 2, 3, 1]).apply(&b.norm).apply(&b.pw1).gelu("none").apply(&b.pw2);
+            if let Some(scale) = &b.scale {
+                h = h * scale;
             }
-            for b in &s.blocks {
-                let mut h = b.dwconv.forward(&x).permute([0, 2, 3, 1]).apply(&b.norm).apply(&b.pw1).gelu("none").apply(&b.pw2);
-                if let Some(scale) = &b.scale {
-                    h = h * scale;
-                }
-                h = h.permute([0, 3, 1, 2]);
-                if train && b.drop_path > 0.0 {
-                    h = drop_path(&h, b.drop_path);
-                }
-                x = x + h;
+            h = h.permute([0, 3, 1, 2]);
+            if train && b.drop_path > 0.0 {
+                h = drop_path(&h, b.drop_path);
             }
+            x = x + h;
         }
         x
     }

@@ -45,6 +45,8 @@ struct MBConv {
 pub struct EfficientNetLite {
     stem: ConvBn,
     blocks: Vec<MBConv>,
+    /// The blocks of each stage between the stem and the head conv.
+    stage_blocks: Vec<std::ops::Range<usize>>,
     head_conv: ConvBn,
     stages: Vec<Stage>,
 }
@@ -59,8 +61,10 @@ pub fn build(cfg: &LiteCfg, p: &nn::Path, in_channels: i64, num_classes: Option<
         .map(|(i, s)| if i == 0 || i == STAGES.len() - 1 { s.0 } else { (s.0 as f64 * cfg.depth).ceil() as i64 })
         .sum();
     let mut blocks = vec![];
+    let mut stage_blocks = vec![];
     let mut cin = 32;
     for (si, &(repeats, k, s, e, c)) in STAGES.iter().enumerate() {
+        let first = blocks.len();
         // Lite keeps the first and last stage at one block whatever the depth multiplier.
         let n = if si == 0 || si == STAGES.len() - 1 { repeats } else { (repeats as f64 * cfg.depth).ceil() as i64 };
         let cout = round_filters(c, cfg.width);
@@ -79,11 +83,12 @@ pub fn build(cfg: &LiteCfg, p: &nn::Path, in_channels: i64, num_classes: Option<
             cin = cout;
         }
         stages.push(Stage::new(format!("stage{}", si + 1), &prefixes));
+        stage_blocks.push(first..blocks.len());
     }
     let head_conv = ConvBn::new(p / "_conv_head", p / "_bn1", spec(cin, 1280, 1, 1, 1), true);
     stages.push(Stage::new("head_conv", &["_conv_head".into(), "_bn1".into()]));
     let head = num_classes.map(|n| linear_head(p / "_fc", "_fc", 1280, n, cfg.dropout));
-    (Box::new(EfficientNetLite { stem, blocks, head_conv, stages }), head)
+    (Box::new(EfficientNetLite { stem, blocks, stage_blocks, head_conv, stages }), head)
 }
 
 /// Stochastic depth: drops whole residual branches per sample, rescaling the survivors.
@@ -95,10 +100,16 @@ fn drop_connect(xs: &Tensor, rate: f64) -> Tensor {
 }
 
 impl Backbone for EfficientNetLite {
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
-        let mut h = relu6(&self.stem.forward(xs, train));
-        for b in &self.blocks {
+        if i == 0 {
+            return relu6(&self.stem.forward(xs, train));
+        }
+        if i == self.stages.len() - 1 {
+            return relu6(&self.head_conv.forward(xs, train));
+        }
+        let mut h = xs.shallow_clone();
+        for b in &self.blocks[self.stage_blocks[i - 1].clone()] {
             let input = h.shallow_clone();
             if let Some(e) = &b.expand {
                 h = relu6(&e.forward(&h, train));
@@ -112,7 +123,7 @@ impl Backbone for EfficientNetLite {
                 h = h + input;
             }
         }
-        relu6(&self.head_conv.forward(&h, train))
+        h
     }
     fn pool(&self, features: &Tensor) -> Tensor {
         global_avg_pool(features)

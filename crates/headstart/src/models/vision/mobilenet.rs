@@ -57,6 +57,8 @@ impl InvertedResidual {
 
 pub struct MobileNetV2 {
     layers: Vec<Layer>,
+    /// The layers of each stage.
+    stage_layers: Vec<std::ops::Range<usize>>,
     num_features: i64,
     stages: Vec<Stage>,
 }
@@ -71,7 +73,9 @@ pub fn build(cfg: &MobileNetV2Cfg, p: &nn::Path, in_channels: i64, num_classes: 
     let last = make_divisible(1280.0 * cfg.width_mult.max(1.0), 8);
     let mut layers = vec![Layer::Conv(conv_bn(&(&f / 0), in_channels, cin, 3, 2, 1))];
     let mut stages = vec![Stage::new("stem", &["features.0".into()])];
+    let mut stage_layers = vec![0..1];
     for (si, &(t, c, n, s)) in SETTINGS.iter().enumerate() {
+        let first = layers.len();
         let cout = make_divisible(c as f64 * cfg.width_mult, 8);
         let mut prefixes = vec![];
         for i in 0..n {
@@ -91,19 +95,21 @@ pub fn build(cfg: &MobileNetV2Cfg, p: &nn::Path, in_channels: i64, num_classes: 
             cin = cout;
         }
         stages.push(Stage::new(format!("stage{}", si + 1), &prefixes));
+        stage_layers.push(first..layers.len());
     }
     let idx = layers.len();
+    stage_layers.push(idx..idx + 1);
     layers.push(Layer::Conv(conv_bn(&(&f / idx), cin, last, 1, 1, 1)));
     stages.push(Stage::new("head_conv", &[format!("features.{idx}")]));
     let head = num_classes.map(|n| linear_head(p / "classifier" / 1, "classifier.1", last, n, 0.2));
-    (Box::new(MobileNetV2 { layers, num_features: last, stages }), head)
+    (Box::new(MobileNetV2 { layers, stage_layers, num_features: last, stages }), head)
 }
 
 impl Backbone for MobileNetV2 {
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
         let mut h = xs.shallow_clone();
-        for l in &self.layers {
+        for l in &self.layers[self.stage_layers[i].clone()] {
             h = match l {
                 Layer::Conv(c) => relu6(&c.forward(&h, train)),
                 Layer::Block(b) => b.forward(&h, train),

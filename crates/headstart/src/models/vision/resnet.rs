@@ -90,13 +90,14 @@ pub fn build(cfg: &ResNetCfg, p: &nn::Path, in_channels: i64, num_classes: Optio
 }
 
 impl Backbone for ResNet {
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
-        let mut h = self.stem.forward(xs, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for l in &self.layers {
-            for b in l {
-                h = b.forward(&h, train);
-            }
+        if i == 0 {
+            return self.stem.forward(xs, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
+        let mut h = xs.shallow_clone();
+        for b in &self.layers[i - 1] {
+            h = b.forward(&h, train);
         }
         h
     }

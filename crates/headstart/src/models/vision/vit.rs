@@ -105,19 +105,22 @@ impl ViT {
 }
 
 impl Backbone for ViT {
-    fn forward_features(&self, xs: &Tensor, mode: Mode) -> Tensor {
+    fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
-        let p = self.patch.forward(xs);
-        let (b, d, h, w) = p.size4().expect("[B, D, H, W]");
-        let tokens = p.flatten(2, -1).transpose(1, 2);
-        let cls = self.cls.expand([b, 1, d], false);
-        let mut x = (Tensor::cat(&[cls, tokens], 1) + self.positions(h, w)).dropout(self.cfg.hidden_dropout_prob, train);
-        for l in &self.layers {
-            x = &x + self.attention(l, &x.apply(&l.ln_before), train);
-            let m = x.apply(&l.ln_after).apply(&l.fc1).gelu("none").apply(&l.fc2).dropout(self.cfg.hidden_dropout_prob, train);
-            x = x + m;
+        if i == 0 {
+            let p = self.patch.forward(xs);
+            let (b, d, h, w) = p.size4().expect("[B, D, H, W]");
+            let tokens = p.flatten(2, -1).transpose(1, 2);
+            let cls = self.cls.expand([b, 1, d], false);
+            return (Tensor::cat(&[cls, tokens], 1) + self.positions(h, w)).dropout(self.cfg.hidden_dropout_prob, train);
         }
-        x.apply(&self.norm)
+        if i == self.layers.len() + 1 {
+            return xs.apply(&self.norm);
+        }
+        let l = &self.layers[i - 1];
+        let x = xs + self.attention(l, &xs.apply(&l.ln_before), train);
+        let m = x.apply(&l.ln_after).apply(&l.fc1).gelu("none").apply(&l.fc2).dropout(self.cfg.hidden_dropout_prob, train);
+        x + m
     }
     fn pool(&self, features: &Tensor) -> Tensor {
         features.select(1, 0)
