@@ -9,6 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use headstart::models::{self, registry, Mode};
 use headstart::run::{self, TrainRequest};
+use headstart::preprocess::Augment;
+use headstart::train::finetune::{BnPolicy, FinetuneConfig, Unfreeze};
+use headstart::train::optim::OptimKind;
+use headstart::train::schedule::Schedule;
 use headstart::train::{ClassWeights, HeadKind, TrainConfig};
 use headstart::weights::{self, Weights};
 
@@ -108,11 +112,82 @@ enum HeadArg {
     Mlp,
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum TrainMode {
+    /// Frozen backbone, head trained on cached features.
+    Feature,
+    /// Head first on cached features, then the last stages (or all) retrained.
+    Finetune,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OptimArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+    Linear,
+    Onecycle,
+    Step,
+    Plateau,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BnArg {
+    Train,
+    Frozen,
+}
+
 #[derive(clap::Args)]
 struct TrainArgs {
     /// Image folder (one sub-folder per class) or CSV manifest (`path,label`).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Continue an interrupted fine-tuning run from its last checkpoint, with its settings.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "feature")]
+    mode: TrainMode,
+    /// Stages to retrain in finetune mode: `last:N` or `all`.
+    #[arg(long, default_value = "last:1")]
+    unfreeze: String,
+    /// Finetune mode: epochs of head-only training on cached features first.
+    #[arg(long, default_value_t = 3)]
+    head_epochs: usize,
+    /// Finetune mode: learning-rate multiplier per stage below the head.
+    #[arg(long, default_value_t = 0.5)]
+    stage_lr_decay: f64,
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: OptimArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
     #[arg(long)]
-    data: PathBuf,
+    nesterov: bool,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleArg,
+    /// Warm-up steps (cosine and linear schedules).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    clip_grad: Option<f64>,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// Random resized crop, flip and colour jitter while fine-tuning.
+    #[arg(long)]
+    augment: bool,
+    /// BatchNorm in unfrozen stages: `train` (batch statistics) or `frozen` (pre-trained ones).
+    #[arg(long, value_enum, default_value = "train")]
+    bn: BnArg,
+    /// Also checkpoint every this many optimiser steps (always after every epoch).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     #[arg(long, default_value = registry::DEFAULT_MODEL)]
     model: String,
     /// Weight file or HF directory (default: the registry's source).
@@ -120,9 +195,9 @@ struct TrainArgs {
     weights: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "logistic")]
     head: HeadArg,
-    /// Maximum epochs (linear and MLP heads).
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
+    /// Maximum epochs (default 30 for linear and MLP heads, 5 for fine-tuning).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Fraction of each class held out for validation (seeded, stratified).
     #[arg(long, default_value_t = 0.2, conflicts_with = "val")]
     val_split: f64,
@@ -131,16 +206,17 @@ struct TrainArgs {
     val: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory: config, metrics.jsonl, errors.jsonl, bundle/.
-    #[arg(long)]
-    out: PathBuf,
+    /// Run directory: config, metrics.jsonl, errors.jsonl, checkpoints, bundle/.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// AdamW weight decay (0: Adam).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    /// Weight decay (AdamW; SGD's L2). Default: 0 for heads, 0.01 for fine-tuning (never on
+    /// biases and norms).
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Early stopping: epochs without validation-loss improvement.
     #[arg(long, default_value_t = 5)]
     patience: usize,
@@ -201,6 +277,61 @@ fn input_override(a: &TrainArgs) -> Result<Option<registry::ImageInput>> {
         input.std = triple("--std", s)?;
     }
     Ok(Some(input))
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        head: match a.head {
+            HeadArg::Logistic => HeadKind::Logistic,
+            HeadArg::Linear => HeadKind::Linear,
+            HeadArg::Mlp => HeadKind::Mlp,
+        },
+        epochs: a.epochs.unwrap_or(30),
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay.unwrap_or(0.0),
+        patience: a.patience,
+        hidden: a.hidden,
+        dropout: a.dropout,
+        label_smoothing: a.label_smoothing,
+        class_weights: class_weights(&a.class_weights)?,
+        seed: a.seed,
+        l2: a.l2,
+    })
+}
+
+fn finetune_config(a: &TrainArgs) -> Result<FinetuneConfig> {
+    Ok(FinetuneConfig {
+        unfreeze: a.unfreeze.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))?,
+        epochs: a.epochs.unwrap_or(5),
+        head_epochs: a.head_epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        stage_lr_decay: a.stage_lr_decay,
+        weight_decay: a.weight_decay.unwrap_or(0.01),
+        optim: match a.optimizer {
+            OptimArg::Adamw => OptimKind::adamw(),
+            OptimArg::Sgd => OptimKind::Sgd { momentum: a.momentum, nesterov: a.nesterov },
+        },
+        schedule: match a.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Cosine => Schedule::WarmupCosine { warmup: a.warmup },
+            ScheduleArg::Linear => Schedule::Linear { warmup: a.warmup },
+            ScheduleArg::Onecycle => Schedule::OneCycle { pct_start: 0.25, div_factor: 25.0, final_div_factor: 1e4 },
+            ScheduleArg::Step => Schedule::Step { every: 2, gamma: 0.1 },
+            ScheduleArg::Plateau => Schedule::Plateau { patience: 1, factor: 0.1 },
+        },
+        clip_grad_norm: a.clip_grad,
+        accumulate: a.accumulate,
+        augment: a.augment.then(Augment::default),
+        bn: match a.bn {
+            BnArg::Train => BnPolicy::Train,
+            BnArg::Frozen => BnPolicy::Frozen,
+        },
+        label_smoothing: a.label_smoothing,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+    })
 }
 
 fn class_weights(s: &str) -> Result<ClassWeights> {
@@ -285,37 +416,37 @@ fn human(bytes: u64) -> String {
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
-            let req = TrainRequest {
-                data: a.data.clone(),
-                val: a.val.clone(),
-                val_split: if a.val.is_some() { 0.0 } else { a.val_split },
-                model: a.model.clone(),
-                weights: a.weights.clone(),
-                out: a.out.clone(),
-                cache: a.common.cache(),
-                extract_batch_size: 32,
-                input_override: input_override(&a)?,
-                train: TrainConfig {
-                    head: match a.head {
-                        HeadArg::Logistic => HeadKind::Logistic,
-                        HeadArg::Linear => HeadKind::Linear,
-                        HeadArg::Mlp => HeadKind::Mlp,
+            let finetuning = a.mode == TrainMode::Finetune;
+            let (req, resume) = match &a.resume {
+                Some(run) => {
+                    let p = run.join("config.json");
+                    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                    let mut req: TrainRequest = serde_json::from_str(&text).with_context(|| format!("{} is not a run configuration", p.display()))?;
+                    req.out = run.clone();
+                    if req.finetune.is_none() {
+                        bail!("{} is a feature-extraction run; only fine-tuning runs have checkpoints to resume", run.display());
+                    }
+                    (req, true)
+                }
+                None => (
+                    TrainRequest {
+                        data: a.data.clone().expect("required by clap"),
+                        val: a.val.clone(),
+                        val_split: if a.val.is_some() { 0.0 } else { a.val_split },
+                        model: a.model.clone(),
+                        weights: a.weights.clone(),
+                        out: a.out.clone().expect("required by clap"),
+                        cache: a.common.cache(),
+                        extract_batch_size: 32,
+                        input_override: input_override(&a)?,
+                        finetune: if finetuning { Some(finetune_config(&a)?) } else { None },
+                        train: train_config(&a)?,
                     },
-                    epochs: a.epochs,
-                    batch_size: a.batch_size,
-                    lr: a.lr,
-                    weight_decay: a.weight_decay,
-                    patience: a.patience,
-                    hidden: a.hidden,
-                    dropout: a.dropout,
-                    label_smoothing: a.label_smoothing,
-                    class_weights: class_weights(&a.class_weights)?,
-                    seed: a.seed,
-                    l2: a.l2,
-                },
+                    false,
+                ),
             };
             let p = a.common.progress();
-            let o = run::train_image(&req, &p)?;
+            let o = run::train_image_resumable(&req, resume, &p)?;
             if a.json {
                 serde_json::to_writer_pretty(&mut *out, &o)?;
                 writeln!(out)?;
@@ -329,6 +460,12 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "backbone    {} images run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
                 let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
                 writeln!(out, "head        {:?}, best epoch {}{l2}", req.train.head, o.best_epoch)?;
+                if !o.tuned_stages.is_empty() {
+                    writeln!(out, "fine-tuned  {} ({} non-finite steps skipped)", o.tuned_stages.join(", "), o.skipped_steps)?;
+                }
+                if let Some((e, b)) = o.resumed_from {
+                    writeln!(out, "resumed     at epoch {}, batch {}", e + 1, b)?;
+                }
                 writeln!(out, "train acc   {:.4}", o.train_accuracy)?;
                 if let Some(v) = &o.val {
                     writeln!(out, "val acc     {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;

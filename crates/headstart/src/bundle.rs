@@ -32,6 +32,13 @@ pub struct PretrainedCfg {
     pub input: ImageInput,
 }
 
+/// Backbone stages retrained by fine-tuning, stored in `backbone.safetensors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuned {
+    pub stages: Vec<String>,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleMeta {
     pub format_version: u32,
@@ -40,7 +47,11 @@ pub struct BundleMeta {
     pub pretrained_cfg: PretrainedCfg,
     pub labels: Vec<String>,
     pub head: HeadSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<Tuned>,
 }
+
+pub const TUNED: &str = "backbone.safetensors";
 
 impl BundleMeta {
     pub fn new(entry: &Entry, arch: &Arch, input: &ImageInput, weights_sha256: &str, weights_source: &str, labels: Vec<String>, head: HeadSpec) -> BundleMeta {
@@ -51,14 +62,18 @@ impl BundleMeta {
             pretrained_cfg: PretrainedCfg { arch: arch.clone(), input: input.clone() },
             labels,
             head,
+            tuned: None,
         }
     }
 }
 
 /// Writes the bundle to `dir` atomically: a staging directory beside it is filled and synced,
 /// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
-pub fn write(dir: &Path, meta: &BundleMeta, head: &Head) -> Result<()> {
+pub fn write(dir: &Path, meta: &BundleMeta, head: &Head, tuned: Option<&[(String, tch::Tensor)]>) -> Result<()> {
     head.validate()?;
+    if meta.tuned.is_some() != tuned.is_some() {
+        return Err(Error::Model("bundle metadata and tuned backbone tensors disagree".into()));
+    }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dir.file_name().ok_or_else(|| Error::input(dir, "not a directory path"))?.to_string_lossy().to_string();
@@ -68,6 +83,14 @@ pub fn write(dir: &Path, meta: &BundleMeta, head: &Head) -> Result<()> {
     let text = toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
     crate::fsx::atomic_write(&staging.join(META), text.as_bytes())?;
     save_safetensors(&staging.join(HEAD), &head.tensors)?;
+    if let Some(t) = tuned {
+        for (name, x) in t {
+            if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+                return Err(Error::Model(format!("tuned tensor `{name}` holds non-finite values; not saved")));
+            }
+        }
+        save_safetensors(&staging.join(TUNED), t)?;
+    }
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;

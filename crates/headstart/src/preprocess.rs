@@ -22,6 +22,11 @@ pub fn load_rgb(path: &Path) -> Result<Tensor> {
 /// [0, 1]: EXIF orientation applied; grey, palette, 16-bit and alpha converted as PIL's
 /// `convert("RGB")` does. The pixel count is checked from the header before decoding.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Tensor, String> {
+    Ok(decode_rgb_u8(bytes)?.to_kind(Kind::Float) / 255.0)
+}
+
+/// As [`decode_rgb`], keeping 8-bit values (`u8`, `[3, H, W]`): a quarter of the memory.
+pub fn decode_rgb_u8(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     use image::ImageDecoder;
     let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string());
     let r = reader()?;
@@ -42,7 +47,7 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     let t = Tensor::f_from_data_size(rgb.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8).map_err(|e| e.to_string())?;
-    Ok(t.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
+    Ok(t.permute([2, 0, 1]).contiguous())
 }
 
 /// Resize (shorter side to `input.resize()`, or straight to the input size), centre crop to

@@ -15,11 +15,13 @@ use crate::metrics::{self, Report};
 use crate::models::registry::{self, Entry, ImageInput};
 use crate::models::{pretrained, unknown_model, HeadInit, Model};
 use crate::progress::Progress;
-use crate::train::{fit, EpochRecord, Head, Split, TrainConfig};
+use crate::train::finetune::{finetune, latest_checkpoint, Examples, FinetuneConfig};
+use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::weights::Weights;
 
-/// Everything `train` needs; serialised as the run's resolved config.
-#[derive(Debug, Clone, Serialize)]
+/// Everything `train` needs; serialised as the run's resolved config (and read back by
+/// `--resume`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainRequest {
     pub data: PathBuf,
     pub val: Option<PathBuf>,
@@ -33,6 +35,10 @@ pub struct TrainRequest {
     /// Preprocessing that replaces the model's own (warned about).
     pub input_override: Option<ImageInput>,
     pub train: TrainConfig,
+    /// Fine-tune backbone stages (after a head-only phase on cached features) instead of
+    /// training a head on frozen features.
+    #[serde(default)]
+    pub finetune: Option<FinetuneConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +57,10 @@ pub struct TrainOutcome {
     pub val: Option<Report>,
     pub backbone_computed: usize,
     pub backbone_reused: usize,
+    /// Fine-tuning: the unfrozen stages, skipped non-finite steps, where a resume started.
+    pub tuned_stages: Vec<String>,
+    pub skipped_steps: usize,
+    pub resumed_from: Option<(usize, usize)>,
 }
 
 fn entry_of(name: &str) -> Result<&'static Entry> {
@@ -86,7 +96,12 @@ fn ranked(logits: &Tensor) -> Result<Vec<Vec<usize>>> {
     Ok(flat.chunks(k as usize).map(|r| r.iter().map(|&i| i as usize).collect()).collect())
 }
 
+/// Trains per `req`; with `resume`, continues a fine-tuning run from its last checkpoint.
 pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainOutcome> {
+    train_image_resumable(req, false, progress)
+}
+
+pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
     if !(0.0..1.0).contains(&req.val_split) {
         return Err(Error::Model(format!("--val-split must be in [0, 1), not {}", req.val_split)));
     }
@@ -172,7 +187,13 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
     let (xva, yva) = take(&va_rows);
 
     let metrics_path = req.out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let resuming = resume && latest_checkpoint(&req.out).is_some();
+    let mut metrics_file = if resuming {
+        std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)
+    } else {
+        std::fs::File::create(&metrics_path)
+    }
+    .map_err(|e| Error::io(&metrics_path, e))?;
     let mut write_err = None;
     let mut on_epoch = |r: &EpochRecord| {
         progress.message(&epoch_line(r));
@@ -180,10 +201,64 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
             write_err.get_or_insert(e);
         }
     };
-    let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
+    let mut tuned_stages = vec![];
+    let (mut skipped_steps, mut resumed_from) = (0, None);
+    let mut tuned_tensors = None;
+    let (head, best_epoch, l2) = match &req.finetune {
+        None => {
+            let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
+            (fitted.head, fitted.best_epoch, fitted.l2)
+        }
+        Some(ft) => {
+            let (ftm, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
+            report.require_complete()?;
+            let lin = &ftm.head.as_ref().expect("head").linear;
+            if ft.head_epochs > 0 && !resuming {
+                // Phase one: the new head alone, on the cached features.
+                let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, lr: ft.lr, batch_size: ft.batch_size, seed: ft.seed, ..req.train.clone() };
+                let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
+                tch::no_grad(|| -> Result<()> {
+                    for (n, t) in &fitted.head.tensors {
+                        let dst = if n == "weight" { &lin.ws } else { lin.bs.as_ref().expect("bias") };
+                        dst.shallow_clone().f_copy_(t)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            let mut images = Vec::with_capacity(ex.ok.len());
+            for &i in &ex.ok {
+                let bytes = std::fs::read(&paths[i]).map_err(|e| Error::io(&paths[i], e))?;
+                images.push(crate::preprocess::decode_rgb_u8(&bytes).map_err(|m| Error::input(&paths[i], m))?);
+            }
+            let examples = Examples { images, labels: labels.iter().map(|&l| l as i64).collect(), train: tr_rows.clone(), val: va_rows.clone() };
+            let o = finetune(&ftm, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
+            skipped_steps = o.skipped_steps;
+            resumed_from = o.resumed_from;
+            let first = o.freeze.first_trainable;
+            tuned_stages = ftm.backbone.stages()[first..].iter().map(|s| s.name.clone()).collect();
+            let vars = ftm.vs.variables();
+            tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
+            let spec = HeadSpec { kind: HeadKind::Linear, in_features: model.backbone.num_features(), num_classes: k, hidden: None, dropout: 0.0 };
+            let head = Head { spec, tensors: vec![("weight".into(), lin.ws.detach().copy()), ("bias".into(), lin.bs.as_ref().expect("bias").detach().copy())] };
+            // Features of the tuned backbone, for the summary's accuracies.
+            (head, o.best_epoch, None)
+        }
+    };
     if let Some(e) = write_err {
         return Err(e);
     }
+    let (xtr, xva) = match &tuned_tensors {
+        None => (xtr, xva),
+        Some(t) => {
+            let m = backbone(entry, &weights)?;
+            load_tuned(&m, t)?;
+            let rows = |r: &[usize]| -> Vec<PathBuf> { r.iter().map(|&r| paths[ex.ok[r]].clone()).collect() };
+            let ftr = extract(&m, &input, &rows(&tr_rows), None, req.extract_batch_size.max(1), progress)?.features;
+            let fva = extract(&m, &input, &rows(&va_rows), None, req.extract_batch_size.max(1), progress)?.features;
+            (ftr, fva)
+        }
+    };
+    let fitted = Fitted2 { head, best_epoch, l2 };
     let train_logits = fitted.head.forward(&xtr)?;
     let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
     let val = if va_rows.is_empty() {
@@ -192,9 +267,16 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
         let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
         Some(metrics::report(&classes, &truth, &ranked(&fitted.head.forward(&xva)?)?, 5.min(classes.len())))
     };
-    let meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
+    let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
-    bundle::write(&bundle_dir, &meta, &fitted.head)?;
+    if let Some(t) = &tuned_tensors {
+        let tmp = req.out.join(".tuned.safetensors");
+        crate::weights::save_safetensors(&tmp, t)?;
+        let sha = crate::weights::file_sha256(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        meta.tuned = Some(bundle::Tuned { stages: tuned_stages.clone(), sha256: sha });
+    }
+    bundle::write(&bundle_dir, &meta, &fitted.head, tuned_tensors.as_deref())?;
     Ok(TrainOutcome {
         run_dir: req.out.clone(),
         bundle: bundle_dir,
@@ -210,7 +292,29 @@ pub fn train_image(req: &TrainRequest, progress: &dyn Progress) -> Result<TrainO
         val,
         backbone_computed: ex.computed,
         backbone_reused: ex.reused,
+        tuned_stages,
+        skipped_steps,
+        resumed_from,
     })
+}
+
+struct Fitted2 {
+    head: Head,
+    best_epoch: usize,
+    l2: Option<f64>,
+}
+
+/// Copies tuned backbone tensors into a freshly loaded backbone.
+fn load_tuned(model: &Model, tensors: &[(String, Tensor)]) -> Result<()> {
+    let vars = model.vs.variables();
+    for (name, t) in tensors {
+        let var = vars.get(name).ok_or_else(|| Error::Model(format!("tuned tensor `{name}` has no place in the backbone")))?;
+        if var.size() != t.size() {
+            return Err(Error::Model(format!("tuned tensor `{name}` is {:?}, the backbone has {:?}", t.size(), var.size())));
+        }
+        tch::no_grad(|| var.shallow_clone().f_copy_(t))?;
+    }
+    Ok(())
 }
 
 fn epoch_line(r: &EpochRecord) -> String {
@@ -241,10 +345,22 @@ impl Predictor {
         bundle::check_weights(&meta, bundle_dir, &w)?;
         let model = backbone(entry, &w)?;
         bundle::check_arch(&meta, bundle_dir, &model.arch)?;
+        let mut weights_sha = meta.backbone.weights_sha256.clone();
+        if let Some(t) = &meta.tuned {
+            let p = bundle_dir.join(bundle::TUNED);
+            let sha = crate::weights::file_sha256(&p)?;
+            if sha != t.sha256 {
+                return Err(Error::input(&p, "does not match the sha256 recorded in bundle.toml"));
+            }
+            let tw = Weights::open(&p)?;
+            let tensors: Vec<(String, Tensor)> = tw.names().iter().map(|n| Ok((n.clone(), tw.tensor(n)?))).collect::<Result<_>>()?;
+            load_tuned(&model, &tensors).map_err(|e| Error::input(&p, e.to_string()))?;
+            weights_sha = crate::features::sha256_hex(format!("{weights_sha}+{sha}").as_bytes());
+        }
         if model.backbone.num_features() != meta.head.in_features {
             return Err(Error::input(bundle_dir, format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features())));
         }
-        Ok(Predictor { weights_sha: meta.backbone.weights_sha256.clone(), meta, entry, model, head })
+        Ok(Predictor { weights_sha, meta, entry, model, head })
     }
 
     /// Probabilities for each file (rows) in the order given; unusable files are skipped.

@@ -4,6 +4,7 @@
 //! the one kept; a non-finite loss stops the run before anything is saved.
 
 mod lbfgs;
+pub mod finetune;
 pub mod optim;
 pub mod schedule;
 
@@ -150,7 +151,7 @@ impl Default for TrainConfig {
 }
 
 /// One line of `metrics.jsonl`: an epoch (linear, MLP) or an L2 candidate (logistic).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub train_loss: f64,

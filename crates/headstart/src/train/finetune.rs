@@ -1,0 +1,532 @@
+//! Fine-tuning: unfreeze the last N stages (or all) and train them with the head.
+//!
+//! - Frozen stages run in eval mode under `no_grad`: no backward pass through them, their
+//!   BatchNorm statistics untouched. Their parameters have `requires_grad` off and are not
+//!   given to the optimiser.
+//! - BatchNorm in unfrozen stages: `BnPolicy::Train` (default) updates batch statistics as
+//!   usual; `BnPolicy::Frozen` keeps the pre-trained statistics (eval-mode normalisation, which
+//!   also disables dropout inside those stages).
+//! - Per-stage learning rates: the head gets `lr`, the stage below `lr · decay`, the next
+//!   `lr · decay²`, and so on (layer-wise decay).
+//! - Without augmentation, the activations entering the first unfrozen stage are computed once
+//!   and reused every epoch.
+//! - A checkpoint (weights, optimiser, schedule, position, best weights) is written after every
+//!   epoch and every K steps: into a staging directory, synced, marked complete, renamed. A
+//!   resumed run continues from it and ends with the same weights as an uninterrupted one
+//!   (CPU, same thread count): shuffles and augmentation are derived from (seed, epoch, item)
+//!   and dropout is reseeded from (seed, step).
+//! - A non-finite loss or gradient skips that step; three in a row abort the run.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use super::optim::{no_decay, Group, OptimKind, Optimizer};
+use super::schedule::{Schedule, Scheduler};
+use super::EpochRecord;
+use crate::data::Rng;
+use crate::error::{Error, Result};
+use crate::models::registry::ImageInput;
+use crate::models::{Mode, Model};
+use crate::preprocess::{augment, prepare, Augment};
+use crate::progress::Progress;
+use crate::weights::{save_safetensors, Weights};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unfreeze {
+    Last(usize),
+    All,
+}
+
+impl std::str::FromStr for Unfreeze {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(Unfreeze::All);
+        }
+        match s.strip_prefix("last:").map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => Ok(Unfreeze::Last(n)),
+            _ => Err(format!("`{s}`: expected `last:N` (N ≥ 1) or `all`")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnPolicy {
+    Train,
+    Frozen,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    pub unfreeze: Unfreeze,
+    pub epochs: usize,
+    /// Epochs of head-only training on cached features first (fastai's `fine_tune`).
+    pub head_epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub stage_lr_decay: f64,
+    pub weight_decay: f64,
+    pub optim: OptimKind,
+    pub schedule: Schedule,
+    pub clip_grad_norm: Option<f64>,
+    /// Micro-batches per optimiser step.
+    pub accumulate: usize,
+    pub augment: Option<Augment>,
+    pub bn: BnPolicy,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// Also checkpoint every this many optimiser steps.
+    pub checkpoint_every: Option<usize>,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            unfreeze: Unfreeze::Last(1),
+            epochs: 5,
+            head_epochs: 3,
+            batch_size: 32,
+            lr: 1e-3,
+            stage_lr_decay: 0.5,
+            weight_decay: 0.01,
+            optim: OptimKind::adamw(),
+            schedule: Schedule::WarmupCosine { warmup: 0 },
+            clip_grad_norm: None,
+            accumulate: 1,
+            augment: None,
+            bn: BnPolicy::Train,
+            label_smoothing: 0.0,
+            seed: 0,
+            checkpoint_every: None,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Model(m.to_string()));
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return bad("learning rate must be in (0, 10]");
+        }
+        if !(self.stage_lr_decay > 0.0 && self.stage_lr_decay <= 1.0) {
+            return bad("stage learning-rate decay must be in (0, 1]");
+        }
+        if self.batch_size == 0 || self.accumulate == 0 || self.epochs == 0 {
+            return bad("batch size, accumulation and epochs must be positive");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight decay must be ≥ 0");
+        }
+        Ok(())
+    }
+}
+
+/// Index of the first trainable stage.
+pub fn first_trainable(unfreeze: Unfreeze, num_stages: usize) -> Result<usize> {
+    match unfreeze {
+        Unfreeze::All => Ok(0),
+        Unfreeze::Last(n) if n <= num_stages => Ok(num_stages - n),
+        Unfreeze::Last(n) => Err(Error::Model(format!("--unfreeze last:{n}, but the backbone has {num_stages} stages"))),
+    }
+}
+
+/// What is trained: variable names of the unfrozen stages and the head.
+pub struct FreezeState {
+    pub first_trainable: usize,
+    /// (stage index or None for the head, name, tensor) of every trainable parameter.
+    pub trainable: Vec<(Option<usize>, String, Tensor)>,
+    /// Every variable (parameters and buffers) of the unfrozen stages, for bundles.
+    pub tuned_vars: Vec<String>,
+}
+
+/// Freezes all backbone stages before `first`: `requires_grad` off. Returns the trainable set.
+pub fn apply_freeze(model: &Model, first: usize) -> FreezeState {
+    let stages = model.backbone.stages();
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut trainable = vec![];
+    let mut tuned_vars = vec![];
+    for (name, t) in vars {
+        let stage = stages.iter().position(|s| s.contains(&name));
+        // Parameters require grad; buffers (BatchNorm running statistics) never do.
+        let is_param = t.requires_grad();
+        match stage {
+            Some(i) if i < first => {
+                let _ = t.set_requires_grad(false);
+            }
+            _ => {
+                if stage.is_some() {
+                    tuned_vars.push(name.clone());
+                }
+                if is_param {
+                    trainable.push((stage, name, t));
+                }
+            }
+        }
+    }
+    FreezeState { first_trainable: first, trainable, tuned_vars }
+}
+
+fn to_float(u8_img: &Tensor) -> Tensor {
+    u8_img.to_kind(Kind::Float) / 255.0
+}
+
+/// The examples: decoded RGB images in memory (`u8`, `[3, H, W]`), labels, and the train /
+/// validation indices.
+pub struct Examples {
+    pub images: Vec<Tensor>,
+    pub labels: Vec<i64>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    epoch: usize,
+    batch: usize,
+    global_step: usize,
+    micro: usize,
+    nonfinite_streak: usize,
+    skipped_steps: usize,
+    optim_steps: i64,
+    best: Option<(f64, usize)>,
+    history: Vec<EpochRecord>,
+    /// The running epoch's training-loss sum, correct count and examples seen.
+    epoch_sums: (f64, i64, usize),
+    scheduler: Scheduler,
+    config: String,
+}
+
+pub struct Outcome {
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub skipped_steps: usize,
+    pub freeze: FreezeState,
+    pub resumed_from: Option<(usize, usize)>,
+}
+
+const CKPT: &str = "checkpoint";
+const COMPLETE: &str = "COMPLETE";
+
+fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn restore(model: &Model, w: &Weights) -> Result<()> {
+    let vars = model.vs.variables();
+    for (name, var) in vars {
+        let t = w.tensor(&name).map_err(|_| Error::Model(format!("checkpoint lacks `{name}`")))?;
+        tch::no_grad(|| var.shallow_clone().f_copy_(&t.to_kind(var.kind())))?;
+    }
+    Ok(())
+}
+
+/// The latest complete checkpoint directory of a run, if any (a directory left half-renamed by
+/// a crash is recovered from its `.old` copy).
+pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
+    let main = run.join(CKPT);
+    if main.join(COMPLETE).is_file() {
+        return Some(main);
+    }
+    let old = run.join(format!("{CKPT}.old"));
+    old.join(COMPLETE).is_file().then_some(old)
+}
+
+/// Fault injection for the crash tests: `HEADSTART_FAULT=checkpoint-write:N` aborts the
+/// process in the middle of the N-th checkpoint write (after the weights, before the marker).
+fn fault_in_checkpoint(n: usize) -> bool {
+    std::env::var("HEADSTART_FAULT").ok().and_then(|v| v.strip_prefix("checkpoint-write:").and_then(|x| x.parse::<usize>().ok())) == Some(n)
+}
+
+struct Checkpointer {
+    run: PathBuf,
+    written: usize,
+}
+
+impl Checkpointer {
+    fn write(&mut self, model: &Model, opt: &Optimizer, best: &Option<Vec<(String, Tensor)>>, state: &CheckpointState) -> Result<()> {
+        self.written += 1;
+        let staging = self.run.join(format!("{CKPT}.staging"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let weights = snapshot(model);
+        if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
+            return Err(Error::Model(format!("`{name}` holds non-finite values; no checkpoint written")));
+        }
+        save_safetensors(&staging.join("model.safetensors"), &weights)?;
+        if fault_in_checkpoint(self.written) {
+            std::process::abort();
+        }
+        save_safetensors(&staging.join("optim.safetensors"), &opt.state_tensors())?;
+        if let Some(b) = best {
+            save_safetensors(&staging.join("best.safetensors"), b)?;
+        }
+        let json = serde_json::to_string_pretty(state).map_err(|e| Error::Model(e.to_string()))?;
+        crate::fsx::atomic_write(&staging.join("state.json"), json.as_bytes())?;
+        crate::fsx::atomic_write(&staging.join(COMPLETE), b"")?;
+        let main = self.run.join(CKPT);
+        let old = self.run.join(format!("{CKPT}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if main.exists() {
+            std::fs::rename(&main, &old).map_err(|e| Error::io(&main, e))?;
+        }
+        std::fs::rename(&staging, &main).map_err(|e| Error::io(&main, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        if let Ok(d) = std::fs::File::open(&self.run) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn set_dropout_seed(seed: u64, step: usize) {
+    tch::manual_seed((seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64);
+}
+
+/// Fine-tunes `model` (which has a head) on `ex`. `head_init`, when given, replaces the head's
+/// weight and bias first (phase one, trained on cached features by the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    model: &Model,
+    input: &ImageInput,
+    ex: &Examples,
+    cfg: &FinetuneConfig,
+    run: &Path,
+    resume: bool,
+    progress: &dyn Progress,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Outcome> {
+    cfg.validate()?;
+    let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
+    let n_stages = model.backbone.stages().len();
+    let first = first_trainable(cfg.unfreeze, n_stages)?;
+    let freeze = apply_freeze(model, first);
+    // Parameter groups: per stage (and the head), with and without weight decay.
+    let mut groups: Vec<Group> = vec![];
+    for (stage, name, t) in &freeze.trainable {
+        let depth = match stage {
+            None => 0,
+            Some(i) => (n_stages - i) as i32,
+        };
+        let lr_mult = cfg.stage_lr_decay.powi(depth);
+        let wd = if no_decay(t) { 0.0 } else { cfg.weight_decay };
+        let gname = format!("{}{}", stage.map(|i| model.backbone.stages()[i].name.clone()).unwrap_or_else(|| "head".into()), if wd == 0.0 { "/no_decay" } else { "" });
+        match groups.iter_mut().find(|g| g.name == gname) {
+            Some(g) => g.params.push((name.clone(), t.shallow_clone())),
+            None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
+        }
+    }
+    let mut opt = Optimizer::new(cfg.optim, groups);
+    let steps_per_epoch = ex.train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
+    let mut scheduler = Scheduler::new(cfg.schedule.clone(), steps_per_epoch, cfg.epochs);
+    let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
+
+    let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
+    // Activations entering the first trainable stage, when inputs do not change per epoch.
+    let prefix = |x: &Tensor| tch::no_grad(|| model.backbone.forward_range(0..first, x, Mode::Eval));
+    let cached: Option<Vec<Tensor>> = if cfg.augment.is_none() {
+        progress.start("prepare", ex.images.len() as u64);
+        let mut acts = Vec::with_capacity(ex.images.len());
+        for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
+            let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&to_float(&ex.images[i]), input)).collect::<Result<_>>()?;
+            let a = prefix(&Tensor::stack(&xs, 0));
+            for k in 0..chunk.len() as i64 {
+                acts.push(a.get(k));
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish();
+        Some(acts)
+    } else {
+        None
+    };
+    let input_of = |i: usize, epoch: usize| -> Result<Tensor> {
+        match (&cached, &cfg.augment) {
+            (Some(c), _) => Ok(c[i].shallow_clone()),
+            (None, Some(a)) => {
+                let mut rng = Rng(cfg.seed ^ ((epoch as u64) << 32) ^ (i as u64).wrapping_mul(0x9e37_79b9));
+                augment(&to_float(&ex.images[i]), input, a, &mut rng)
+            }
+            (None, None) => prepare(&to_float(&ex.images[i]), input),
+        }
+    };
+    let y_all = Tensor::from_slice(&ex.labels);
+    let logits_of = |h: &Tensor, mode: Mode| {
+        let f = model.backbone.pool(&model.backbone.forward_range(first..n_stages, h, mode));
+        f.dropout(head.dropout, mode.is_train()).apply(&head.linear)
+    };
+
+    let mut state = CheckpointState {
+        epoch: 0,
+        batch: 0,
+        global_step: 0,
+        micro: 0,
+        nonfinite_streak: 0,
+        skipped_steps: 0,
+        optim_steps: 0,
+        best: None,
+        history: vec![],
+        epoch_sums: (0.0, 0, 0),
+        scheduler: scheduler.clone(),
+        config: config_json.clone(),
+    };
+    let mut best_weights: Option<Vec<(String, Tensor)>> = None;
+    let mut resumed_from = None;
+    if resume {
+        if let Some(dir) = latest_checkpoint(run) {
+            let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| Error::io(&dir.join("state.json"), e))?;
+            let st: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::input(&dir.join("state.json"), e.to_string()))?;
+            if st.config != config_json {
+                return Err(Error::Model(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
+            }
+            restore(model, &Weights::open(dir.join("model.safetensors"))?)?;
+            opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
+            if dir.join("best.safetensors").is_file() {
+                let w = Weights::open(dir.join("best.safetensors"))?;
+                best_weights = Some(w.names().iter().map(|n| Ok((n.clone(), w.tensor(n)?))).collect::<Result<_>>()?);
+            }
+            scheduler = st.scheduler.clone();
+            resumed_from = Some((st.epoch, st.batch));
+            state = st;
+        }
+    }
+    let mut ck = Checkpointer { run: run.to_path_buf(), written: 0 };
+    // BatchNorm statistics of the unfrozen stages: a skipped step puts them back.
+    let buffers: Vec<Tensor> = {
+        let vars = model.vs.variables();
+        freeze.tuned_vars.iter().filter(|n| !vars[*n].requires_grad()).map(|n| vars[n].shallow_clone()).collect()
+    };
+    let mut saved_buffers: Vec<Tensor> = vec![];
+    opt.zero_grad();
+    while state.epoch < cfg.epochs {
+        let epoch = state.epoch;
+        let mut order = ex.train.clone();
+        Rng(cfg.seed ^ 0xf1e7 ^ (epoch as u64).wrapping_mul(0x2545_f491)).shuffle(&mut order);
+        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        progress.start(&format!("epoch {}", epoch + 1), batches.len() as u64);
+        progress.inc(state.batch as u64);
+        while state.batch < batches.len() {
+            let b = batches[state.batch];
+            let xs: Vec<Tensor> = b.iter().map(|&i| input_of(i, epoch)).collect::<Result<_>>()?;
+            let x = Tensor::stack(&xs, 0);
+            let h = if cached.is_some() { x } else { prefix(&x) };
+            let idx = Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            let y = y_all.index_select(0, &idx);
+            set_dropout_seed(cfg.seed, state.global_step * cfg.accumulate + state.micro);
+            if state.micro == 0 {
+                saved_buffers = buffers.iter().map(|b| b.copy()).collect();
+            }
+            let logits = logits_of(&h, trainable_mode);
+            let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
+            let lv = loss.double_value(&[]);
+            if lv.is_finite() {
+                (loss / cfg.accumulate as f64).backward();
+                state.epoch_sums.0 += lv * b.len() as f64;
+                state.epoch_sums.1 += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                state.epoch_sums.2 += b.len();
+            }
+            state.micro += 1;
+            state.batch += 1;
+            let last_micro = state.micro == cfg.accumulate || state.batch == batches.len();
+            if !lv.is_finite() || last_micro {
+                if lv.is_finite() && opt.grads_finite() {
+                    if let Some(c) = cfg.clip_grad_norm {
+                        opt.clip_grad_norm(c);
+                    }
+                    opt.step(cfg.lr * scheduler.factor(state.global_step))?;
+                    state.nonfinite_streak = 0;
+                } else {
+                    tch::no_grad(|| -> Result<()> {
+                        for (b, s) in buffers.iter().zip(&saved_buffers) {
+                            b.shallow_clone().f_copy_(s)?;
+                        }
+                        Ok(())
+                    })?;
+                    state.skipped_steps += 1;
+                    state.nonfinite_streak += 1;
+                    if state.nonfinite_streak >= 3 {
+                        return Err(Error::Model(format!(
+                            "three optimiser steps in a row had a non-finite loss or gradient (epoch {}, step {}); stopping. Try a lower learning rate or --clip-grad",
+                            epoch + 1,
+                            state.global_step + 1
+                        )));
+                    }
+                }
+                opt.zero_grad();
+                state.micro = 0;
+                state.global_step += 1;
+                if cfg.checkpoint_every.is_some_and(|k| state.global_step % k == 0) && state.batch < batches.len() {
+                    state.scheduler = scheduler.clone();
+                    state.optim_steps = opt.steps;
+                    ck.write(model, &opt, &best_weights, &state)?;
+                }
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        // End of epoch: measure, keep the best, checkpoint.
+        let eval = |rows: &[usize]| -> Result<(f64, f64)> {
+            let (mut l, mut c) = (0.0, 0i64);
+            for chunk in rows.chunks(cfg.batch_size) {
+                let xs: Vec<Tensor> = chunk.iter().map(|&i| match &cached {
+                    Some(a) => Ok(a[i].shallow_clone()),
+                    None => prepare(&to_float(&ex.images[i]), input),
+                }).collect::<Result<_>>()?;
+                let x = Tensor::stack(&xs, 0);
+                let h = if cached.is_some() { x } else { prefix(&x) };
+                let idx = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let y = y_all.index_select(0, &idx);
+                let logits = tch::no_grad(|| logits_of(&h, Mode::Eval));
+                l += logits.cross_entropy_for_logits(&y).double_value(&[]) * chunk.len() as f64;
+                c += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            }
+            Ok((l / rows.len().max(1) as f64, c as f64 / rows.len().max(1) as f64))
+        };
+        let (val_loss, val_acc) = if ex.val.is_empty() {
+            (None, None)
+        } else {
+            let (l, a) = eval(&ex.val)?;
+            (Some(l), Some(a))
+        };
+        let (loss_sum, correct, seen) = std::mem::take(&mut state.epoch_sums);
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_acc,
+            l2: None,
+            iterations: None,
+        };
+        on_epoch(&rec);
+        state.history.push(rec);
+        scheduler.end_epoch(val_loss);
+        if let Some(vl) = val_loss {
+            if state.best.is_none_or(|(b, _)| vl < b) {
+                state.best = Some((vl, epoch + 1));
+                best_weights = Some(snapshot(model));
+            }
+        }
+        state.epoch += 1;
+        state.batch = 0;
+        state.scheduler = scheduler.clone();
+        state.optim_steps = opt.steps;
+        ck.write(model, &opt, &best_weights, &state)?;
+    }
+    if let Some(b) = &best_weights {
+        let w: Vec<(String, Tensor)> = b.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        for (name, var) in model.vs.variables() {
+            if let Some((_, t)) = w.iter().find(|(n, _)| *n == name) {
+                tch::no_grad(|| var.shallow_clone().f_copy_(t))?;
+            }
+        }
+    }
+    let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
+    Ok(Outcome { history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
+}
