@@ -41,6 +41,32 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Learning-rate range test for fine-tuning: prints loss against rate and a suggestion.
+    LrFind {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = registry::DEFAULT_MODEL)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Stages to train during the test: `last:N` or `all`.
+        #[arg(long, default_value = "last:1")]
+        unfreeze: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-7)]
+        min_lr: f64,
+        #[arg(long, default_value_t = 10.0)]
+        max_lr: f64,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Predict the classes of image files with a bundle.
     Predict {
         bundle: PathBuf,
@@ -491,6 +517,39 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 for c in &report.per_class {
                     writeln!(out, "{:<20} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support)?;
                 }
+            }
+        }
+        Command::LrFind { data, model, weights, unfreeze, batch_size, min_lr, max_lr, steps, seed, json, common } => {
+            let ft = FinetuneConfig {
+                unfreeze: unfreeze.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))?,
+                batch_size,
+                seed,
+                ..Default::default()
+            };
+            let req = TrainRequest {
+                data,
+                val: None,
+                val_split: 0.0,
+                model,
+                weights,
+                out: PathBuf::new(),
+                cache: None,
+                extract_batch_size: 32,
+                input_override: None,
+                train: TrainConfig::default(),
+                finetune: Some(ft),
+            };
+            let r = run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?;
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{:>12}  {:>9}", "lr", "loss")?;
+                let every = (r.lrs.len() / 20).max(1);
+                for i in (0..r.lrs.len()).step_by(every) {
+                    writeln!(out, "{:>12.3e}  {:>9.4}", r.lrs[i], r.losses[i])?;
+                }
+                writeln!(out, "steepest descent at {:.2e}; suggested learning rate {:.2e} (a tenth of the minimum)", r.steepest, r.suggestion)?;
             }
         }
         Command::Predict { bundle, files, top_k, weights, json, common } => {

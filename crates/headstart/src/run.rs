@@ -204,6 +204,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     let mut tuned_stages = vec![];
     let (mut skipped_steps, mut resumed_from) = (0, None);
     let mut tuned_tensors = None;
+    let mut final_logits = None;
     let (head, best_epoch, l2) = match &req.finetune {
         None => {
             let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
@@ -234,38 +235,31 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
             let o = finetune(&ftm, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
             resumed_from = o.resumed_from;
+            final_logits = Some((o.train_logits.shallow_clone(), o.val_logits.shallow_clone()));
             let first = o.freeze.first_trainable;
             tuned_stages = ftm.backbone.stages()[first..].iter().map(|s| s.name.clone()).collect();
             let vars = ftm.vs.variables();
             tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
             let spec = HeadSpec { kind: HeadKind::Linear, in_features: model.backbone.num_features(), num_classes: k, hidden: None, dropout: 0.0 };
             let head = Head { spec, tensors: vec![("weight".into(), lin.ws.detach().copy()), ("bias".into(), lin.bs.as_ref().expect("bias").detach().copy())] };
-            // Features of the tuned backbone, for the summary's accuracies.
             (head, o.best_epoch, None)
         }
     };
     if let Some(e) = write_err {
         return Err(e);
     }
-    let (xtr, xva) = match &tuned_tensors {
-        None => (xtr, xva),
-        Some(t) => {
-            let m = backbone(entry, &weights)?;
-            load_tuned(&m, t)?;
-            let rows = |r: &[usize]| -> Vec<PathBuf> { r.iter().map(|&r| paths[ex.ok[r]].clone()).collect() };
-            let ftr = extract(&m, &input, &rows(&tr_rows), None, req.extract_batch_size.max(1), progress)?.features;
-            let fva = extract(&m, &input, &rows(&va_rows), None, req.extract_batch_size.max(1), progress)?.features;
-            (ftr, fva)
-        }
-    };
     let fitted = Fitted2 { head, best_epoch, l2 };
-    let train_logits = fitted.head.forward(&xtr)?;
+    // Logits of the final model: the head on frozen features, or the fine-tuned network.
+    let (train_logits, val_logits) = match final_logits {
+        Some(l) => l,
+        None => (fitted.head.forward(&xtr)?, fitted.head.forward(&xva)?),
+    };
     let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
     let val = if va_rows.is_empty() {
         None
     } else {
         let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
-        Some(metrics::report(&classes, &truth, &ranked(&fitted.head.forward(&xva)?)?, 5.min(classes.len())))
+        Some(metrics::report(&classes, &truth, &ranked(&val_logits)?, 5.min(classes.len())))
     };
     let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
@@ -404,4 +398,31 @@ pub fn evaluate(p: &Predictor, data: &Path, cache_root: Option<&Path>, progress:
     let truth: Vec<usize> = ok.iter().map(|&i| ds.items[i].label).collect();
     let report = metrics::report(&p.meta.labels, &truth, &ranked(&probs)?, 5.min(p.meta.labels.len()));
     Ok((report, skipped))
+}
+
+/// Runs the learning-rate range test for fine-tuning `req.model` on `req.data` with the
+/// settings of `req.finetune` (a fresh head; weights are restored afterwards).
+pub fn lr_find_image(req: &TrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<crate::train::finetune::LrFind> {
+    let ft = req.finetune.clone().unwrap_or_default();
+    let entry = entry_of(&req.model)?;
+    let weights = open_weights(entry, req.weights.as_deref())?;
+    let ds = Dataset::open(&req.data, None)?;
+    let k = ds.classes.len() as i64;
+    let (model, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
+    report.require_complete()?;
+    let input = req.input_override.clone().unwrap_or_else(|| entry.input.clone());
+    let (mut images, mut labels) = (vec![], vec![]);
+    for it in &ds.items {
+        let decoded = std::fs::read(&it.path).map_err(|e| e.to_string()).and_then(|b| crate::preprocess::decode_rgb_u8(&b));
+        if let Ok(img) = decoded {
+            images.push(img);
+            labels.push(it.label as i64);
+        }
+    }
+    if images.is_empty() {
+        return Err(Error::input(&req.data, "no readable images"));
+    }
+    let n = images.len();
+    let ex = Examples { images, labels, train: (0..n).collect(), val: vec![] };
+    crate::train::finetune::lr_find(&model, &input, &ex, &ft, min_lr, max_lr, steps, progress)
 }

@@ -151,3 +151,18 @@ fn schedules_and_settings_are_validated() {
     assert!(e.contains("last:99"), "{e}");
     let _ = Schedule::Constant;
 }
+
+#[test]
+fn lr_find_records_a_curve_and_restores_every_weight() {
+    let m = tiny_model();
+    let before = values(&m);
+    let cfg = FinetuneConfig { unfreeze: Unfreeze::All, batch_size: 4, ..Default::default() };
+    let r = headstart::train::finetune::lr_find(&m, &tiny_input(), &examples(16, 3), &cfg, 1e-6, 1.0, 30, &Silent).unwrap();
+    assert!(r.lrs.len() >= 10);
+    assert!(r.lrs.windows(2).all(|w| w[1] > w[0]));
+    assert!(r.losses.iter().all(|l| l.is_finite()));
+    assert!(r.suggestion > 0.0 && r.suggestion <= 0.1);
+    for ((n, b), (_, a)) in before.iter().zip(&values(&m)) {
+        assert!(a.equal(b), "`{n}` not restored after lr-find");
+    }
+}

@@ -35,6 +35,7 @@ fn request(data: &Path, out: &Path, cache: &Path, head: HeadKind) -> TrainReques
         cache: Some(cache.to_path_buf()),
         extract_batch_size: 8,
         input_override: None,
+        finetune: None,
         train: TrainConfig { head, epochs: 15, ..Default::default() },
     }
 }

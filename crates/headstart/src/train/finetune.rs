@@ -202,6 +202,9 @@ struct CheckpointState {
 }
 
 pub struct Outcome {
+    /// Logits of the final (best) model on the training and validation rows, in row order.
+    pub train_logits: Tensor,
+    pub val_logits: Tensor,
     pub history: Vec<EpochRecord>,
     pub best_epoch: usize,
     pub skipped_steps: usize,
@@ -289,6 +292,103 @@ fn set_dropout_seed(seed: u64, step: usize) {
     tch::manual_seed((seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64);
 }
 
+/// What one fine-tuning setup needs at every step: the freeze point, cached activations,
+/// labels. Shared by training and the learning-rate finder.
+struct Session<'a> {
+    model: &'a Model,
+    input: &'a ImageInput,
+    ex: &'a Examples,
+    cfg: &'a FinetuneConfig,
+    head: &'a crate::models::Head,
+    first: usize,
+    n_stages: usize,
+    trainable_mode: Mode,
+    /// Activations entering the first trainable stage, when inputs do not change per epoch.
+    cached: Option<Vec<Tensor>>,
+    labels: Tensor,
+}
+
+impl<'a> Session<'a> {
+    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Session<'a>> {
+        cfg.validate()?;
+        let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
+        let n_stages = model.backbone.stages().len();
+        let first = first_trainable(cfg.unfreeze, n_stages)?;
+        let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
+        let mut s = Session { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
+        if cfg.augment.is_none() {
+            progress.start("prepare", ex.images.len() as u64);
+            let mut acts = Vec::with_capacity(ex.images.len());
+            for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
+                let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&to_float(&ex.images[i]), input)).collect::<Result<_>>()?;
+                let a = s.prefix(&Tensor::stack(&xs, 0));
+                for k in 0..chunk.len() as i64 {
+                    acts.push(a.get(k));
+                }
+                progress.inc(chunk.len() as u64);
+            }
+            progress.finish();
+            s.cached = Some(acts);
+        }
+        Ok(s)
+    }
+
+    /// Frozen stages: eval mode, no autograd.
+    fn prefix(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.model.backbone.forward_range(0..self.first, x, Mode::Eval))
+    }
+
+    /// Inputs of the first trainable stage and labels for `rows`; augmented when `epoch` is
+    /// given and augmentation is on.
+    fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<(Tensor, Tensor)> {
+        let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let y = self.labels.index_select(0, &idx);
+        if let Some(c) = &self.cached {
+            let xs: Vec<Tensor> = rows.iter().map(|&i| c[i].shallow_clone()).collect();
+            return Ok((Tensor::stack(&xs, 0), y));
+        }
+        let xs: Vec<Tensor> = rows
+            .iter()
+            .map(|&i| {
+                let img = to_float(&self.ex.images[i]);
+                match (&self.cfg.augment, epoch) {
+                    (Some(a), Some(e)) => {
+                        let mut rng = Rng(self.cfg.seed ^ ((e as u64) << 32) ^ (i as u64).wrapping_mul(0x9e37_79b9));
+                        augment(&img, self.input, a, &mut rng)
+                    }
+                    _ => prepare(&img, self.input),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok((self.prefix(&Tensor::stack(&xs, 0)), y))
+    }
+
+    /// Trainable stages, pooling and head.
+    fn logits(&self, h: &Tensor, mode: Mode) -> Tensor {
+        let f = self.model.backbone.pool(&self.model.backbone.forward_range(self.first..self.n_stages, h, mode));
+        f.dropout(self.head.dropout, mode.is_train()).apply(&self.head.linear)
+    }
+
+    /// Freezes, then groups the trainable parameters per stage (and the head), with and
+    /// without weight decay, each stage's learning rate `decay^depth` of the head's.
+    fn optimizer(&self) -> Optimizer {
+        let freeze = apply_freeze(self.model, self.first);
+        let stages = self.model.backbone.stages();
+        let mut groups: Vec<Group> = vec![];
+        for (stage, name, t) in &freeze.trainable {
+            let depth = stage.map_or(0, |i| (self.n_stages - i) as i32);
+            let lr_mult = self.cfg.stage_lr_decay.powi(depth);
+            let wd = if no_decay(t) { 0.0 } else { self.cfg.weight_decay };
+            let gname = format!("{}{}", stage.map_or("head".to_string(), |i| stages[i].name.clone()), if wd == 0.0 { "/no_decay" } else { "" });
+            match groups.iter_mut().find(|g| g.name == gname) {
+                Some(g) => g.params.push((name.clone(), t.shallow_clone())),
+                None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
+            }
+        }
+        Optimizer::new(self.cfg.optim, groups)
+    }
+}
+
 /// Fine-tunes `model` (which has a head) on `ex`. `head_init`, when given, replaces the head's
 /// weight and bias first (phase one, trained on cached features by the caller).
 #[allow(clippy::too_many_arguments)]
@@ -302,65 +402,13 @@ pub fn finetune(
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
-    cfg.validate()?;
-    let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
-    let n_stages = model.backbone.stages().len();
-    let first = first_trainable(cfg.unfreeze, n_stages)?;
-    let freeze = apply_freeze(model, first);
-    // Parameter groups: per stage (and the head), with and without weight decay.
-    let mut groups: Vec<Group> = vec![];
-    for (stage, name, t) in &freeze.trainable {
-        let depth = match stage {
-            None => 0,
-            Some(i) => (n_stages - i) as i32,
-        };
-        let lr_mult = cfg.stage_lr_decay.powi(depth);
-        let wd = if no_decay(t) { 0.0 } else { cfg.weight_decay };
-        let gname = format!("{}{}", stage.map(|i| model.backbone.stages()[i].name.clone()).unwrap_or_else(|| "head".into()), if wd == 0.0 { "/no_decay" } else { "" });
-        match groups.iter_mut().find(|g| g.name == gname) {
-            Some(g) => g.params.push((name.clone(), t.shallow_clone())),
-            None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
-        }
-    }
-    let mut opt = Optimizer::new(cfg.optim, groups);
+    let sess = Session::new(model, input, ex, cfg, progress)?;
+    let head = sess.head;
+    let mut opt = sess.optimizer();
     let steps_per_epoch = ex.train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
     let mut scheduler = Scheduler::new(cfg.schedule.clone(), steps_per_epoch, cfg.epochs);
     let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
-
-    let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
-    // Activations entering the first trainable stage, when inputs do not change per epoch.
-    let prefix = |x: &Tensor| tch::no_grad(|| model.backbone.forward_range(0..first, x, Mode::Eval));
-    let cached: Option<Vec<Tensor>> = if cfg.augment.is_none() {
-        progress.start("prepare", ex.images.len() as u64);
-        let mut acts = Vec::with_capacity(ex.images.len());
-        for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
-            let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&to_float(&ex.images[i]), input)).collect::<Result<_>>()?;
-            let a = prefix(&Tensor::stack(&xs, 0));
-            for k in 0..chunk.len() as i64 {
-                acts.push(a.get(k));
-            }
-            progress.inc(chunk.len() as u64);
-        }
-        progress.finish();
-        Some(acts)
-    } else {
-        None
-    };
-    let input_of = |i: usize, epoch: usize| -> Result<Tensor> {
-        match (&cached, &cfg.augment) {
-            (Some(c), _) => Ok(c[i].shallow_clone()),
-            (None, Some(a)) => {
-                let mut rng = Rng(cfg.seed ^ ((epoch as u64) << 32) ^ (i as u64).wrapping_mul(0x9e37_79b9));
-                augment(&to_float(&ex.images[i]), input, a, &mut rng)
-            }
-            (None, None) => prepare(&to_float(&ex.images[i]), input),
-        }
-    };
-    let y_all = Tensor::from_slice(&ex.labels);
-    let logits_of = |h: &Tensor, mode: Mode| {
-        let f = model.backbone.pool(&model.backbone.forward_range(first..n_stages, h, mode));
-        f.dropout(head.dropout, mode.is_train()).apply(&head.linear)
-    };
+    let freeze = apply_freeze(model, sess.first);
 
     let mut state = CheckpointState {
         epoch: 0,
@@ -413,16 +461,12 @@ pub fn finetune(
         progress.inc(state.batch as u64);
         while state.batch < batches.len() {
             let b = batches[state.batch];
-            let xs: Vec<Tensor> = b.iter().map(|&i| input_of(i, epoch)).collect::<Result<_>>()?;
-            let x = Tensor::stack(&xs, 0);
-            let h = if cached.is_some() { x } else { prefix(&x) };
-            let idx = Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>());
-            let y = y_all.index_select(0, &idx);
+            let (h, y) = sess.batch(b, Some(epoch))?;
             set_dropout_seed(cfg.seed, state.global_step * cfg.accumulate + state.micro);
             if state.micro == 0 {
                 saved_buffers = buffers.iter().map(|b| b.copy()).collect();
             }
-            let logits = logits_of(&h, trainable_mode);
+            let logits = sess.logits(&h, sess.trainable_mode);
             let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
             let lv = loss.double_value(&[]);
             if lv.is_finite() {
@@ -474,15 +518,8 @@ pub fn finetune(
         let eval = |rows: &[usize]| -> Result<(f64, f64)> {
             let (mut l, mut c) = (0.0, 0i64);
             for chunk in rows.chunks(cfg.batch_size) {
-                let xs: Vec<Tensor> = chunk.iter().map(|&i| match &cached {
-                    Some(a) => Ok(a[i].shallow_clone()),
-                    None => prepare(&to_float(&ex.images[i]), input),
-                }).collect::<Result<_>>()?;
-                let x = Tensor::stack(&xs, 0);
-                let h = if cached.is_some() { x } else { prefix(&x) };
-                let idx = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                let y = y_all.index_select(0, &idx);
-                let logits = tch::no_grad(|| logits_of(&h, Mode::Eval));
+                let (h, y) = sess.batch(chunk, None)?;
+                let logits = tch::no_grad(|| sess.logits(&h, Mode::Eval));
                 l += logits.cross_entropy_for_logits(&y).double_value(&[]) * chunk.len() as f64;
                 c += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
             }
@@ -528,5 +565,96 @@ pub fn finetune(
         }
     }
     let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
-    Ok(Outcome { history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
+    let logits = |rows: &[usize]| -> Result<Tensor> {
+        let mut out = vec![];
+        for chunk in rows.chunks(cfg.batch_size) {
+            let (h, _) = sess.batch(chunk, None)?;
+            out.push(tch::no_grad(|| sess.logits(&h, Mode::Eval)));
+        }
+        Ok(if out.is_empty() { Tensor::zeros([0, head.linear.ws.size()[0]], tch::kind::FLOAT_CPU) } else { Tensor::cat(&out, 0) })
+    };
+    let (train_logits, val_logits) = (logits(&ex.train)?, logits(&ex.val)?);
+    Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
+}
+
+/// The learning-rate range test (Smith 2017; fastai's `lr_find`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LrFind {
+    pub lrs: Vec<f64>,
+    /// Exponentially smoothed, bias-corrected training loss at each rate.
+    pub losses: Vec<f64>,
+    /// The rate where the smoothed loss falls fastest.
+    pub steepest: f64,
+    /// A tenth of the rate with the lowest smoothed loss: the suggestion.
+    pub suggestion: f64,
+}
+
+/// Trains with the rate growing exponentially from `min_lr` to `max_lr` over `steps` steps
+/// (stopping early once the loss diverges), records the loss, then puts every weight back.
+#[allow(clippy::too_many_arguments)]
+pub fn lr_find(
+    model: &Model,
+    input: &ImageInput,
+    ex: &Examples,
+    cfg: &FinetuneConfig,
+    min_lr: f64,
+    max_lr: f64,
+    steps: usize,
+    progress: &dyn Progress,
+) -> Result<LrFind> {
+    if !(min_lr > 0.0 && max_lr > min_lr && steps >= 10) {
+        return Err(Error::Model("lr-find needs 0 < min < max and at least 10 steps".into()));
+    }
+    let saved = snapshot(model);
+    let sess = Session::new(model, input, ex, cfg, progress)?;
+    let mut opt = sess.optimizer();
+    let mut order = ex.train.clone();
+    Rng(cfg.seed ^ 0x1f).shuffle(&mut order);
+    let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+    let (mut lrs, mut losses) = (vec![], vec![]);
+    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    progress.start("lr-find", steps as u64);
+    for i in 0..steps {
+        let lr = min_lr * (max_lr / min_lr).powf(i as f64 / (steps - 1) as f64);
+        let (h, y) = sess.batch(batches[i % batches.len()], Some(i / batches.len()))?;
+        set_dropout_seed(cfg.seed, i);
+        let loss = sess.logits(&h, sess.trainable_mode).cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            break;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step(lr)?;
+        avg = 0.98 * avg + 0.02 * lv;
+        let smooth = avg / (1.0 - 0.98f64.powi(i as i32 + 1));
+        lrs.push(lr);
+        losses.push(smooth);
+        best = best.min(smooth);
+        progress.inc(1);
+        if i >= 10 && smooth > 4.0 * best {
+            break;
+        }
+    }
+    progress.finish();
+    // Put everything back: parameters and BatchNorm statistics.
+    let vars = model.vs.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in &saved {
+            vars[name].shallow_clone().f_copy_(t)?;
+        }
+        Ok(())
+    })?;
+    if lrs.len() < 3 {
+        return Err(Error::Model("the loss diverged at once; try a lower --min-lr".into()));
+    }
+    let imin = (0..losses.len()).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap_or(0);
+    let skip = losses.len() / 10;
+    let steepest = (skip..imin.max(skip + 1).min(losses.len() - 1))
+        .min_by(|&a, &b| {
+            let slope = |i: usize| (losses[i + 1] - losses[i]) / (lrs[i + 1].ln() - lrs[i].ln());
+            slope(a).total_cmp(&slope(b))
+        })
+        .map_or(lrs[imin], |i| lrs[i]);
+    Ok(LrFind { suggestion: lrs[imin] / 10.0, steepest, lrs, losses })
 }

@@ -106,12 +106,15 @@ impl Optimizer {
                             if g.weight_decay != 0.0 {
                                 let _ = p.f_mul_scalar_(1.0 - lr * g.weight_decay)?;
                             }
-                            let _ = st[0].f_mul_scalar_(beta1)?.f_add_(&(&grad * (1.0 - beta1)))?;
-                            let _ = st[1].f_mul_scalar_(beta2)?.f_add_(&(grad.square() * (1.0 - beta2)))?;
+                            // As torch.optim.AdamW: m ← lerp(m, g, 1 − β1), v ← β2·v + (1 − β2)·g²,
+                            // p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε), in place.
+                            let _ = st[0].f_lerp_(&grad, 1.0 - beta1)?;
+                            let _ = st[1].f_lerp_(&grad.square(), 1.0 - beta2)?;
                             let bc1 = 1.0 - beta1.powf(t);
                             let bc2 = 1.0 - beta2.powf(t);
-                            let denom = st[1].sqrt() / bc2.sqrt() + eps;
-                            let _ = p.f_sub_(&(&st[0] / denom * (lr / bc1)))?;
+                            let mut denom = st[1].sqrt();
+                            let _ = denom.f_div_scalar_(bc2.sqrt())?.f_add_scalar_(eps)?;
+                            let _ = p.f_addcdiv_(&(&st[0] * (-lr / bc1)), &denom)?;
                         }
                         OptimKind::Sgd { momentum, nesterov } => {
                             let mut d = if g.weight_decay != 0.0 { &grad + &p * g.weight_decay } else { grad.shallow_clone() };
