@@ -5,7 +5,8 @@ last stage (features.18) and the classifier, whose classifier[1] is replaced by 
 AdamW lr 1e-3, weight decay 0.01, constant rate, cross-entropy, batch 32, 5 epochs, no
 augmentation; the frozen stages run on every batch of every epoch. Then test accuracy.
 
-Usage: python reference_finetune.py TRAIN_DIR TEST_DIR WEIGHTS [--threads N] [--epochs N]
+Usage: python reference_finetune.py TRAIN_DIR TEST_DIR WEIGHTS [--threads N] [--epochs N] [--all] [--lr LR]
+(--all: full fine-tuning, every parameter trained.)
 """
 import argparse, json, time
 
@@ -19,6 +20,8 @@ def main():
     ap.add_argument("train"); ap.add_argument("test"); ap.add_argument("weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--all", action="store_true", help="unfreeze every parameter (full fine-tuning)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     t0 = time.perf_counter()
     torch.set_num_threads(a.threads)
@@ -34,8 +37,8 @@ def main():
     m.load_state_dict(torch.load(a.weights, map_location="cpu", weights_only=True))
     m.classifier[1] = nn.Linear(m.last_channel, len(train.classes))
     for n, p in m.named_parameters():
-        p.requires_grad = n.startswith("features.18.") or n.startswith("classifier.")
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+        p.requires_grad = a.all or n.startswith("features.18.") or n.startswith("classifier.")
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(a.epochs):
         m.train()

@@ -8,8 +8,8 @@
 //!   also disables dropout inside those stages).
 //! - Per-stage learning rates: the head gets `lr`, the stage below `lr · decay`, the next
 //!   `lr · decay²`, and so on (layer-wise decay).
-//! - Without augmentation, the activations entering the first unfrozen stage are computed once
-//!   and reused every epoch.
+//! - Without augmentation, and with at least one stage frozen, the activations entering the
+//!   first unfrozen stage are computed once and reused every epoch.
 //! - A checkpoint (weights, optimiser, schedule, position, best weights) is written after every
 //!   epoch and every K steps: into a staging directory, synced, marked complete, renamed. A
 //!   resumed run continues from it and ends with the same weights as an uninterrupted one
@@ -316,7 +316,9 @@ impl<'a> Session<'a> {
         let first = first_trainable(cfg.unfreeze, n_stages)?;
         let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
         let mut s = Session { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
-        if cfg.augment.is_none() {
+        // Worth it only when there are frozen stages to skip; unfreezing everything would just
+        // hold every preprocessed image in memory.
+        if cfg.augment.is_none() && first > 0 {
             progress.start("prepare", ex.images.len() as u64);
             let mut acts = Vec::with_capacity(ex.images.len());
             for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {

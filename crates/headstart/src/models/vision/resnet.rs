@@ -31,14 +31,15 @@ impl Block {
         for (i, c) in self.convs.iter().enumerate() {
             h = c.forward(&h, train);
             if i < last {
-                h = h.relu();
+                h = h.relu_();
             }
         }
         let id = match &self.downsample {
             Some(d) => d.forward(xs, train),
             None => xs.shallow_clone(),
         };
-        (h + id).relu()
+        // In place, as torchvision's `ReLU(inplace=True)`: the sum is a fresh tensor.
+        (h + id).relu_()
     }
 }
 
@@ -93,7 +94,7 @@ impl Backbone for ResNet {
     fn forward_stage(&self, i: usize, xs: &Tensor, mode: Mode) -> Tensor {
         let train = mode.is_train();
         if i == 0 {
-            return self.stem.forward(xs, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            return self.stem.forward(xs, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         let mut h = xs.shallow_clone();
         for b in &self.layers[i - 1] {
