@@ -485,7 +485,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "images      {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
                 writeln!(out, "backbone    {} images run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
                 let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
-                writeln!(out, "head        {:?}, best epoch {}{l2}", req.train.head, o.best_epoch)?;
+                writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
                 if !o.tuned_stages.is_empty() {
                     writeln!(out, "fine-tuned  {} ({} non-finite steps skipped)", o.tuned_stages.join(", "), o.skipped_steps)?;
                 }

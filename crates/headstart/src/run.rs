@@ -51,6 +51,7 @@ pub struct TrainOutcome {
     pub n_val: usize,
     pub skipped: usize,
     pub warnings: Vec<String>,
+    pub head: HeadKind,
     pub best_epoch: usize,
     pub l2: Option<f64>,
     pub train_accuracy: f64,
@@ -280,6 +281,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         n_val: va_rows.len(),
         skipped: skipped.len(),
         warnings,
+        head: fitted.head.spec.kind,
         best_epoch: fitted.best_epoch,
         l2: fitted.l2,
         train_accuracy,
@@ -300,15 +302,7 @@ struct Fitted2 {
 
 /// Copies tuned backbone tensors into a freshly loaded backbone.
 fn load_tuned(model: &Model, tensors: &[(String, Tensor)]) -> Result<()> {
-    let vars = model.vs.variables();
-    for (name, t) in tensors {
-        let var = vars.get(name).ok_or_else(|| Error::Model(format!("tuned tensor `{name}` has no place in the backbone")))?;
-        if var.size() != t.size() {
-            return Err(Error::Model(format!("tuned tensor `{name}` is {:?}, the backbone has {:?}", t.size(), var.size())));
-        }
-        tch::no_grad(|| var.shallow_clone().f_copy_(t))?;
-    }
-    Ok(())
+    crate::models::assign(&model.vs, tensors)
 }
 
 fn epoch_line(r: &EpochRecord) -> String {

@@ -106,6 +106,28 @@ impl Model {
     }
 }
 
+/// Detached copies of every variable, sorted by name (checkpoints, best-epoch snapshots).
+pub fn snapshot(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Copies named tensors into the store's variables; every name must exist with the same shape.
+pub fn assign(vs: &VarStore, tensors: &[(String, Tensor)]) -> Result<()> {
+    let vars = vs.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in tensors {
+            let var = vars.get(name).ok_or_else(|| Error::Model(format!("tensor `{name}` has no place in the model")))?;
+            if var.size() != t.size() {
+                return Err(Error::Model(format!("tensor `{name}` is {:?}, the model has {:?}", t.size(), var.size())));
+            }
+            var.shallow_clone().f_copy_(&t.to_kind(var.kind()))?;
+        }
+        Ok(())
+    })
+}
+
 pub fn unknown_model(name: &str) -> Error {
     // Compare against the short names too (`mobilenet_v2` for `mobilenet_v2.tv_in1k`).
     let short: Vec<String> = registry::ENTRIES.iter().map(|e| e.name.split('.').next().unwrap_or(e.name).to_string()).collect();

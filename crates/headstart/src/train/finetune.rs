@@ -216,18 +216,16 @@ const CKPT: &str = "checkpoint";
 const COMPLETE: &str = "COMPLETE";
 
 fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    crate::models::snapshot(&model.vs)
 }
 
+/// Every variable of `model` from a saved file.
 fn restore(model: &Model, w: &Weights) -> Result<()> {
-    let vars = model.vs.variables();
-    for (name, var) in vars {
-        let t = w.tensor(&name).map_err(|_| Error::Model(format!("checkpoint lacks `{name}`")))?;
-        tch::no_grad(|| var.shallow_clone().f_copy_(&t.to_kind(var.kind())))?;
+    let mut tensors = vec![];
+    for name in model.vs.variables().keys() {
+        tensors.push((name.clone(), w.tensor(name).map_err(|_| Error::Model(format!("checkpoint lacks `{name}`")))?));
     }
-    Ok(())
+    crate::models::assign(&model.vs, &tensors)
 }
 
 /// The latest complete checkpoint directory of a run, if any (a directory left half-renamed by
@@ -559,12 +557,7 @@ pub fn finetune(
         ck.write(model, &opt, &best_weights, &state)?;
     }
     if let Some(b) = &best_weights {
-        let w: Vec<(String, Tensor)> = b.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-        for (name, var) in model.vs.variables() {
-            if let Some((_, t)) = w.iter().find(|(n, _)| *n == name) {
-                tch::no_grad(|| var.shallow_clone().f_copy_(t))?;
-            }
-        }
+        crate::models::assign(&model.vs, b)?;
     }
     let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
     let logits = |rows: &[usize]| -> Result<Tensor> {
@@ -640,13 +633,7 @@ pub fn lr_find(
     }
     progress.finish();
     // Put everything back: parameters and BatchNorm statistics.
-    let vars = model.vs.variables();
-    tch::no_grad(|| -> Result<()> {
-        for (name, t) in &saved {
-            vars[name].shallow_clone().f_copy_(t)?;
-        }
-        Ok(())
-    })?;
+    crate::models::assign(&model.vs, &saved)?;
     if lrs.len() < 3 {
         return Err(Error::Model("the loss diverged at once; try a lower --min-lr".into()));
     }

@@ -353,11 +353,7 @@ fn fit_sgd(
     let mut history = vec![];
     let mut best: Option<(f64, usize, Vec<(String, Tensor)>)> = None;
     let mut since_best = 0;
-    let snapshot = |vs: &nn::VarStore| {
-        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let snapshot = crate::models::snapshot;
     for epoch in 1..=cfg.epochs.max(1) {
         let mut order: Vec<i64> = (0..n as i64).collect();
         rng.shuffle(&mut order);
