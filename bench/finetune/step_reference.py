@@ -1,6 +1,7 @@
 """Training-step throughput of the PyTorch eager recipe (reference for step_throughput.rs).
 
-python step_reference.py MODEL full|last STEPS [BATCH]   (MODEL: mobilenet_v2 | resnet50)
+python step_reference.py MODEL full|last STEPS [BATCH] [fp32|bf16]   (MODEL: mobilenet_v2 | resnet50)
+bf16: the forward pass under torch.autocast("cpu", dtype=torch.bfloat16).
 Random weights and inputs; AdamW(weight_decay=0.01) on the trainable parameters; model.train();
 for `last`, every parameter outside the last stage and the classifier has requires_grad=False.
 """
@@ -13,6 +14,7 @@ from torchvision import models
 def main():
     name, mode, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 32
+    precision = sys.argv[5] if len(sys.argv) > 5 else "fp32"
     torch.manual_seed(0)
     m = getattr(models, name)()
     if mode == "last":
@@ -27,13 +29,15 @@ def main():
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
-        loss = loss_fn(m(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = m(x)
+        loss = loss_fn(out.float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
     mean = sum(times[2:]) / steps
-    print(json.dumps({"tool": "pytorch", "model": name, "mode": mode, "batch": batch, "steps": steps,
+    print(json.dumps({"tool": "pytorch", "model": name, "mode": mode, "precision": precision, "batch": batch, "steps": steps,
                       "s_per_step": mean, "images_per_s": batch / mean}))
 
 

@@ -163,6 +163,12 @@ enum ScheduleArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum BnArg {
     Train,
     Frozen,
@@ -214,6 +220,9 @@ struct TrainArgs {
     /// Also checkpoint every this many optimiser steps (always after every epoch).
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Fine-tuning forward passes in fp32 or with bf16 autocast (CPU).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
     #[arg(long, default_value = registry::DEFAULT_MODEL)]
     model: String,
     /// Weight file or HF directory (default: the registry's source).
@@ -357,6 +366,10 @@ fn finetune_config(a: &TrainArgs) -> Result<FinetuneConfig> {
         label_smoothing: a.label_smoothing,
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
+        precision: match a.precision {
+            PrecisionArg::Fp32 => headstart::engine::Precision::Fp32,
+            PrecisionArg::Bf16 => headstart::engine::Precision::Bf16,
+        },
     })
 }
 

@@ -1,11 +1,12 @@
 //! Training-step throughput of headstart's fine-tuning path (used by bench/finetune/run.sh).
 //!
-//! `cargo run --release --example step_throughput -- MODEL full|last STEPS [BATCH]`
+//! `cargo run --release --example step_throughput -- MODEL full|last STEPS [BATCH] [fp32|bf16]`
 //! Random weights and inputs (throughput does not depend on them); AdamW; frozen stages run
 //! in eval mode without autograd. Prints one JSON line.
 
 use std::time::Instant;
 
+use headstart::engine::{autocast_cpu, Precision};
 use headstart::models::{registry, Mode, Model};
 use headstart::train::finetune::apply_freeze;
 use headstart::train::optim::{no_decay, Group, OptimKind, Optimizer};
@@ -16,6 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (name, mode, steps) = (&args[1], &args[2], args[3].parse::<usize>().unwrap());
     let batch: i64 = args.get(4).map(|b| b.parse().unwrap()).unwrap_or(32);
+    let precision = if args.get(5).map(String::as_str) == Some("bf16") { Precision::Bf16 } else { Precision::Fp32 };
     let entry = registry::find(name).expect("registry model");
     tch::manual_seed(0);
     let model = Model::build(&entry.arch, 3, Some(1000)).unwrap();
@@ -36,9 +38,12 @@ fn main() {
     let mut times = vec![];
     for _ in 0..steps + 2 {
         let t = Instant::now();
-        let h = tch::no_grad(|| model.backbone.forward_range(0..first, &x, Mode::Eval));
-        let f = model.backbone.pool(&model.backbone.forward_range(first..n, &h, Mode::Train));
-        let logits = f.dropout(head.dropout, true).apply(&head.linear);
+        let logits = autocast_cpu(precision, || {
+            let h = tch::no_grad(|| model.backbone.forward_range(0..first, &x, Mode::Eval));
+            let f = model.backbone.pool(&model.backbone.forward_range(first..n, &h, Mode::Train));
+            f.dropout(head.dropout, true).apply(&head.linear)
+        })
+        .to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, 0.0);
         opt.zero_grad();
         loss.backward();
@@ -47,5 +52,5 @@ fn main() {
     }
     let timed = &times[2..];
     let mean = timed.iter().sum::<f64>() / timed.len() as f64;
-    println!("{}", serde_json::json!({"tool": "headstart", "model": name, "mode": mode, "batch": batch, "steps": steps, "s_per_step": mean, "images_per_s": batch as f64 / mean}));
+    println!("{}", serde_json::json!({"tool": "headstart", "model": name, "mode": mode, "precision": format!("{precision:?}").to_lowercase(), "batch": batch, "steps": steps, "s_per_step": mean, "images_per_s": batch as f64 / mean}));
 }

@@ -166,3 +166,24 @@ fn lr_find_records_a_curve_and_restores_every_weight() {
         assert!(a.equal(b), "`{n}` not restored after lr-find");
     }
 }
+
+#[test]
+fn bf16_autocast_fine_tuning_keeps_fp32_weights_and_finite_losses() {
+    let m = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FinetuneConfig {
+        unfreeze: Unfreeze::Last(3),
+        epochs: 2,
+        batch_size: 4,
+        head_epochs: 0,
+        precision: headstart::engine::Precision::Bf16,
+        ..Default::default()
+    };
+    let before = values(&m);
+    let mut losses = vec![];
+    finetune(&m, &tiny_input(), &examples(16, 3), &cfg, dir.path(), false, &Silent, &mut |r| losses.push(r.train_loss)).unwrap();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let after = values(&m);
+    assert!(after.iter().all(|(_, t)| t.kind() == Kind::Float));
+    assert!(before.iter().zip(&after).any(|((_, b), (_, a))| !a.equal(b)), "nothing trained");
+}

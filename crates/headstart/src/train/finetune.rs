@@ -81,6 +81,9 @@ pub struct FinetuneConfig {
     pub seed: u64,
     /// Also checkpoint every this many optimiser steps.
     pub checkpoint_every: Option<usize>,
+    /// fp32, or bf16 autocast for the forward passes (weights, optimiser state and loss stay fp32).
+    #[serde(default)]
+    pub precision: crate::engine::Precision,
 }
 
 impl Default for FinetuneConfig {
@@ -102,6 +105,7 @@ impl Default for FinetuneConfig {
             label_smoothing: 0.0,
             seed: 0,
             checkpoint_every: None,
+            precision: crate::engine::Precision::Fp32,
         }
     }
 }
@@ -335,7 +339,7 @@ impl<'a> Session<'a> {
 
     /// Frozen stages: eval mode, no autograd.
     fn prefix(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| self.model.backbone.forward_range(0..self.first, x, Mode::Eval))
+        crate::engine::autocast_cpu(self.cfg.precision, || tch::no_grad(|| self.model.backbone.forward_range(0..self.first, x, Mode::Eval)))
     }
 
     /// Inputs of the first trainable stage and labels for `rows`; augmented when `epoch` is
@@ -365,8 +369,11 @@ impl<'a> Session<'a> {
 
     /// Trainable stages, pooling and head.
     fn logits(&self, h: &Tensor, mode: Mode) -> Tensor {
-        let f = self.model.backbone.pool(&self.model.backbone.forward_range(self.first..self.n_stages, h, mode));
-        f.dropout(self.head.dropout, mode.is_train()).apply(&self.head.linear)
+        crate::engine::autocast_cpu(self.cfg.precision, || {
+            let f = self.model.backbone.pool(&self.model.backbone.forward_range(self.first..self.n_stages, h, mode));
+            f.dropout(self.head.dropout, mode.is_train()).apply(&self.head.linear)
+        })
+        .to_kind(Kind::Float)
     }
 
     /// Freezes, then groups the trainable parameters per stage (and the head), with and
