@@ -137,7 +137,15 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         Some(root) => Some(FeatureCache::new(root, &sha, &input, "pooled", dim)?),
         None => None,
     };
-    let ex = extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?;
+    // Fine-tuning without a head-only phase needs no frozen features: decoding the images (to
+    // find the usable ones) is all; the decoded images then feed the fine-tuning.
+    let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0);
+    let (ex, mut decoded) = if head_phase {
+        (extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?, None)
+    } else {
+        let (ex, images) = decode_only(&paths, progress);
+        (ex, Some(images))
+    };
 
     let mut skipped: Vec<Skip> = train_ds.skipped.clone();
     if let Some(v) = &val_ds {
@@ -227,11 +235,17 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
                     Ok(())
                 })?;
             }
-            let mut images = Vec::with_capacity(ex.ok.len());
-            for &i in &ex.ok {
-                let bytes = std::fs::read(&paths[i]).map_err(|e| Error::io(&paths[i], e))?;
-                images.push(crate::preprocess::decode_rgb_u8(&bytes).map_err(|m| Error::input(&paths[i], m))?);
-            }
+            let images = match decoded.take() {
+                Some(images) => images,
+                None => {
+                    let mut images = Vec::with_capacity(ex.ok.len());
+                    for &i in &ex.ok {
+                        let bytes = std::fs::read(&paths[i]).map_err(|e| Error::io(&paths[i], e))?;
+                        images.push(crate::preprocess::decode_rgb_u8(&bytes).map_err(|m| Error::input(&paths[i], m))?);
+                    }
+                    images
+                }
+            };
             let examples = Examples { images, labels: labels.iter().map(|&l| l as i64).collect(), train: tr_rows.clone(), val: va_rows.clone() };
             let o = finetune(&ftm, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
@@ -292,6 +306,26 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         skipped_steps,
         resumed_from,
     })
+}
+
+/// Decodes every file (no backbone): which are usable, why the others are not, and the
+/// decoded `u8` images of the usable ones. The features are empty (`[n_ok, 0]`).
+fn decode_only(paths: &[PathBuf], progress: &dyn Progress) -> (crate::features::Extracted, Vec<Tensor>) {
+    progress.start("decode", paths.len() as u64);
+    let (mut ok, mut skipped, mut images) = (vec![], vec![], vec![]);
+    for (i, p) in paths.iter().enumerate() {
+        match std::fs::read(p).map_err(|e| format!("cannot read: {e}")).and_then(|b| crate::preprocess::decode_rgb_u8(&b)) {
+            Ok(img) => {
+                ok.push(i);
+                images.push(img);
+            }
+            Err(reason) => skipped.push(Skip { path: p.clone(), reason }),
+        }
+        progress.inc(1);
+    }
+    progress.finish();
+    let features = Tensor::zeros([ok.len() as i64, 0], tch::kind::FLOAT_CPU);
+    (crate::features::Extracted { features, ok, skipped, computed: 0, reused: 0 }, images)
 }
 
 struct Fitted2 {

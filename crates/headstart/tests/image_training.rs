@@ -201,6 +201,24 @@ fn preprocessing_override_is_warned_about_and_travels_with_the_bundle() {
 }
 
 #[test]
+fn finetune_mode_writes_tuned_stages_and_skips_features_without_a_head_phase() {
+    use headstart::train::finetune::{FinetuneConfig, Unfreeze};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_set(&data, &["Bag", "Trouser"], 6);
+    let mut req = request(&data, &tmp.path().join("r"), &tmp.path().join("c"), HeadKind::Linear);
+    req.finetune = Some(FinetuneConfig { unfreeze: Unfreeze::Last(2), epochs: 1, batch_size: 4, head_epochs: 0, ..Default::default() });
+    let o = train(&req);
+    assert_eq!((o.backbone_computed, o.backbone_reused), (0, 0), "no frozen-feature pass without a head phase");
+    assert_eq!(o.tuned_stages, vec!["stage7", "head_conv"]);
+    assert!(o.bundle.join("backbone.safetensors").is_file());
+    let p = Predictor::load(&o.bundle, None).unwrap();
+    assert_eq!(p.meta.tuned.as_ref().unwrap().stages.len(), 2);
+    let (report, _) = evaluate(&p, &data, None, &Silent).unwrap();
+    assert_eq!(report.n, 12);
+}
+
+#[test]
 fn csv_manifest_and_separate_validation_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
