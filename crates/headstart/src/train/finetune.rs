@@ -294,9 +294,9 @@ fn set_dropout_seed(seed: u64, step: usize) {
     tch::manual_seed((seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64);
 }
 
-/// What one fine-tuning setup needs at every step: the freeze point, cached activations,
+/// What every fine-tuning step needs: the freeze point, cached activations,
 /// labels. Shared by training and the learning-rate finder.
-struct Session<'a> {
+struct Trainer<'a> {
     model: &'a Model,
     input: &'a ImageInput,
     ex: &'a Examples,
@@ -310,14 +310,14 @@ struct Session<'a> {
     labels: Tensor,
 }
 
-impl<'a> Session<'a> {
-    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Session<'a>> {
+impl<'a> Trainer<'a> {
+    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Trainer<'a>> {
         cfg.validate()?;
         let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
         let n_stages = model.backbone.stages().len();
         let first = first_trainable(cfg.unfreeze, n_stages)?;
         let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
-        let mut s = Session { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
+        let mut s = Trainer { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
         // Worth it only when there are frozen stages to skip; unfreezing everything would just
         // hold every preprocessed image in memory.
         if cfg.augment.is_none() && first > 0 {
@@ -409,7 +409,7 @@ pub fn finetune(
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
-    let sess = Session::new(model, input, ex, cfg, progress)?;
+    let sess = Trainer::new(model, input, ex, cfg, progress)?;
     let head = sess.head;
     let mut opt = sess.optimizer();
     let steps_per_epoch = ex.train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
@@ -608,7 +608,7 @@ pub fn lr_find(
         return Err(Error::Model("lr-find needs 0 < min < max and at least 10 steps".into()));
     }
     let saved = snapshot(model);
-    let sess = Session::new(model, input, ex, cfg, progress)?;
+    let sess = Trainer::new(model, input, ex, cfg, progress)?;
     let mut opt = sess.optimizer();
     let mut order = ex.train.clone();
     Rng(cfg.seed ^ 0x1f).shuffle(&mut order);
