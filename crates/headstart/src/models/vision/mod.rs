@@ -128,6 +128,8 @@ pub fn linear_head(p: nn::Path, prefix: &str, nin: i64, nout: i64, dropout: f64)
     Head { linear: nn::linear(p, nin, nout, Default::default()), dropout, prefix: prefix.to_string() }
 }
 
+/// ReLU6 as `at::relu6` (hardtanh): its backward kernel is far faster than `clamp`'s, in bf16
+/// especially.
 pub fn relu6(xs: &Tensor) -> Tensor {
-    xs.clamp(0.0, 6.0)
+    xs.relu6()
 }
