@@ -263,11 +263,10 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     if let Some(e) = write_err {
         return Err(e);
     }
-    let fitted = Fitted2 { head, best_epoch, l2 };
     // Logits of the final model: the head on frozen features, or the fine-tuned network.
     let (train_logits, val_logits) = match final_logits {
         Some(l) => l,
-        None => (fitted.head.forward(&xtr)?, fitted.head.forward(&xva)?),
+        None => (head.forward(&xtr)?, head.forward(&xva)?),
     };
     let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
     let val = if va_rows.is_empty() {
@@ -276,7 +275,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
         Some(metrics::report(&classes, &truth, &ranked(&val_logits)?, 5.min(classes.len())))
     };
-    let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), fitted.head.spec.clone());
+    let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
     if let Some(t) = &tuned_tensors {
         let tmp = req.out.join(".tuned.safetensors");
@@ -285,7 +284,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         let _ = std::fs::remove_file(&tmp);
         meta.tuned = Some(bundle::Tuned { stages: tuned_stages.clone(), sha256: sha });
     }
-    bundle::write(&bundle_dir, &meta, &fitted.head, tuned_tensors.as_deref())?;
+    bundle::write(&bundle_dir, &meta, &head, tuned_tensors.as_deref())?;
     Ok(TrainOutcome {
         run_dir: req.out.clone(),
         bundle: bundle_dir,
@@ -295,9 +294,9 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         n_val: va_rows.len(),
         skipped: skipped.len(),
         warnings,
-        head: fitted.head.spec.kind,
-        best_epoch: fitted.best_epoch,
-        l2: fitted.l2,
+        head: head.spec.kind,
+        best_epoch,
+        l2,
         train_accuracy,
         val,
         backbone_computed: ex.computed,
@@ -328,16 +327,6 @@ fn decode_only(paths: &[PathBuf], progress: &dyn Progress) -> (crate::features::
     (crate::features::Extracted { features, ok, skipped, computed: 0, reused: 0 }, images)
 }
 
-struct Fitted2 {
-    head: Head,
-    best_epoch: usize,
-    l2: Option<f64>,
-}
-
-/// Copies tuned backbone tensors into a freshly loaded backbone.
-fn load_tuned(model: &Model, tensors: &[(String, Tensor)]) -> Result<()> {
-    crate::models::assign(&model.vs, tensors)
-}
 
 fn epoch_line(r: &EpochRecord) -> String {
     let mut s = format!("epoch {:>3}  train loss {:.4} acc {:.4}", r.epoch, r.train_loss, r.train_acc);
@@ -376,7 +365,7 @@ impl Predictor {
             }
             let tw = Weights::open(&p)?;
             let tensors: Vec<(String, Tensor)> = tw.names().iter().map(|n| Ok((n.clone(), tw.tensor(n)?))).collect::<Result<_>>()?;
-            load_tuned(&model, &tensors).map_err(|e| Error::input(&p, e.to_string()))?;
+            crate::models::assign(&model.vs, &tensors).map_err(|e| Error::input(&p, e.to_string()))?;
             weights_sha = crate::features::sha256_hex(format!("{weights_sha}+{sha}").as_bytes());
         }
         if model.backbone.num_features() != meta.head.in_features {
@@ -439,14 +428,9 @@ pub fn lr_find_image(req: &TrainRequest, min_lr: f64, max_lr: f64, steps: usize,
     let (model, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
     report.require_complete()?;
     let input = req.input_override.clone().unwrap_or_else(|| entry.input.clone());
-    let (mut images, mut labels) = (vec![], vec![]);
-    for it in &ds.items {
-        let decoded = std::fs::read(&it.path).map_err(|e| e.to_string()).and_then(|b| crate::preprocess::decode_rgb_u8(&b));
-        if let Ok(img) = decoded {
-            images.push(img);
-            labels.push(it.label as i64);
-        }
-    }
+    let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
+    let (decoded, images) = decode_only(&paths, progress);
+    let labels: Vec<i64> = decoded.ok.iter().map(|&i| ds.items[i].label as i64).collect();
     if images.is_empty() {
         return Err(Error::input(&req.data, "no readable images"));
     }

@@ -376,9 +376,19 @@ impl<'a> Trainer<'a> {
         .to_kind(Kind::Float)
     }
 
+    /// Eval-mode logits for `rows` (no augmentation, no autograd), in row order.
+    fn eval_logits(&self, rows: &[usize]) -> Result<Tensor> {
+        let mut out = vec![];
+        for chunk in rows.chunks(self.cfg.batch_size) {
+            let (h, _) = self.batch(chunk, None)?;
+            out.push(tch::no_grad(|| self.logits(&h, Mode::Eval)));
+        }
+        Ok(if out.is_empty() { Tensor::zeros([0, self.head.linear.ws.size()[0]], tch::kind::FLOAT_CPU) } else { Tensor::cat(&out, 0) })
+    }
+
     /// Freezes, then groups the trainable parameters per stage (and the head), with and
     /// without weight decay, each stage's learning rate `decay^depth` of the head's.
-    fn optimizer(&self) -> Optimizer {
+    fn optimizer(&self) -> (Optimizer, FreezeState) {
         let freeze = apply_freeze(self.model, self.first);
         let stages = self.model.backbone.stages();
         let mut groups: Vec<Group> = vec![];
@@ -392,7 +402,7 @@ impl<'a> Trainer<'a> {
                 None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
             }
         }
-        Optimizer::new(self.cfg.optim, groups)
+        (Optimizer::new(self.cfg.optim, groups), freeze)
     }
 }
 
@@ -410,12 +420,10 @@ pub fn finetune(
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
     let sess = Trainer::new(model, input, ex, cfg, progress)?;
-    let head = sess.head;
-    let mut opt = sess.optimizer();
+    let (mut opt, freeze) = sess.optimizer();
     let steps_per_epoch = ex.train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
     let mut scheduler = Scheduler::new(cfg.schedule.clone(), steps_per_epoch, cfg.epochs);
     let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
-    let freeze = apply_freeze(model, sess.first);
 
     let mut state = CheckpointState {
         epoch: 0,
@@ -522,21 +530,14 @@ pub fn finetune(
         }
         progress.finish();
         // End of epoch: measure, keep the best, checkpoint.
-        let eval = |rows: &[usize]| -> Result<(f64, f64)> {
-            let (mut l, mut c) = (0.0, 0i64);
-            for chunk in rows.chunks(cfg.batch_size) {
-                let (h, y) = sess.batch(chunk, None)?;
-                let logits = tch::no_grad(|| sess.logits(&h, Mode::Eval));
-                l += logits.cross_entropy_for_logits(&y).double_value(&[]) * chunk.len() as f64;
-                c += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-            }
-            Ok((l / rows.len().max(1) as f64, c as f64 / rows.len().max(1) as f64))
-        };
         let (val_loss, val_acc) = if ex.val.is_empty() {
             (None, None)
         } else {
-            let (l, a) = eval(&ex.val)?;
-            (Some(l), Some(a))
+            let logits = sess.eval_logits(&ex.val)?;
+            let y = sess.labels.index_select(0, &Tensor::from_slice(&ex.val.iter().map(|&i| i as i64).collect::<Vec<_>>()));
+            let loss = logits.cross_entropy_for_logits(&y).double_value(&[]);
+            let acc = logits.argmax(-1, false).eq_tensor(&y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+            (Some(loss), Some(acc))
         };
         let (loss_sum, correct, seen) = std::mem::take(&mut state.epoch_sums);
         let rec = EpochRecord {
@@ -567,15 +568,7 @@ pub fn finetune(
         crate::models::assign(&model.vs, b)?;
     }
     let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
-    let logits = |rows: &[usize]| -> Result<Tensor> {
-        let mut out = vec![];
-        for chunk in rows.chunks(cfg.batch_size) {
-            let (h, _) = sess.batch(chunk, None)?;
-            out.push(tch::no_grad(|| sess.logits(&h, Mode::Eval)));
-        }
-        Ok(if out.is_empty() { Tensor::zeros([0, head.linear.ws.size()[0]], tch::kind::FLOAT_CPU) } else { Tensor::cat(&out, 0) })
-    };
-    let (train_logits, val_logits) = (logits(&ex.train)?, logits(&ex.val)?);
+    let (train_logits, val_logits) = (sess.eval_logits(&ex.train)?, sess.eval_logits(&ex.val)?);
     Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
 }
 
@@ -609,7 +602,7 @@ pub fn lr_find(
     }
     let saved = snapshot(model);
     let sess = Trainer::new(model, input, ex, cfg, progress)?;
-    let mut opt = sess.optimizer();
+    let (mut opt, _) = sess.optimizer();
     let mut order = ex.train.clone();
     Rng(cfg.seed ^ 0x1f).shuffle(&mut order);
     let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();

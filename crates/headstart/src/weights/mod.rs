@@ -103,19 +103,14 @@ impl TensorInfo {
     }
 }
 
-/// Where a tensor's storage lies: a byte range of the mapped file.
-#[derive(Debug, Clone)]
-enum Region {
-    Mapped { start: usize, len: usize },
-}
-
 #[derive(Debug, Clone)]
 struct Entry {
     info: TensorInfo,
     stride: Vec<u64>,
     /// Offset into the storage, in elements.
     offset: u64,
-    region: Region,
+    /// The storage's byte range in the mapped file.
+    region: std::ops::Range<usize>,
 }
 
 /// One opened weight file.
@@ -220,7 +215,10 @@ impl WeightFile {
                 info: TensorInfo { name: name.to_string(), dtype, shape },
                 stride,
                 offset: 0,
-                region: Region::Mapped { start: data.as_ptr() as usize - base, len: data.len() },
+                region: {
+                    let start = data.as_ptr() as usize - base;
+                    start..start + data.len()
+                },
             });
         }
         self.entries = entries;
@@ -243,16 +241,10 @@ impl WeightFile {
         self.entries.is_empty()
     }
 
-    fn region(&self, r: &Region) -> &[u8] {
-        match r {
-            Region::Mapped { start, len } => &self.map[*start..*start + *len],
-        }
-    }
-
     /// Materialises tensor `i` as a contiguous CPU tensor of its stored dtype.
     fn tensor_at(&self, i: usize) -> Result<Tensor> {
         let e = &self.entries[i];
-        let bytes = self.region(&e.region);
+        let bytes = &self.map[e.region.clone()];
         let esize = e.info.dtype.size() as usize;
         let numel = (bytes.len() / esize) as i64;
         let flat = Tensor::f_from_data_size(&bytes[..numel as usize * esize], &[numel], e.info.dtype.kind())?;

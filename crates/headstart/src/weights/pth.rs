@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
 use super::pickle::{self, Limits, StorageRef, TensorRef, Value};
-use super::{bad, check_extent, Entry, Region, TensorInfo, WeightFile};
+use super::{bad, check_extent, Entry, TensorInfo, WeightFile};
 use crate::error::Result;
 
 /// The legacy format's magic number 0x1950a86a20f9469cfc6c, little-endian.
@@ -24,7 +24,7 @@ fn unpickle(wf: &WeightFile, data: &[u8], base: usize, what: &str) -> Result<(Va
 fn build_entries(
     wf: &WeightFile,
     tensors: Vec<(String, TensorRef)>,
-    storages: &HashMap<String, (Region, u64)>,
+    storages: &HashMap<String, (std::ops::Range<usize>, u64)>,
 ) -> Result<Vec<Entry>> {
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -100,7 +100,7 @@ pub(super) fn read_legacy(wf: &mut WeightFile) -> Result<()> {
         let bytes = count.checked_mul(r.dtype.size()).filter(|&b| b <= (len - pos) as u64).ok_or_else(|| {
             bad(&wf.path, format!("storage `{k}` declares {count} elements, more than the {} bytes left in the file", len - pos))
         })? as usize;
-        storages.insert(k.to_string(), (Region::Mapped { start: pos, len: bytes }, count));
+        storages.insert(k.to_string(), (pos..pos + bytes, count));
         pos += bytes;
     }
     wf.entries = build_entries(wf, tensors, &storages)?;
@@ -161,7 +161,7 @@ pub(super) fn read_zip(wf: &mut WeightFile) -> Result<()> {
         if start.checked_add(need).is_none_or(|end| end > file_len) {
             return Err(bad(&wf.path, format!("{entry} runs past the end of the file")));
         }
-        storages.insert(key, (Region::Mapped { start: start as usize, len: need as usize }, r.numel));
+        storages.insert(key, (start as usize..(start + need) as usize, r.numel));
     }
     wf.entries = build_entries(wf, tensors, &storages)?;
     Ok(())
