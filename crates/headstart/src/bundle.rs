@@ -13,7 +13,7 @@ use crate::train::{Head, HeadSpec};
 use crate::weights::{save_safetensors, Weights};
 
 pub const FORMAT_VERSION: u32 = 1;
-const META: &str = "bundle.toml";
+pub const META: &str = "bundle.toml";
 const HEAD: &str = "head.safetensors";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,18 +70,23 @@ impl BundleMeta {
 /// Writes the bundle to `dir` atomically: a staging directory beside it is filled and synced,
 /// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
 pub fn write(dir: &Path, meta: &BundleMeta, head: &Head, tuned: Option<&[(String, tch::Tensor)]>) -> Result<()> {
-    head.validate()?;
     if meta.tuned.is_some() != tuned.is_some() {
         return Err(Error::Model("bundle metadata and tuned backbone tensors disagree".into()));
     }
+    let text = toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
+    write_raw(dir, &text, head, tuned)
+}
+
+/// [`write`] with the metadata already serialised (text bundles have their own).
+pub fn write_raw(dir: &Path, meta_toml: &str, head: &Head, tuned: Option<&[(String, tch::Tensor)]>) -> Result<()> {
+    head.validate()?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dir.file_name().ok_or_else(|| Error::input(dir, "not a directory path"))?.to_string_lossy().to_string();
     let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    let text = toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
-    crate::fsx::atomic_write(&staging.join(META), text.as_bytes())?;
+    crate::fsx::atomic_write(&staging.join(META), meta_toml.as_bytes())?;
     save_safetensors(&staging.join(HEAD), &head.tensors)?;
     if let Some(t) = tuned {
         for (name, x) in t {
@@ -103,10 +108,34 @@ pub fn write(dir: &Path, meta: &BundleMeta, head: &Head, tuned: Option<&[(String
     Ok(())
 }
 
+/// `text` for a text bundle, `image` otherwise.
+pub fn modality(dir: &Path) -> Result<String> {
+    let mp = dir.join(META);
+    let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
+    let v: toml::Value = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
+    Ok(v.get("modality").and_then(|m| m.as_str()).unwrap_or("image").to_string())
+}
+
+/// The head tensors of a bundle, checked against `spec`.
+pub fn read_head(dir: &Path, spec: &HeadSpec) -> Result<Head> {
+    let hp = dir.join(HEAD);
+    let w = Weights::open(&hp)?;
+    let mut tensors = vec![];
+    for n in w.names() {
+        tensors.push((n.clone(), w.tensor(n)?.to_kind(tch::Kind::Float)));
+    }
+    let head = Head { spec: spec.clone(), tensors };
+    head.validate().map_err(|e| Error::input(&hp, e.to_string()))?;
+    Ok(head)
+}
+
 /// Reads and checks a bundle (format version, head shapes).
 pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
     let mp = dir.join(META);
     let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
+    if modality(dir)? != "image" {
+        return Err(Error::input(&mp, "this is a text bundle"));
+    }
     let meta: BundleMeta = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
     if meta.format_version != FORMAT_VERSION {
         return Err(Error::input(&mp, format!("bundle format {} is not supported (this build reads {FORMAT_VERSION})", meta.format_version)));
@@ -114,14 +143,7 @@ pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
     if meta.labels.len() as i64 != meta.head.num_classes {
         return Err(Error::input(&mp, format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));
     }
-    let hp = dir.join(HEAD);
-    let w = Weights::open(&hp)?;
-    let mut tensors = vec![];
-    for n in w.names() {
-        tensors.push((n.clone(), w.tensor(n)?.to_kind(tch::Kind::Float)));
-    }
-    let head = Head { spec: meta.head.clone(), tensors };
-    head.validate().map_err(|e| Error::input(&hp, e.to_string()))?;
+    let head = read_head(dir, &meta.head)?;
     Ok((meta, head))
 }
 

@@ -46,7 +46,12 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     pub fn new(root: &Path, weights_sha256: &str, input: &ImageInput, layer: &str, dim: usize) -> Result<FeatureCache> {
-        let key_src = serde_json::json!({"weights": weights_sha256, "input": input, "layer": layer, "dim": dim}).to_string();
+        Self::keyed(root, &serde_json::json!({"weights": weights_sha256, "input": input, "layer": layer, "dim": dim}), dim)
+    }
+
+    /// A cache for any feature recipe: `key` must name everything the vectors depend on.
+    pub fn keyed(root: &Path, key: &serde_json::Value, dim: usize) -> Result<FeatureCache> {
+        let key_src = key.to_string();
         let dir = root.join("features").join(&sha256_hex(key_src.as_bytes())[..32]);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let about = dir.join("key.json");

@@ -1,6 +1,7 @@
 //! Backbones and the model registry.
 
 pub mod registry;
+pub mod text;
 pub mod vision;
 
 use serde::Serialize;

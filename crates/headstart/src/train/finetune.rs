@@ -149,8 +149,13 @@ pub struct FreezeState {
 
 /// Freezes all backbone stages before `first`: `requires_grad` off. Returns the trainable set.
 pub fn apply_freeze(model: &Model, first: usize) -> FreezeState {
-    let stages = model.backbone.stages();
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    freeze_stages(&model.vs, model.backbone.stages(), first)
+}
+
+/// [`apply_freeze`] for any variable store split into `stages` (variables outside every stage
+/// are the head).
+pub fn freeze_stages(vs: &tch::nn::VarStore, stages: &[crate::models::Stage], first: usize) -> FreezeState {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut trainable = vec![];
     let mut tuned_vars = vec![];
@@ -173,6 +178,57 @@ pub fn apply_freeze(model: &Model, first: usize) -> FreezeState {
         }
     }
     FreezeState { first_trainable: first, trainable, tuned_vars }
+}
+
+/// What the fine-tuning loop needs from a task (images, text): inputs for a set of rows,
+/// logits for them, and the model's variables split into ordered stages. The loop itself
+/// (optimiser, schedule, accumulation, non-finite guard, checkpoints, resume, best epoch) is
+/// shared.
+pub trait Learner {
+    type Batch;
+    /// Every variable of the model (backbone and head).
+    fn vs(&self) -> &tch::nn::VarStore;
+    /// The backbone's ordered stages; variables outside them are the head.
+    fn stages(&self) -> &[crate::models::Stage];
+    /// Index of the first stage that trains.
+    fn first_trainable(&self) -> usize;
+    /// Labels of every row.
+    fn labels(&self) -> &Tensor;
+    fn num_classes(&self) -> i64;
+    /// Inputs for `rows`; `epoch` is given for training batches (augmentation, when on).
+    fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<Self::Batch>;
+    /// Logits `[B, classes]` (fp32); frozen stages run without autograd.
+    fn logits(&self, b: &Self::Batch, train: bool) -> Tensor;
+
+    /// Eval-mode logits for `rows` (no augmentation, no autograd), in row order.
+    fn eval_logits(&self, rows: &[usize], batch_size: usize) -> Result<Tensor> {
+        let mut out = vec![];
+        for chunk in rows.chunks(batch_size) {
+            let b = self.batch(chunk, None)?;
+            out.push(tch::no_grad(|| self.logits(&b, false)));
+        }
+        Ok(if out.is_empty() { Tensor::zeros([0, self.num_classes()], tch::kind::FLOAT_CPU) } else { Tensor::cat(&out, 0) })
+    }
+}
+
+/// Freezes, then groups the trainable parameters per stage (and the head), with and without
+/// weight decay, each stage's learning rate `decay^depth` of the head's.
+fn optimizer<L: Learner>(l: &L, cfg: &FinetuneConfig) -> (Optimizer, FreezeState) {
+    let stages = l.stages();
+    let n_stages = stages.len();
+    let freeze = freeze_stages(l.vs(), stages, l.first_trainable());
+    let mut groups: Vec<Group> = vec![];
+    for (stage, name, t) in &freeze.trainable {
+        let depth = stage.map_or(0, |i| (n_stages - i) as i32);
+        let lr_mult = cfg.stage_lr_decay.powi(depth);
+        let wd = if no_decay(t) { 0.0 } else { cfg.weight_decay };
+        let gname = format!("{}{}", stage.map_or("head".to_string(), |i| stages[i].name.clone()), if wd == 0.0 { "/no_decay" } else { "" });
+        match groups.iter_mut().find(|g| g.name == gname) {
+            Some(g) => g.params.push((name.clone(), t.shallow_clone())),
+            None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
+        }
+    }
+    (Optimizer::new(cfg.optim, groups), freeze)
 }
 
 fn to_float(u8_img: &Tensor) -> Tensor {
@@ -219,17 +275,13 @@ pub struct Outcome {
 const CKPT: &str = "checkpoint";
 const COMPLETE: &str = "COMPLETE";
 
-fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
-    crate::models::snapshot(&model.vs)
-}
-
-/// Every variable of `model` from a saved file.
-fn restore(model: &Model, w: &Weights) -> Result<()> {
+/// Every variable of `vs` from a saved file.
+fn restore(vs: &tch::nn::VarStore, w: &Weights) -> Result<()> {
     let mut tensors = vec![];
-    for name in model.vs.variables().keys() {
+    for name in vs.variables().keys() {
         tensors.push((name.clone(), w.tensor(name).map_err(|_| Error::Model(format!("checkpoint lacks `{name}`")))?));
     }
-    crate::models::assign(&model.vs, &tensors)
+    crate::models::assign(vs, &tensors)
 }
 
 /// The latest complete checkpoint directory of a run, if any (a directory left half-renamed by
@@ -255,12 +307,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn write(&mut self, model: &Model, opt: &Optimizer, best: &Option<Vec<(String, Tensor)>>, state: &CheckpointState) -> Result<()> {
+    fn write(&mut self, vs: &tch::nn::VarStore, opt: &Optimizer, best: &Option<Vec<(String, Tensor)>>, state: &CheckpointState) -> Result<()> {
         self.written += 1;
         let staging = self.run.join(format!("{CKPT}.staging"));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        let weights = snapshot(model);
+        let weights = crate::models::snapshot(vs);
         if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
             return Err(Error::Model(format!("`{name}` holds non-finite values; no checkpoint written")));
         }
@@ -290,13 +342,16 @@ impl Checkpointer {
     }
 }
 
+fn rows_tensor(rows: &[usize]) -> Tensor {
+    Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
+}
+
 fn set_dropout_seed(seed: u64, step: usize) {
     tch::manual_seed((seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64);
 }
 
-/// What every fine-tuning step needs: the freeze point, cached activations,
-/// labels. Shared by training and the learning-rate finder.
-struct Trainer<'a> {
+/// Images as a [`Learner`]: frozen stages, cached activations, augmentation.
+struct ImageLearner<'a> {
     model: &'a Model,
     input: &'a ImageInput,
     ex: &'a Examples,
@@ -310,14 +365,14 @@ struct Trainer<'a> {
     labels: Tensor,
 }
 
-impl<'a> Trainer<'a> {
-    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Trainer<'a>> {
+impl<'a> ImageLearner<'a> {
+    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<ImageLearner<'a>> {
         cfg.validate()?;
         let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
         let n_stages = model.backbone.stages().len();
         let first = first_trainable(cfg.unfreeze, n_stages)?;
         let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
-        let mut s = Trainer { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
+        let mut s = ImageLearner { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
         // Worth it only when there are frozen stages to skip; unfreezing everything would just
         // hold every preprocessed image in memory.
         if cfg.augment.is_none() && first > 0 {
@@ -341,15 +396,32 @@ impl<'a> Trainer<'a> {
     fn prefix(&self, x: &Tensor) -> Tensor {
         crate::engine::autocast_cpu(self.cfg.precision, || tch::no_grad(|| self.model.backbone.forward_range(0..self.first, x, Mode::Eval)))
     }
+}
 
-    /// Inputs of the first trainable stage and labels for `rows`; augmented when `epoch` is
-    /// given and augmentation is on.
-    fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<(Tensor, Tensor)> {
-        let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        let y = self.labels.index_select(0, &idx);
+impl Learner for ImageLearner<'_> {
+    /// Inputs of the first trainable stage.
+    type Batch = Tensor;
+
+    fn vs(&self) -> &tch::nn::VarStore {
+        &self.model.vs
+    }
+    fn stages(&self) -> &[crate::models::Stage] {
+        self.model.backbone.stages()
+    }
+    fn first_trainable(&self) -> usize {
+        self.first
+    }
+    fn labels(&self) -> &Tensor {
+        &self.labels
+    }
+    fn num_classes(&self) -> i64 {
+        self.head.linear.ws.size()[0]
+    }
+
+    fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<Tensor> {
         if let Some(c) = &self.cached {
             let xs: Vec<Tensor> = rows.iter().map(|&i| c[i].shallow_clone()).collect();
-            return Ok((Tensor::stack(&xs, 0), y));
+            return Ok(Tensor::stack(&xs, 0));
         }
         let xs: Vec<Tensor> = rows
             .iter()
@@ -364,50 +436,21 @@ impl<'a> Trainer<'a> {
                 }
             })
             .collect::<Result<_>>()?;
-        Ok((self.prefix(&Tensor::stack(&xs, 0)), y))
+        Ok(self.prefix(&Tensor::stack(&xs, 0)))
     }
 
     /// Trainable stages, pooling and head.
-    fn logits(&self, h: &Tensor, mode: Mode) -> Tensor {
+    fn logits(&self, h: &Tensor, train: bool) -> Tensor {
+        let mode = if train { self.trainable_mode } else { Mode::Eval };
         crate::engine::autocast_cpu(self.cfg.precision, || {
             let f = self.model.backbone.pool(&self.model.backbone.forward_range(self.first..self.n_stages, h, mode));
             f.dropout(self.head.dropout, mode.is_train()).apply(&self.head.linear)
         })
         .to_kind(Kind::Float)
     }
-
-    /// Eval-mode logits for `rows` (no augmentation, no autograd), in row order.
-    fn eval_logits(&self, rows: &[usize]) -> Result<Tensor> {
-        let mut out = vec![];
-        for chunk in rows.chunks(self.cfg.batch_size) {
-            let (h, _) = self.batch(chunk, None)?;
-            out.push(tch::no_grad(|| self.logits(&h, Mode::Eval)));
-        }
-        Ok(if out.is_empty() { Tensor::zeros([0, self.head.linear.ws.size()[0]], tch::kind::FLOAT_CPU) } else { Tensor::cat(&out, 0) })
-    }
-
-    /// Freezes, then groups the trainable parameters per stage (and the head), with and
-    /// without weight decay, each stage's learning rate `decay^depth` of the head's.
-    fn optimizer(&self) -> (Optimizer, FreezeState) {
-        let freeze = apply_freeze(self.model, self.first);
-        let stages = self.model.backbone.stages();
-        let mut groups: Vec<Group> = vec![];
-        for (stage, name, t) in &freeze.trainable {
-            let depth = stage.map_or(0, |i| (self.n_stages - i) as i32);
-            let lr_mult = self.cfg.stage_lr_decay.powi(depth);
-            let wd = if no_decay(t) { 0.0 } else { self.cfg.weight_decay };
-            let gname = format!("{}{}", stage.map_or("head".to_string(), |i| stages[i].name.clone()), if wd == 0.0 { "/no_decay" } else { "" });
-            match groups.iter_mut().find(|g| g.name == gname) {
-                Some(g) => g.params.push((name.clone(), t.shallow_clone())),
-                None => groups.push(Group { name: gname, params: vec![(name.clone(), t.shallow_clone())], lr_mult, weight_decay: wd }),
-            }
-        }
-        (Optimizer::new(self.cfg.optim, groups), freeze)
-    }
 }
 
-/// Fine-tunes `model` (which has a head) on `ex`. `head_init`, when given, replaces the head's
-/// weight and bias first (phase one, trained on cached features by the caller).
+/// Fine-tunes `model` (which has a head) on `ex`.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model: &Model,
@@ -419,9 +462,27 @@ pub fn finetune(
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
-    let sess = Trainer::new(model, input, ex, cfg, progress)?;
-    let (mut opt, freeze) = sess.optimizer();
-    let steps_per_epoch = ex.train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
+    let learner = ImageLearner::new(model, input, ex, cfg, progress)?;
+    train_learner(&learner, &ex.train, &ex.val, cfg, run, resume, progress, on_epoch)
+}
+
+/// The fine-tuning loop for any [`Learner`]: trains on rows `train`, measures on rows `val`
+/// after every epoch, checkpoints into `run`, and ends with the best epoch's weights.
+#[allow(clippy::too_many_arguments)]
+pub fn train_learner<L: Learner>(
+    sess: &L,
+    train: &[usize],
+    val: &[usize],
+    cfg: &FinetuneConfig,
+    run: &Path,
+    resume: bool,
+    progress: &dyn Progress,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Outcome> {
+    cfg.validate()?;
+    let vs = sess.vs();
+    let (mut opt, freeze) = optimizer(sess, cfg);
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
     let mut scheduler = Scheduler::new(cfg.schedule.clone(), steps_per_epoch, cfg.epochs);
     let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
 
@@ -448,7 +509,7 @@ pub fn finetune(
             if st.config != config_json {
                 return Err(Error::Model(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
             }
-            restore(model, &Weights::open(dir.join("model.safetensors"))?)?;
+            restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
             opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
             if dir.join("best.safetensors").is_file() {
                 let w = Weights::open(dir.join("best.safetensors"))?;
@@ -462,26 +523,27 @@ pub fn finetune(
     let mut ck = Checkpointer { run: run.to_path_buf(), written: 0 };
     // BatchNorm statistics of the unfrozen stages: a skipped step puts them back.
     let buffers: Vec<Tensor> = {
-        let vars = model.vs.variables();
+        let vars = vs.variables();
         freeze.tuned_vars.iter().filter(|n| !vars[*n].requires_grad()).map(|n| vars[n].shallow_clone()).collect()
     };
     let mut saved_buffers: Vec<Tensor> = vec![];
     opt.zero_grad();
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
-        let mut order = ex.train.clone();
+        let mut order = train.to_vec();
         Rng(cfg.seed ^ 0xf1e7 ^ (epoch as u64).wrapping_mul(0x2545_f491)).shuffle(&mut order);
         let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
         progress.start(&format!("epoch {}", epoch + 1), batches.len() as u64);
         progress.inc(state.batch as u64);
         while state.batch < batches.len() {
             let b = batches[state.batch];
-            let (h, y) = sess.batch(b, Some(epoch))?;
+            let h = sess.batch(b, Some(epoch))?;
+            let y = sess.labels().index_select(0, &rows_tensor(b));
             set_dropout_seed(cfg.seed, state.global_step * cfg.accumulate + state.micro);
             if state.micro == 0 {
                 saved_buffers = buffers.iter().map(|b| b.copy()).collect();
             }
-            let logits = sess.logits(&h, sess.trainable_mode);
+            let logits = sess.logits(&h, true);
             let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
             let lv = loss.double_value(&[]);
             if lv.is_finite() {
@@ -523,18 +585,18 @@ pub fn finetune(
                 if cfg.checkpoint_every.is_some_and(|k| state.global_step % k == 0) && state.batch < batches.len() {
                     state.scheduler = scheduler.clone();
                     state.optim_steps = opt.steps;
-                    ck.write(model, &opt, &best_weights, &state)?;
+                    ck.write(vs, &opt, &best_weights, &state)?;
                 }
             }
             progress.inc(1);
         }
         progress.finish();
         // End of epoch: measure, keep the best, checkpoint.
-        let (val_loss, val_acc) = if ex.val.is_empty() {
+        let (val_loss, val_acc) = if val.is_empty() {
             (None, None)
         } else {
-            let logits = sess.eval_logits(&ex.val)?;
-            let y = sess.labels.index_select(0, &Tensor::from_slice(&ex.val.iter().map(|&i| i as i64).collect::<Vec<_>>()));
+            let logits = sess.eval_logits(val, cfg.batch_size)?;
+            let y = sess.labels().index_select(0, &rows_tensor(val));
             let loss = logits.cross_entropy_for_logits(&y).double_value(&[]);
             let acc = logits.argmax(-1, false).eq_tensor(&y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
             (Some(loss), Some(acc))
@@ -555,20 +617,20 @@ pub fn finetune(
         if let Some(vl) = val_loss {
             if state.best.is_none_or(|(b, _)| vl < b) {
                 state.best = Some((vl, epoch + 1));
-                best_weights = Some(snapshot(model));
+                best_weights = Some(crate::models::snapshot(vs));
             }
         }
         state.epoch += 1;
         state.batch = 0;
         state.scheduler = scheduler.clone();
         state.optim_steps = opt.steps;
-        ck.write(model, &opt, &best_weights, &state)?;
+        ck.write(vs, &opt, &best_weights, &state)?;
     }
     if let Some(b) = &best_weights {
-        crate::models::assign(&model.vs, b)?;
+        crate::models::assign(vs, b)?;
     }
     let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
-    let (train_logits, val_logits) = (sess.eval_logits(&ex.train)?, sess.eval_logits(&ex.val)?);
+    let (train_logits, val_logits) = (sess.eval_logits(train, cfg.batch_size)?, sess.eval_logits(val, cfg.batch_size)?);
     Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
 }
 
@@ -597,13 +659,21 @@ pub fn lr_find(
     steps: usize,
     progress: &dyn Progress,
 ) -> Result<LrFind> {
+    let learner = ImageLearner::new(model, input, ex, cfg, progress)?;
+    lr_find_learner(&learner, &ex.train, cfg, min_lr, max_lr, steps, progress)
+}
+
+/// [`lr_find`] for any [`Learner`], over rows `train`.
+pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConfig, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     if !(min_lr > 0.0 && max_lr > min_lr && steps >= 10) {
         return Err(Error::Model("lr-find needs 0 < min < max and at least 10 steps".into()));
     }
-    let saved = snapshot(model);
-    let sess = Trainer::new(model, input, ex, cfg, progress)?;
-    let (mut opt, _) = sess.optimizer();
-    let mut order = ex.train.clone();
+    if train.is_empty() {
+        return Err(Error::Model("lr-find needs training examples".into()));
+    }
+    let saved = crate::models::snapshot(sess.vs());
+    let (mut opt, _) = optimizer(sess, cfg);
+    let mut order = train.to_vec();
     Rng(cfg.seed ^ 0x1f).shuffle(&mut order);
     let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
     let (mut lrs, mut losses) = (vec![], vec![]);
@@ -611,9 +681,11 @@ pub fn lr_find(
     progress.start("lr-find", steps as u64);
     for i in 0..steps {
         let lr = min_lr * (max_lr / min_lr).powf(i as f64 / (steps - 1) as f64);
-        let (h, y) = sess.batch(batches[i % batches.len()], Some(i / batches.len()))?;
+        let rows = batches[i % batches.len()];
+        let h = sess.batch(rows, Some(i / batches.len()))?;
+        let y = sess.labels().index_select(0, &rows_tensor(rows));
         set_dropout_seed(cfg.seed, i);
-        let loss = sess.logits(&h, sess.trainable_mode).cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
+        let loss = sess.logits(&h, true).cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
         let lv = loss.double_value(&[]);
         if !lv.is_finite() {
             break;
@@ -633,7 +705,7 @@ pub fn lr_find(
     }
     progress.finish();
     // Put everything back: parameters and BatchNorm statistics.
-    crate::models::assign(&model.vs, &saved)?;
+    crate::models::assign(sess.vs(), &saved)?;
     if lrs.len() < 3 {
         return Err(Error::Model("the loss diverged at once; try a lower --min-lr".into()));
     }
