@@ -10,12 +10,13 @@ use clap::{Parser, Subcommand};
 use headstart::models::{self, registry, Mode};
 use headstart::run::{self, TrainRequest};
 use headstart::preprocess::Augment;
-use headstart::train::finetune::{BnPolicy, FinetuneConfig, Unfreeze};
+use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
 use headstart::train::schedule::Schedule;
 use headstart::train::{ClassWeights, HeadKind, TrainConfig};
 use headstart::weights::{self, Weights};
 
+mod config;
 mod progress;
 
 #[derive(Parser)]
@@ -29,11 +30,14 @@ struct Cli {
 enum Command {
     /// Train a classifier head on frozen pre-trained features (feature extraction).
     Train(TrainArgs),
-    /// Evaluate a bundle on a labelled image folder or CSV manifest.
+    /// Evaluate a bundle on labelled data (as `train --data` takes it).
     Eval {
         bundle: PathBuf,
         #[arg(long)]
         data: PathBuf,
+        /// Text bundles: replace invalid UTF-8 instead of failing.
+        #[arg(long)]
+        lossy: bool,
         #[arg(long)]
         weights: Option<PathBuf>,
         #[arg(long)]
@@ -45,13 +49,20 @@ enum Command {
     LrFind {
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = registry::DEFAULT_MODEL)]
-        model: String,
+        /// Image registry model or text model (default: mobilenet_v2.tv_in1k; text
+        /// all-minilm-l6-v2).
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Stages to train during the test: `last:N` or `all`.
-        #[arg(long, default_value = "last:1")]
-        unfreeze: String,
+        /// Stages to train during the test: `last:N` or `all` (default: images last:1, text all).
+        #[arg(long)]
+        unfreeze: Option<String>,
+        /// Text: the text and label columns.
+        #[arg(long)]
+        text_column: Option<String>,
+        #[arg(long)]
+        label_column: Option<String>,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
         #[arg(long, default_value_t = 1e-7)]
@@ -67,11 +78,18 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Predict the classes of image files with a bundle.
+    /// Predict classes with a bundle: image files, or for a text bundle CSV/TSV/JSONL files
+    /// (the bundle's text column), `.txt` files (one text each) or `--text`.
     Predict {
         bundle: PathBuf,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "text")]
         files: Vec<PathBuf>,
+        /// Text bundles: a text to classify (repeatable).
+        #[arg(long)]
+        text: Vec<String>,
+        /// Text bundles: replace invalid UTF-8 instead of failing.
+        #[arg(long)]
+        lossy: bool,
         #[arg(long, default_value_t = 5)]
         top_k: usize,
         #[arg(long)]
@@ -176,23 +194,31 @@ enum BnArg {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Image folder (one sub-folder per class) or CSV manifest (`path,label`).
-    #[arg(long, required_unless_present = "resume")]
+    /// A TOML file of settings (Hugging Face TrainingArguments names and headstart's own);
+    /// flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Images: a folder (one sub-folder per class) or CSV manifest (`path,label`). Text: a CSV,
+    /// TSV or JSONL file, or a folder of class folders of `.txt` files.
+    #[arg(long)]
     data: Option<PathBuf>,
     /// Continue an interrupted fine-tuning run from its last checkpoint, with its settings.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "feature")]
-    mode: TrainMode,
-    /// Stages to retrain in finetune mode: `last:N` or `all`.
-    #[arg(long, default_value = "last:1")]
-    unfreeze: String,
-    /// Finetune mode: epochs of head-only training on cached features first.
-    #[arg(long, default_value_t = 3)]
-    head_epochs: usize,
-    /// Finetune mode: learning-rate multiplier per stage below the head.
-    #[arg(long, default_value_t = 0.5)]
-    stage_lr_decay: f64,
+    /// feature (default) or finetune.
+    #[arg(long, value_enum)]
+    mode: Option<TrainMode>,
+    /// Stages to retrain in finetune mode: `last:N` or `all` (default: images last:1, text all).
+    #[arg(long)]
+    unfreeze: Option<String>,
+    /// Finetune mode: epochs of head-only training on cached features first (default: images
+    /// 3, text 0).
+    #[arg(long)]
+    head_epochs: Option<usize>,
+    /// Finetune mode: learning-rate multiplier per stage below the head (default: images 0.5,
+    /// text 1).
+    #[arg(long)]
+    stage_lr_decay: Option<f64>,
     #[arg(long, value_enum, default_value = "adamw")]
     optimizer: OptimArg,
     /// SGD momentum.
@@ -200,18 +226,22 @@ struct TrainArgs {
     momentum: f64,
     #[arg(long)]
     nesterov: bool,
-    #[arg(long, value_enum, default_value = "cosine")]
-    schedule: ScheduleArg,
+    /// Learning-rate schedule (default: images cosine, text linear).
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
     /// Warm-up steps (cosine and linear schedules).
-    #[arg(long, default_value_t = 0)]
-    warmup: usize,
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Warm-up as a fraction of all steps (overrides --warmup).
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     clip_grad: Option<f64>,
     /// Micro-batches per optimiser step.
-    #[arg(long, default_value_t = 1)]
-    accumulate: usize,
-    /// Random resized crop, flip and colour jitter while fine-tuning.
+    #[arg(long)]
+    accumulate: Option<usize>,
+    /// Random resized crop, flip and colour jitter while fine-tuning (images).
     #[arg(long)]
     augment: bool,
     /// BatchNorm in unfrozen stages: `train` (batch statistics) or `frozen` (pre-trained ones).
@@ -221,46 +251,62 @@ struct TrainArgs {
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Fine-tuning forward passes in fp32 or with bf16 autocast (CPU).
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: PrecisionArg,
-    #[arg(long, default_value = registry::DEFAULT_MODEL)]
-    model: String,
-    /// Weight file or HF directory (default: the registry's source).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// Fine-tuning: stop after this many epochs without improvement.
+    #[arg(long)]
+    early_stopping: Option<usize>,
+    /// Fine-tuning: which validation metric picks the kept epoch.
+    #[arg(long, value_enum)]
+    best_metric: Option<BestArg>,
+    /// Fine-tuning: keep the last epoch's weights instead of the best one's.
+    #[arg(long)]
+    keep_last: bool,
+    /// Registry image model, or a text model: directory, hub repo id, or all-minilm-l6-v2
+    /// (default: mobilenet_v2.tv_in1k for images, all-minilm-l6-v2 for text).
+    #[arg(long)]
+    model: Option<String>,
+    /// Weight file or HF directory (images; default: the registry's source).
     #[arg(long)]
     weights: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "logistic")]
-    head: HeadArg,
-    /// Maximum epochs (default 30 for linear and MLP heads, 5 for fine-tuning).
+    #[arg(long, value_enum)]
+    head: Option<HeadArg>,
+    /// Maximum epochs (default 30 for linear and MLP heads; fine-tuning: images 5, text 3).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Fraction of each class held out for validation (seeded, stratified).
-    #[arg(long, default_value_t = 0.2, conflicts_with = "val")]
-    val_split: f64,
-    /// A separate validation folder or manifest.
+    /// Fraction of each class held out for validation (seeded, stratified; default 0.2).
+    #[arg(long, conflicts_with = "val")]
+    val_split: Option<f64>,
+    /// A separate validation set.
     #[arg(long)]
     val: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long)]
+    seed: Option<u64>,
     /// Run directory: config, metrics.jsonl, errors.jsonl, checkpoints, bundle/.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    /// Learning rate (default 1e-3; text fine-tuning 5e-5).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Training batch size (default 32; text fine-tuning 16).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Batch size for feature extraction and evaluation.
+    #[arg(long)]
+    eval_batch_size: Option<usize>,
     /// Weight decay (AdamW; SGD's L2). Default: 0 for heads, 0.01 for fine-tuning (never on
     /// biases and norms).
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// Early stopping: epochs without validation-loss improvement.
+    /// Early stopping of linear and MLP heads: epochs without validation-loss improvement.
     #[arg(long, default_value_t = 5)]
     patience: usize,
     #[arg(long, default_value_t = 512)]
     hidden: i64,
     #[arg(long, default_value_t = 0.2)]
     dropout: f64,
-    #[arg(long, default_value_t = 0.0)]
-    label_smoothing: f64,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
     /// auto, none, balanced, or one weight per class (comma-separated, class order).
     #[arg(long, default_value = "auto")]
     class_weights: String,
@@ -276,11 +322,167 @@ struct TrainArgs {
     /// Override the model's normalisation std (three comma-separated values), warned about.
     #[arg(long)]
     std: Option<String>,
+    /// Text: the column (CSV/TSV header or JSONL field) holding the text (default `text`).
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Text: the column holding the label (default `label`).
+    #[arg(long)]
+    label_column: Option<String>,
+    /// Text: a second text column, for sentence pairs.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Text: replace invalid UTF-8 (counted) instead of failing.
+    #[arg(long)]
+    lossy: bool,
+    /// Text: truncation length in tokens (default: the model's).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Text: cls, mean or last (default: the model's sentence-transformers config, else cls;
+    /// GPT-2 last).
+    #[arg(long)]
+    pooling: Option<String>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BestArg {
+    Loss,
+    Accuracy,
+}
+
+impl TrainArgs {
+    /// Fills every flag not given on the command line from the config file.
+    fn merge(&mut self, f: config::RunConfig) -> Result<Vec<String>> {
+        let mut warnings = vec![];
+        let epochs = f.epochs();
+        macro_rules! take {
+            ($field:ident, $value:expr) => {
+                if self.$field.is_none() {
+                    self.$field = $value;
+                }
+            };
+        }
+        take!(out, f.output_dir);
+        take!(batch_size, f.per_device_train_batch_size);
+        take!(eval_batch_size, f.per_device_eval_batch_size);
+        take!(epochs, epochs);
+        take!(lr, f.learning_rate);
+        take!(warmup_ratio, f.warmup_ratio);
+        take!(warmup, f.warmup_steps);
+        take!(weight_decay, f.weight_decay);
+        take!(seed, f.seed);
+        take!(max_length, f.max_length);
+        take!(accumulate, f.gradient_accumulation_steps);
+        take!(clip_grad, f.max_grad_norm);
+        take!(label_smoothing, f.label_smoothing_factor);
+        take!(early_stopping, f.early_stopping_patience);
+        take!(model, f.model);
+        take!(weights, f.weights);
+        take!(data, f.data);
+        take!(val, f.val);
+        take!(val_split, f.val_split);
+        take!(unfreeze, f.unfreeze);
+        take!(head_epochs, f.head_epochs);
+        take!(stage_lr_decay, f.stage_lr_decay);
+        take!(text_column, f.text_column);
+        take!(label_column, f.label_column);
+        take!(pair_column, f.pair_column);
+        take!(pooling, f.pooling);
+        if self.common.cache_dir.is_none() {
+            self.common.cache_dir = f.cache_dir;
+        }
+        self.lossy |= f.lossy.unwrap_or(false);
+        if self.mode.is_none() {
+            self.mode = match f.mode.as_deref() {
+                None => None,
+                Some("feature") => Some(TrainMode::Feature),
+                Some("finetune") => Some(TrainMode::Finetune),
+                Some(m) => bail!("config: mode `{m}` is not feature or finetune"),
+            };
+        }
+        if self.head.is_none() {
+            self.head = match f.head.as_deref() {
+                None => None,
+                Some("logistic") => Some(HeadArg::Logistic),
+                Some("linear") => Some(HeadArg::Linear),
+                Some("mlp") => Some(HeadArg::Mlp),
+                Some(h) => bail!("config: head `{h}` is not logistic, linear or mlp"),
+            };
+        }
+        if self.schedule.is_none() {
+            self.schedule = match f.lr_scheduler_type.as_deref() {
+                None => None,
+                Some("linear") => Some(ScheduleArg::Linear),
+                Some("cosine") => Some(ScheduleArg::Cosine),
+                Some("constant") => Some(ScheduleArg::Constant),
+                Some(t) => bail!("config: lr_scheduler_type `{t}` is not linear, cosine or constant"),
+            };
+        }
+        if self.precision.is_none() && f.bf16 == Some(true) {
+            self.precision = Some(PrecisionArg::Bf16);
+        }
+        if self.best_metric.is_none() {
+            self.best_metric = match f.metric_for_best_model.as_deref() {
+                None => None,
+                Some("loss" | "eval_loss") => Some(BestArg::Loss),
+                Some("accuracy" | "eval_accuracy") => Some(BestArg::Accuracy),
+                Some(m) => bail!("config: metric_for_best_model `{m}` is not loss or accuracy"),
+            };
+        }
+        if f.load_best_model_at_end == Some(false) {
+            self.keep_last = true;
+        }
+        if f.eval_strategy.as_deref() == Some("no") && self.val.is_none() && self.val_split.is_none() {
+            self.val_split = Some(0.0);
+        }
+        match f.save_strategy.as_deref() {
+            Some("steps") => take!(checkpoint_every, f.save_steps),
+            Some("no") => warnings.push("save_strategy = \"no\": fine-tuning still checkpoints every epoch, so runs can be resumed".into()),
+            _ => {}
+        }
+        Ok(warnings)
+    }
+
+    /// Whether this is a text run: a text model, text columns, or a text data format.
+    fn is_text(&self) -> bool {
+        let text_flags = self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
+        match &self.data {
+            Some(d) => Self::parse_probe(d, self.model.as_deref(), text_flags),
+            None => false,
+        }
+    }
+
+    /// [`TrainArgs::is_text`] from its parts.
+    fn parse_probe(d: &Path, model: Option<&str>, text_flags: bool) -> bool {
+        if let Some(m) = model {
+            return registry::find(m).is_none() && looks_like_text_model(m);
+        }
+        if text_flags {
+            return true;
+        }
+        if headstart::text::data::is_text_data(d) {
+            return true;
+        }
+        // A CSV whose header has a `text` column (image manifests are `path,label`).
+        d.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            && std::fs::read_to_string(d).ok().and_then(|t| t.lines().next().map(|h| h.trim_start_matches('\u{feff}').split(',').any(|c| c.trim().trim_matches('"') == "text"))).unwrap_or(false)
+    }
+}
+
+fn looks_like_text_model(m: &str) -> bool {
+    let p = Path::new(m);
+    if p.is_dir() {
+        return std::fs::read_to_string(p.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(|t| matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert" | "distilbert" | "gpt2")))
+            .unwrap_or(false);
+    }
+    headstart::text::TEXT_ALIASES.iter().any(|(n, _, r)| n.eq_ignore_ascii_case(m) || r.eq_ignore_ascii_case(m)) || m.contains('/')
 }
 
 fn triple(flag: &str, s: &str) -> Result<[f64; 3]> {
@@ -293,11 +495,11 @@ fn triple(flag: &str, s: &str) -> Result<[f64; 3]> {
 }
 
 /// The model's preprocessing with the user's overrides, if any.
-fn input_override(a: &TrainArgs) -> Result<Option<registry::ImageInput>> {
+fn input_override(a: &TrainArgs, model: &str) -> Result<Option<registry::ImageInput>> {
     if a.input_size.is_none() && a.mean.is_none() && a.std.is_none() {
         return Ok(None);
     }
-    let entry = registry::find(&a.model).ok_or_else(|| models::unknown_model(&a.model))?;
+    let entry = registry::find(model).ok_or_else(|| models::unknown_model(model))?;
     let mut input = entry.input.clone();
     if let Some(s) = a.input_size {
         if !(16..=2048).contains(&s) {
@@ -316,61 +518,83 @@ fn input_override(a: &TrainArgs) -> Result<Option<registry::ImageInput>> {
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(TrainConfig {
-        head: match a.head {
+        head: match a.head.unwrap_or(HeadArg::Logistic) {
             HeadArg::Logistic => HeadKind::Logistic,
             HeadArg::Linear => HeadKind::Linear,
             HeadArg::Mlp => HeadKind::Mlp,
         },
         epochs: a.epochs.unwrap_or(30),
-        batch_size: a.batch_size,
-        lr: a.lr,
+        batch_size: a.batch_size.unwrap_or(32),
+        lr: a.lr.unwrap_or(1e-3),
         weight_decay: a.weight_decay.unwrap_or(0.0),
         patience: a.patience,
         hidden: a.hidden,
         dropout: a.dropout,
-        label_smoothing: a.label_smoothing,
+        label_smoothing: a.label_smoothing.unwrap_or(0.0),
         class_weights: class_weights(&a.class_weights)?,
-        seed: a.seed,
+        seed: a.seed.unwrap_or(0),
         l2: a.l2,
     })
 }
 
-fn finetune_config(a: &TrainArgs) -> Result<FinetuneConfig> {
+/// Fine-tuning settings: the flags over `base` (the modality's defaults).
+fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig> {
+    let warmup = a.warmup.unwrap_or(0);
+    let schedule = match a.schedule {
+        None => match base.schedule {
+            Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup },
+            Schedule::Linear { .. } => Schedule::Linear { warmup },
+            other => other,
+        },
+        Some(ScheduleArg::Constant) => Schedule::Constant,
+        Some(ScheduleArg::Cosine) => Schedule::WarmupCosine { warmup },
+        Some(ScheduleArg::Linear) => Schedule::Linear { warmup },
+        Some(ScheduleArg::Onecycle) => Schedule::OneCycle { pct_start: 0.25, div_factor: 25.0, final_div_factor: 1e4 },
+        Some(ScheduleArg::Step) => Schedule::Step { every: 2, gamma: 0.1 },
+        Some(ScheduleArg::Plateau) => Schedule::Plateau { patience: 1, factor: 0.1 },
+    };
     Ok(FinetuneConfig {
-        unfreeze: a.unfreeze.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))?,
-        epochs: a.epochs.unwrap_or(5),
-        head_epochs: a.head_epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        stage_lr_decay: a.stage_lr_decay,
-        weight_decay: a.weight_decay.unwrap_or(0.01),
+        unfreeze: match &a.unfreeze {
+            Some(u) => u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))?,
+            None => base.unfreeze,
+        },
+        epochs: a.epochs.unwrap_or(base.epochs),
+        head_epochs: a.head_epochs.unwrap_or(base.head_epochs),
+        batch_size: a.batch_size.unwrap_or(base.batch_size),
+        lr: a.lr.unwrap_or(base.lr),
+        stage_lr_decay: a.stage_lr_decay.unwrap_or(base.stage_lr_decay),
+        weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
         optim: match a.optimizer {
             OptimArg::Adamw => OptimKind::adamw(),
             OptimArg::Sgd => OptimKind::Sgd { momentum: a.momentum, nesterov: a.nesterov },
         },
-        schedule: match a.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Cosine => Schedule::WarmupCosine { warmup: a.warmup },
-            ScheduleArg::Linear => Schedule::Linear { warmup: a.warmup },
-            ScheduleArg::Onecycle => Schedule::OneCycle { pct_start: 0.25, div_factor: 25.0, final_div_factor: 1e4 },
-            ScheduleArg::Step => Schedule::Step { every: 2, gamma: 0.1 },
-            ScheduleArg::Plateau => Schedule::Plateau { patience: 1, factor: 0.1 },
-        },
+        schedule,
         clip_grad_norm: a.clip_grad,
-        accumulate: a.accumulate,
+        accumulate: a.accumulate.unwrap_or(1),
         augment: a.augment.then(Augment::default),
         bn: match a.bn {
             BnArg::Train => BnPolicy::Train,
             BnArg::Frozen => BnPolicy::Frozen,
         },
-        label_smoothing: a.label_smoothing,
-        seed: a.seed,
+        label_smoothing: a.label_smoothing.unwrap_or(0.0),
+        seed: a.seed.unwrap_or(0),
         checkpoint_every: a.checkpoint_every,
-        precision: match a.precision {
-            PrecisionArg::Fp32 => headstart::engine::Precision::Fp32,
-            PrecisionArg::Bf16 => headstart::engine::Precision::Bf16,
+        precision: precision(a.precision),
+        warmup_ratio: a.warmup_ratio,
+        patience: a.early_stopping,
+        keep_best: !a.keep_last,
+        best_metric: match a.best_metric {
+            Some(BestArg::Accuracy) => BestMetric::Accuracy,
+            _ => BestMetric::Loss,
         },
     })
+}
+
+fn precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
+    match p {
+        Some(PrecisionArg::Bf16) => headstart::engine::Precision::Bf16,
+        _ => headstart::engine::Precision::Fp32,
+    }
 }
 
 fn class_weights(s: &str) -> Result<ClassWeights> {
@@ -454,38 +678,83 @@ fn human(bytes: u64) -> String {
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
-        Command::Train(a) => {
-            let finetuning = a.mode == TrainMode::Finetune;
-            let (req, resume) = match &a.resume {
+        Command::Train(mut a) => {
+            if let Some(c) = a.config.clone() {
+                for w in a.merge(config::RunConfig::read(&c)?)? {
+                    eprintln!("warning: {w}");
+                }
+            }
+            let p = a.common.progress();
+            let text_run;
+            let o = match &a.resume {
                 Some(run) => {
-                    let p = run.join("config.json");
-                    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-                    let mut req: TrainRequest = serde_json::from_str(&text).with_context(|| format!("{} is not a run configuration", p.display()))?;
-                    req.out = run.clone();
-                    if req.finetune.is_none() {
+                    let path = run.join("config.json");
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not a run configuration", path.display()))?;
+                    text_run = v.get("columns").is_some();
+                    if v.get("finetune").is_none_or(|f| f.is_null()) {
                         bail!("{} is a feature-extraction run; only fine-tuning runs have checkpoints to resume", run.display());
                     }
-                    (req, true)
+                    if text_run {
+                        let mut req: headstart::text::TextTrainRequest = serde_json::from_value(v).with_context(|| format!("{} is not a text run configuration", path.display()))?;
+                        req.out = run.clone();
+                        headstart::text::train_text(&req, true, &p)?
+                    } else {
+                        let mut req: TrainRequest = serde_json::from_value(v).with_context(|| format!("{} is not a run configuration", path.display()))?;
+                        req.out = run.clone();
+                        run::train_image_resumable(&req, true, &p)?
+                    }
                 }
-                None => (
-                    TrainRequest {
-                        data: a.data.clone().expect("required by clap"),
-                        val: a.val.clone(),
-                        val_split: if a.val.is_some() { 0.0 } else { a.val_split },
-                        model: a.model.clone(),
-                        weights: a.weights.clone(),
-                        out: a.out.clone().expect("required by clap"),
-                        cache: a.common.cache(),
-                        extract_batch_size: 32,
-                        input_override: input_override(&a)?,
-                        finetune: if finetuning { Some(finetune_config(&a)?) } else { None },
-                        train: train_config(&a)?,
-                    },
-                    false,
-                ),
+                None => {
+                    let data = a.data.clone().context("--data is required (or `data` in the --config file)")?;
+                    let out = a.out.clone().context("--out is required (or `output_dir` in the --config file)")?;
+                    let finetuning = a.mode == Some(TrainMode::Finetune);
+                    let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(0.2) };
+                    text_run = a.is_text();
+                    if text_run {
+                        let req = headstart::text::TextTrainRequest {
+                            data,
+                            val: a.val.clone(),
+                            val_split,
+                            columns: headstart::text::data::Columns {
+                                text: a.text_column.clone().unwrap_or_else(|| "text".into()),
+                                label: a.label_column.clone().unwrap_or_else(|| "label".into()),
+                                pair: a.pair_column.clone(),
+                            },
+                            lossy: a.lossy,
+                            model: a.model.clone().unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
+                            model_options: headstart::text::TextModelOptions {
+                                max_length: a.max_length,
+                                pooling: a.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?,
+                            },
+                            out,
+                            cache: a.common.cache(),
+                            eval_batch_size: a.eval_batch_size.unwrap_or(32),
+                            precision: if finetuning { headstart::engine::Precision::Fp32 } else { precision(a.precision) },
+                            finetune: if finetuning { Some(finetune_config(&a, headstart::text::text_finetune_defaults())?) } else { None },
+                            train: train_config(&a)?,
+                        };
+                        headstart::text::train_text(&req, false, &p)?
+                    } else {
+                        let model = a.model.clone().unwrap_or_else(|| registry::DEFAULT_MODEL.into());
+                        let req = TrainRequest {
+                            data,
+                            val: a.val.clone(),
+                            val_split,
+                            input_override: input_override(&a, &model)?,
+                            model,
+                            weights: a.weights.clone(),
+                            out,
+                            cache: a.common.cache(),
+                            extract_batch_size: a.eval_batch_size.unwrap_or(32),
+                            finetune: if finetuning { Some(finetune_config(&a, FinetuneConfig::default())?) } else { None },
+                            train: train_config(&a)?,
+                        };
+                        run::train_image_resumable(&req, false, &p)?
+                    }
+                }
             };
-            let p = a.common.progress();
-            let o = run::train_image_resumable(&req, resume, &p)?;
+            let unit = if text_run { "texts" } else { "images" };
             if a.json {
                 serde_json::to_writer_pretty(&mut *out, &o)?;
                 writeln!(out)?;
@@ -495,8 +764,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
                 writeln!(out, "model       {}", o.model)?;
                 writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
-                writeln!(out, "images      {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
-                writeln!(out, "backbone    {} images run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
+                writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
+                writeln!(out, "backbone    {} {unit} run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
                 let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
                 writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
                 if !o.tuned_stages.is_empty() {
@@ -510,14 +779,20 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     writeln!(out, "val acc     {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
                 }
                 if o.skipped > 0 {
-                    writeln!(out, "skipped     {} files, reasons in {}", o.skipped, o.run_dir.join("errors.jsonl").display())?;
+                    writeln!(out, "skipped     {} {}, reasons in {}", o.skipped, if text_run { "rows" } else { "files" }, o.run_dir.join("errors.jsonl").display())?;
                 }
                 writeln!(out, "bundle      {}", o.bundle.display())?;
             }
         }
-        Command::Eval { bundle, data, weights, json, common } => {
-            let p = run::Predictor::load(&bundle, weights.as_deref())?;
-            let (report, skipped) = run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?;
+        Command::Eval { bundle, data, lossy, weights, json, common } => {
+            let (report, skipped) = if headstart::bundle::modality(&bundle)? == "text" {
+                let model = weights.as_ref().map(|w| w.display().to_string());
+                let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
+                p.evaluate(&data, lossy, common.cache().as_deref(), &common.progress())?
+            } else {
+                let p = run::Predictor::load(&bundle, weights.as_deref())?;
+                run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
+            };
             for s in &skipped {
                 eprintln!("skipped {}: {}", s.path.display(), s.reason);
             }
@@ -532,27 +807,45 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
         }
-        Command::LrFind { data, model, weights, unfreeze, batch_size, min_lr, max_lr, steps, seed, json, common } => {
-            let ft = FinetuneConfig {
-                unfreeze: unfreeze.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))?,
-                batch_size,
-                seed,
-                ..Default::default()
+        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
+            let probe = TrainArgs::parse_probe(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
+            let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
+            let r = if probe {
+                let base = headstart::text::text_finetune_defaults();
+                let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
+                let req = headstart::text::TextTrainRequest {
+                    data,
+                    val: None,
+                    val_split: 0.0,
+                    columns: headstart::text::data::Columns { text: text_column.unwrap_or_else(|| "text".into()), label: label_column.unwrap_or_else(|| "label".into()), pair: None },
+                    lossy: false,
+                    model: model.unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
+                    model_options: Default::default(),
+                    out: PathBuf::new(),
+                    cache: None,
+                    eval_batch_size: 32,
+                    precision: headstart::engine::Precision::Fp32,
+                    train: TrainConfig::default(),
+                    finetune: Some(ft),
+                };
+                headstart::text::lr_find_text(&req, min_lr, max_lr, steps, &common.progress())?
+            } else {
+                let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(Unfreeze::Last(1)), batch_size, seed, ..Default::default() };
+                let req = TrainRequest {
+                    data,
+                    val: None,
+                    val_split: 0.0,
+                    model: model.unwrap_or_else(|| registry::DEFAULT_MODEL.into()),
+                    weights,
+                    out: PathBuf::new(),
+                    cache: None,
+                    extract_batch_size: 32,
+                    input_override: None,
+                    train: TrainConfig::default(),
+                    finetune: Some(ft),
+                };
+                run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?
             };
-            let req = TrainRequest {
-                data,
-                val: None,
-                val_split: 0.0,
-                model,
-                weights,
-                out: PathBuf::new(),
-                cache: None,
-                extract_batch_size: 32,
-                input_override: None,
-                train: TrainConfig::default(),
-                finetune: Some(ft),
-            };
-            let r = run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &r)?;
                 writeln!(out)?;
@@ -565,7 +858,58 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "steepest descent at {:.2e}; suggested learning rate {:.2e} (a tenth of the minimum)", r.steepest, r.suggestion)?;
             }
         }
-        Command::Predict { bundle, files, top_k, weights, json, common } => {
+        Command::Predict { bundle, files, text, lossy, top_k, weights, json, common } if headstart::bundle::modality(&bundle)? == "text" => {
+            let model = weights.as_ref().map(|w| w.display().to_string());
+            let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
+            let (mut texts, mut origins) = (vec![], vec![]);
+            for (i, t) in text.iter().enumerate() {
+                texts.push(t.clone());
+                origins.push(format!("--text {}", i + 1));
+            }
+            let mut skipped = vec![];
+            for f in &files {
+                if f.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
+                    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    let (t, _) = headstart::text::data::decode_utf8(f, &bytes, lossy)?;
+                    if t.trim().is_empty() {
+                        skipped.push(headstart::data::Skip { path: f.clone(), reason: "empty text".into() });
+                        continue;
+                    }
+                    texts.push(t);
+                    origins.push(f.display().to_string());
+                } else {
+                    let rows = headstart::text::data::read_rows(f, &p.meta.columns, false, lossy)?;
+                    skipped.extend(rows.skipped);
+                    for r in rows.rows {
+                        texts.push(r.text);
+                        origins.push(r.origin);
+                    }
+                }
+            }
+            for s in &skipped {
+                eprintln!("skipped {}: {}", s.path.display(), s.reason);
+            }
+            if texts.is_empty() {
+                bail!("nothing to classify");
+            }
+            if p.meta.columns.pair.is_some() {
+                bail!("this bundle classifies sentence pairs; use `eval` with a file that has both columns");
+            }
+            let top = p.predict(&texts, None, top_k, &common.progress())?;
+            if json {
+                let preds: Vec<_> = origins.iter().zip(&top).map(|(o, t)| serde_json::json!({"input": o, "top": t})).collect();
+                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
+                writeln!(out)?;
+            } else {
+                for (o, t) in origins.iter().zip(&top) {
+                    writeln!(out, "{o}")?;
+                    for (label, prob) in t {
+                        writeln!(out, "  {prob:>7.4}  {label}")?;
+                    }
+                }
+            }
+        }
+        Command::Predict { bundle, files, top_k, weights, json, common, .. } => {
             let p = run::Predictor::load(&bundle, weights.as_deref())?;
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
             for s in &skipped {

@@ -84,6 +84,32 @@ pub struct FinetuneConfig {
     /// fp32, or bf16 autocast for the forward passes (weights, optimiser state and loss stay fp32).
     #[serde(default)]
     pub precision: crate::engine::Precision,
+    /// Warm-up as a fraction of all optimiser steps (overrides the schedule's step count).
+    #[serde(default)]
+    pub warmup_ratio: Option<f64>,
+    /// Early stopping: epochs without improvement of the best-model metric.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// End with the best epoch's weights (by `best_metric` on validation), else the last.
+    #[serde(default = "yes")]
+    pub keep_best: bool,
+    #[serde(default)]
+    pub best_metric: BestMetric,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What "best epoch" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Lowest validation loss.
+    #[default]
+    Loss,
+    /// Highest validation accuracy (ties: lower loss).
+    Accuracy,
 }
 
 impl Default for FinetuneConfig {
@@ -106,6 +132,10 @@ impl Default for FinetuneConfig {
             seed: 0,
             checkpoint_every: None,
             precision: crate::engine::Precision::Fp32,
+            warmup_ratio: None,
+            patience: None,
+            keep_best: true,
+            best_metric: BestMetric::Loss,
         }
     }
 }
@@ -124,6 +154,12 @@ impl FinetuneConfig {
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight decay must be ≥ 0");
+        }
+        if self.warmup_ratio.is_some_and(|r| !(0.0..1.0).contains(&r)) {
+            return bad("warm-up ratio must be in [0, 1)");
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1 epoch");
         }
         Ok(())
     }
@@ -259,6 +295,8 @@ struct CheckpointState {
     epoch_sums: (f64, i64, usize),
     scheduler: Scheduler,
     config: String,
+    #[serde(default)]
+    stopped_early: bool,
 }
 
 pub struct Outcome {
@@ -483,7 +521,16 @@ pub fn train_learner<L: Learner>(
     let vs = sess.vs();
     let (mut opt, freeze) = optimizer(sess, cfg);
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
-    let mut scheduler = Scheduler::new(cfg.schedule.clone(), steps_per_epoch, cfg.epochs);
+    let mut schedule = cfg.schedule.clone();
+    if let Some(r) = cfg.warmup_ratio {
+        let w = (r * (steps_per_epoch * cfg.epochs) as f64).ceil() as usize;
+        schedule = match schedule {
+            Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup: w },
+            Schedule::Linear { .. } => Schedule::Linear { warmup: w },
+            other => other,
+        };
+    }
+    let mut scheduler = Scheduler::new(schedule, steps_per_epoch, cfg.epochs);
     let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
 
     let mut state = CheckpointState {
@@ -499,6 +546,7 @@ pub fn train_learner<L: Learner>(
         epoch_sums: (0.0, 0, 0),
         scheduler: scheduler.clone(),
         config: config_json.clone(),
+        stopped_early: false,
     };
     let mut best_weights: Option<Vec<(String, Tensor)>> = None;
     let mut resumed_from = None;
@@ -528,7 +576,7 @@ pub fn train_learner<L: Learner>(
     };
     let mut saved_buffers: Vec<Tensor> = vec![];
     opt.zero_grad();
-    while state.epoch < cfg.epochs {
+    while state.epoch < cfg.epochs && !state.stopped_early {
         let epoch = state.epoch;
         let mut order = train.to_vec();
         Rng(cfg.seed ^ 0xf1e7 ^ (epoch as u64).wrapping_mul(0x2545_f491)).shuffle(&mut order);
@@ -614,13 +662,27 @@ pub fn train_learner<L: Learner>(
         on_epoch(&rec);
         state.history.push(rec);
         scheduler.end_epoch(val_loss);
-        if let Some(vl) = val_loss {
-            if state.best.is_none_or(|(b, _)| vl < b) {
-                state.best = Some((vl, epoch + 1));
-                best_weights = Some(crate::models::snapshot(vs));
+        if let (Some(vl), Some(va)) = (val_loss, val_acc) {
+            // Lower is better: the loss, or minus the accuracy with the loss as tie-break.
+            let score = match cfg.best_metric {
+                BestMetric::Loss => vl,
+                BestMetric::Accuracy => -va + vl * 1e-9,
+            };
+            if state.best.is_none_or(|(b, _)| score < b) {
+                state.best = Some((score, epoch + 1));
+                if cfg.keep_best {
+                    best_weights = Some(crate::models::snapshot(vs));
+                }
             }
         }
         state.epoch += 1;
+        let stale = state.best.map(|(_, e)| state.epoch - e);
+        if let (Some(p), Some(stale)) = (cfg.patience, stale) {
+            if stale >= p && state.epoch < cfg.epochs {
+                progress.message(&format!("early stopping: no improvement for {p} epochs"));
+                state.stopped_early = true;
+            }
+        }
         state.batch = 0;
         state.scheduler = scheduler.clone();
         state.optim_steps = opt.steps;
@@ -629,7 +691,7 @@ pub fn train_learner<L: Learner>(
     if let Some(b) = &best_weights {
         crate::models::assign(vs, b)?;
     }
-    let best_epoch = state.best.map(|(_, e)| e).unwrap_or(cfg.epochs);
+    let best_epoch = if cfg.keep_best { state.best.map(|(_, e)| e).unwrap_or(state.epoch) } else { state.epoch };
     let (train_logits, val_logits) = (sess.eval_logits(train, cfg.batch_size)?, sess.eval_logits(val, cfg.batch_size)?);
     Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
 }

@@ -1,0 +1,111 @@
+//! Text runs through the real binary: a TrainingArguments-style config file, flags over it,
+//! unknown keys, fine-tuning with resume, eval and predict on a text bundle.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny_bert() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text/bert_tiny").display().to_string()
+}
+
+fn headstart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_headstart")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_data(dir: &Path) -> PathBuf {
+    let pos = ["great", "loved", "brilliant", "excellent", "good"];
+    let neg = ["awful", "hated", "boring", "terrible", "bad"];
+    let mut s = String::from("{\"review\": \"\", \"stars\": \"pos\"}\n");
+    for i in 0..40 {
+        let (w, l) = if i % 2 == 0 { (pos[i / 2 % 5], "pos") } else { (neg[i / 2 % 5], "neg") };
+        s += &format!("{{\"review\": \"the movie was {w} and the story {}\", \"stars\": \"{l}\"}}\n", ["worked", "was long", "ended"][i % 3]);
+    }
+    let p = dir.join("reviews.jsonl");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+#[test]
+fn config_file_with_flag_overrides_and_text_bundle_eval_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let run = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "output_dir = {:?}\nmodel = {:?}\ndata = {:?}\ntext_column = \"review\"\nlabel_column = \"stars\"\nmode = \"finetune\"\n\
+             per_device_train_batch_size = 8\nper_device_eval_batch_size = 16\nnum_train_epochs = 2\nlearning_rate = 1e-4\n\
+             warmup_ratio = 0.1\nweight_decay = 0.01\neval_strategy = \"epoch\"\nsave_strategy = \"epoch\"\n\
+             load_best_model_at_end = true\nmetric_for_best_model = \"accuracy\"\nseed = 7\nmax_length = 32\n",
+            run.display().to_string(),
+            tiny_bert(),
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // --epochs on the command line wins over num_train_epochs.
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap(), "--epochs", "3", "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_train"].as_u64().unwrap() + v["n_val"].as_u64().unwrap(), 40);
+    assert_eq!(v["skipped"], 1, "the empty review is reported");
+    let resolved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let ft = &resolved["finetune"];
+    assert_eq!((ft["epochs"].as_u64(), ft["batch_size"].as_u64(), ft["lr"].as_f64(), ft["seed"].as_u64()), (Some(3), Some(8), Some(1e-4), Some(7)));
+    assert_eq!((ft["warmup_ratio"].as_f64(), ft["best_metric"].as_str(), ft["keep_best"].as_bool()), (Some(0.1), Some("accuracy"), Some(true)));
+    assert_eq!((resolved["eval_batch_size"].as_u64(), resolved["model_options"]["max_length"].as_u64()), (Some(16), Some(32)));
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 3);
+    let errors = std::fs::read_to_string(run.join("errors.jsonl")).unwrap();
+    assert!(errors.contains("reviews.jsonl:1") && errors.contains("empty text"), "{errors}");
+
+    let bundle = run.join("bundle");
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json", "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n"], 40);
+    let o = headstart(&["predict", bundle.to_str().unwrap(), "--text", "the movie was great", "--text", "boring", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+
+    // Resuming a finished run changes nothing and says where it resumed.
+    let before = std::fs::read(bundle.join("head.safetensors")).unwrap();
+    let o = headstart(&["train", "--resume", run.to_str().unwrap(), "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(std::fs::read(bundle.join("head.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn unknown_config_keys_and_bad_values_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "output_dir = \"x\"\nlearnig_rate = 0.1\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("learnig_rate") && stderr(&o).contains("run.toml"), "{}", stderr(&o));
+    std::fs::write(&cfg, "eval_strategy = \"steps\"\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(stderr(&o).contains("eval_strategy") && stderr(&o).contains("steps"), "{}", stderr(&o));
+    std::fs::write(&cfg, "num_train_epochs = 2.5\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(stderr(&o).contains("num_train_epochs"), "{}", stderr(&o));
+}
+
+#[test]
+fn text_errors_name_file_line_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, b"text,label\nfine,a\nbroken \xc3\x28 bytes,b\n").unwrap();
+    let run = tmp.path().join("run");
+    let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("line 3") && stderr(&o).contains("--lossy"), "{}", stderr(&o));
+    let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--text-column", "body", "--lossy", "--no-cache"]);
+    assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
+}
