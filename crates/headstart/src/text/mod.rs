@@ -264,7 +264,7 @@ pub struct TextBundleMeta {
 
 /// Fine-tuning text through the shared learner: the encoder and a new linear head in one
 /// variable store; inputs are tokenised once, batches padded per batch.
-struct TextLearner<'a> {
+pub struct TextLearner<'a> {
     model: &'a TextModel,
     head: nn::Linear,
     dropout: f64,
@@ -273,6 +273,31 @@ struct TextLearner<'a> {
     first: usize,
     precision: Precision,
     num_classes: i64,
+}
+
+impl<'a> TextLearner<'a> {
+    /// A learner over tokenised examples `enc` with `labels`, a fresh `num_classes`-way head,
+    /// and the stages `unfreeze` names trainable.
+    pub fn new(model: &'a TextModel, num_classes: i64, enc: &'a [Encoded], labels: &[i64], unfreeze: crate::train::finetune::Unfreeze, precision: Precision) -> Result<TextLearner<'a>> {
+        if enc.len() != labels.len() {
+            return Err(Error::Model(format!("{} examples but {} labels", enc.len(), labels.len())));
+        }
+        Ok(TextLearner {
+            model,
+            dropout: model.encoder.cfg.hidden_dropout,
+            head: new_head(model, num_classes),
+            enc,
+            labels: Tensor::from_slice(labels),
+            first: first_trainable(unfreeze, model.encoder.stages().len())?,
+            precision,
+            num_classes,
+        })
+    }
+
+    /// The classifier head.
+    pub fn head(&self) -> &nn::Linear {
+        &self.head
+    }
 }
 
 impl Learner for TextLearner<'_> {
@@ -396,7 +421,12 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
     }
     let p = prepare(req)?;
     let dir = resolve_model_dir(&req.model)?;
-    let model = TextModel::load(&dir, &req.model_options)?;
+    let mut model = TextModel::load(&dir, &req.model_options)?;
+    if req.finetune.is_some() {
+        // Unit-length embeddings suit similarity search, not a fresh classifier trained at
+        // fine-tuning rates: fine-tuning pools without the final normalisation.
+        model.normalize = false;
+    }
     let classes = p.train_ds.classes.clone();
     let k = classes.len() as i64;
     let take_y = |rows: &[usize]| Tensor::from_slice(&rows.iter().map(|&r| p.labels[r] as i64).collect::<Vec<_>>());
@@ -451,18 +481,9 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
             }
             progress.message("tokenising");
             let enc = model.tokenizer.encode_all(&p.texts, p.pairs.as_deref())?;
-            let n_stages = model.encoder.stages().len();
-            let first = first_trainable(ft.unfreeze, n_stages)?;
-            let learner = TextLearner {
-                model: &model,
-                dropout: model.encoder.cfg.hidden_dropout,
-                head: lin,
-                enc: &enc,
-                labels: Tensor::from_slice(&p.labels.iter().map(|&l| l as i64).collect::<Vec<_>>()),
-                first,
-                precision: ft.precision,
-                num_classes: k,
-            };
+            let first = first_trainable(ft.unfreeze, model.encoder.stages().len())?;
+            let labels: Vec<i64> = p.labels.iter().map(|&l| l as i64).collect();
+            let learner = TextLearner { head: lin, ..TextLearner::new(&model, k, &enc, &labels, ft.unfreeze, ft.precision)? };
             let o = train_learner(&learner, &p.tr, &p.va, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
             resumed_from = o.resumed_from;
@@ -539,19 +560,12 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
 pub fn lr_find_text(req: &TextTrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     let ft = req.finetune.clone().unwrap_or_else(text_finetune_defaults);
     let ds = TextDataset::open(&req.data, &req.columns, None, req.lossy)?;
-    let model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
+    let mut model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
+    model.normalize = false;
     let k = ds.classes.len() as i64;
     let enc = model.tokenizer.encode_all(&ds.texts, ds.pairs.as_deref())?;
-    let learner = TextLearner {
-        model: &model,
-        dropout: model.encoder.cfg.hidden_dropout,
-        head: new_head(&model, k),
-        enc: &enc,
-        labels: Tensor::from_slice(&ds.labels.iter().map(|&l| l as i64).collect::<Vec<_>>()),
-        first: first_trainable(ft.unfreeze, model.encoder.stages().len())?,
-        precision: ft.precision,
-        num_classes: k,
-    };
+    let labels: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();
+    let learner = TextLearner::new(&model, k, &enc, &labels, ft.unfreeze, ft.precision)?;
     lr_find_learner(&learner, &(0..ds.len()).collect::<Vec<_>>(), &ft, min_lr, max_lr, steps, progress)
 }
 

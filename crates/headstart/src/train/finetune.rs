@@ -249,7 +249,7 @@ pub trait Learner {
 
 /// Freezes, then groups the trainable parameters per stage (and the head), with and without
 /// weight decay, each stage's learning rate `decay^depth` of the head's.
-fn optimizer<L: Learner>(l: &L, cfg: &FinetuneConfig) -> (Optimizer, FreezeState) {
+pub fn optimizer<L: Learner>(l: &L, cfg: &FinetuneConfig) -> (Optimizer, FreezeState) {
     let stages = l.stages();
     let n_stages = stages.len();
     let freeze = freeze_stages(l.vs(), stages, l.first_trainable());
