@@ -51,13 +51,13 @@ def features(d, train, test):
         for i in range(0, len(order), 32):
             idx = order[i:i + 32]
             with torch.no_grad():
-                f = enc.encode([xtr[j] for j in idx], batch_size=32, convert_to_tensor=True)
+                f = enc.encode([xtr[j] for j in idx], batch_size=32, convert_to_tensor=True).clone()
             loss = torch.nn.functional.cross_entropy(head(f), torch.tensor([ytr[j] for j in idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        f = enc.encode(xte, batch_size=32, convert_to_tensor=True)
+        f = enc.encode(xte, batch_size=32, convert_to_tensor=True).clone()
         acc = (head(f).argmax(-1) == torch.tensor(yte)).float().mean().item()
     print(json.dumps({"tool": "pytorch", "what": "features", "seconds": time.perf_counter() - t0, "test_accuracy": acc}))
 

@@ -946,6 +946,10 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     let modality = serde_json::to_value(e.modality)?.as_str().unwrap_or("").to_string();
                     writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5.3}  {source}", e.name, modality, family, e.input.size, e.input.crop_pct)?;
                 }
+                for (name, asset, repo) in headstart::text::TEXT_ALIASES {
+                    writeln!(out, "{name:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  assets:{asset} or hub:{repo}", "text", "bert", "-", "-")?;
+                }
+                writeln!(out, "(text: any BERT, RoBERTa, XLM-RoBERTa, DistilBERT or GPT-2 model directory or hub repo id also works)")?;
             }
         }
         Command::Inspect { what: Inspect::Weights { path, json } } => {

@@ -109,3 +109,55 @@ fn text_errors_name_file_line_and_column() {
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--text-column", "body", "--lossy", "--no-cache"]);
     assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
 }
+
+fn bundle_tensors(run: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut all = vec![];
+    for f in ["head.safetensors", "backbone.safetensors"] {
+        let w = headstart::weights::Weights::open(run.join("bundle").join(f)).unwrap();
+        for n in w.names() {
+            all.push((format!("{f}:{n}"), w.tensor(n).unwrap()));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn text_fine_tuning_aborted_mid_checkpoint_resumes_to_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train", "--mode", "finetune", "--data", data.to_str().unwrap(), "--model", &tiny_bert(), "--text-column", "review",
+            "--label-column", "stars", "--out", out.to_str().unwrap(), "--epochs", "2", "--batch-size", "8", "--unfreeze", "last:1",
+            "--checkpoint-every", "1", "--seed", "5", "--lr", "1e-3", "--no-cache", "--progress", "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: &[String], fault: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_headstart"));
+        c.args(a).env("OMP_NUM_THREADS", "1").env_remove("HEADSTART_FAULT");
+        if let Some(f) = fault {
+            c.env("HEADSTART_FAULT", f);
+        }
+        c.output().unwrap()
+    };
+    let straight = tmp.path().join("straight");
+    let o = run(&args(&straight), None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let torn = tmp.path().join("torn");
+    let o = run(&args(&torn), Some("checkpoint-write:3"));
+    assert!(!o.status.success());
+    assert!(!torn.join("checkpoint.staging/COMPLETE").exists());
+    let o = run(&["train".into(), "--resume".into(), torn.to_str().unwrap().into(), "--progress".into(), "none".into()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (bundle_tensors(&straight), bundle_tensors(&torn));
+    assert!(a.iter().any(|(n, _)| n.starts_with("backbone.safetensors:encoder.layer.1.")));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs from the uninterrupted run");
+    }
+}

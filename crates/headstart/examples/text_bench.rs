@@ -33,10 +33,12 @@ fn main() {
             let steps: usize = args[5].parse().unwrap();
             let mut m = TextModel::load(dir, &TextModelOptions { max_length: Some(128), pooling: None }).unwrap();
             m.normalize = false;
+            // (steps + 1) batches of 16, cycling over the texts.
             let n = (steps + 1) * 16;
-            let enc = m.tokenizer.encode_all(&ds.texts[..n], None).unwrap();
+            let texts: Vec<String> = (0..n).map(|i| ds.texts[i % ds.len()].clone()).collect();
+            let enc = m.tokenizer.encode_all(&texts, None).unwrap();
             assert!(enc.iter().all(|e| e.ids.len() == 128), "texts shorter than 128 tokens");
-            let labels: Vec<i64> = ds.labels[..n].iter().map(|&l| l as i64).collect();
+            let labels: Vec<i64> = (0..n).map(|i| ds.labels[i % ds.len()] as i64).collect();
             let learner = TextLearner::new(&m, 2, &enc, &labels, Unfreeze::All, precision).unwrap();
             let cfg = FinetuneConfig { lr: 5e-5, weight_decay: 0.01, stage_lr_decay: 1.0, ..Default::default() };
             let (mut opt, _) = optimizer(&learner, &cfg);
@@ -47,6 +49,8 @@ fn main() {
                 let loss = learner.logits(&b, true).cross_entropy_loss::<&tch::Tensor>(&y, None, Reduction::Mean, -100, 0.0);
                 opt.zero_grad();
                 loss.backward();
+                // As the fine-tuning loop: a step with a non-finite gradient would be skipped.
+                assert!(opt.grads_finite());
                 opt.step(5e-5).unwrap();
             };
             step(0); // warm-up

@@ -220,6 +220,8 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
             (fitted.head, fitted.best_epoch, fitted.l2)
         }
         Some(ft) => {
+            // The new head's initial weights come from the seed (they matter without a head phase).
+            tch::manual_seed(ft.seed as i64);
             let (ftm, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
             report.require_complete()?;
             let lin = &ftm.head.as_ref().expect("head").linear;

@@ -178,3 +178,24 @@ fn hub_cache_errors_are_clear() {
     assert!(e.contains("org/absent"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn text_model_downloads_with_its_tokenizer_and_loads() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text/roberta_tiny");
+    let files: HashMap<String, Vec<u8>> = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+        .chain([("README.md".to_string(), b"# tiny".to_vec())])
+        .collect();
+    let server = serve("tiny/roberta", files);
+    let cache = tempfile::tempdir().unwrap();
+    let snap = hub::download(cache.path(), "tiny/roberta", "main", Some(&server.url)).unwrap();
+    for f in ["config.json", "model.safetensors", "vocab.json", "merges.txt"] {
+        assert!(snap.join(f).is_file(), "{f} not fetched");
+    }
+    let opts = headstart::text::TextModelOptions::default();
+    let (a, b) = (headstart::text::TextModel::load(&snap, &opts).unwrap(), headstart::text::TextModel::load(&dir, &opts).unwrap());
+    assert_eq!((&a.weights_sha256, &a.tokenizer.sha256), (&b.weights_sha256, &b.tokenizer.sha256));
+    let texts = vec!["the movie was great".to_string()];
+    assert_eq!(a.tokenizer.batch(&texts, None).unwrap().ids, b.tokenizer.batch(&texts, None).unwrap().ids);
+}

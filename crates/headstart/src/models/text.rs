@@ -211,6 +211,13 @@ impl TextCfg {
     }
 }
 
+/// A boolean attention mask `[B, 1, T|1, T]` (true: attend), or none; `causal` asks for the
+/// causal mask alone.
+struct Mask {
+    tensor: Option<Tensor>,
+    causal: bool,
+}
+
 /// Token ids, attention mask (1 = real token) and token types, all `[B, T]` int64.
 pub struct TextBatch {
     pub ids: Tensor,
@@ -435,16 +442,16 @@ impl TextEncoder {
         x.view([b, t, self.cfg.num_heads, -1]).transpose(1, 2)
     }
 
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, mode: Mode) -> Tensor {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, mode: Mode) -> Tensor {
         let (b, t, d) = q.size3().expect("[B, T, D]");
         let p = if mode.is_train() { self.cfg.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&self.heads(q), &self.heads(k), &self.heads(v), Some(mask), p, false, None, false);
+        let ctx = Tensor::scaled_dot_product_attention(&self.heads(q), &self.heads(k), &self.heads(v), mask.tensor.as_ref(), p, mask.causal, None, false);
         ctx.transpose(1, 2).reshape([b, t, d])
     }
 
     /// Stage `i ≥ 1`: transformer layer `i − 1`. `mask` is the boolean attention mask,
     /// `[B, 1, T|1, T]`, true where attention is allowed.
-    fn layer(&self, i: usize, x: &Tensor, mask: &Tensor, mode: Mode) -> Tensor {
+    fn layer(&self, i: usize, x: &Tensor, mask: &Mask, mode: Mode) -> Tensor {
         let train = mode.is_train();
         let pd = self.cfg.hidden_dropout;
         match &self.layers {
@@ -466,16 +473,23 @@ impl TextEncoder {
         }
     }
 
-    fn attention_mask(&self, b: &TextBatch) -> Tensor {
-        let keys = b.mask.ne(0).unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
-        match self.cfg.family {
-            Family::Gpt2 => {
-                let t = b.ids.size()[1];
-                let causal = Tensor::ones([t, t], (Kind::Bool, b.ids.device())).tril(0);
-                keys.logical_and(&causal.unsqueeze(0).unsqueeze(0))
-            }
-            _ => keys,
+    /// The attention mask of a batch. Without padding there is none (GPT-2: just causal), which
+    /// lets libtorch pick its fused attention kernels.
+    fn attention_mask(&self, b: &TextBatch) -> Mask {
+        let causal = self.cfg.family == Family::Gpt2;
+        let padded = !bool::try_from(b.mask.ne(0).all()).unwrap_or(false);
+        if !padded {
+            return Mask { tensor: None, causal };
         }
+        let keys = b.mask.ne(0).unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
+        let tensor = if causal {
+            let t = b.ids.size()[1];
+            let tri = Tensor::ones([t, t], (Kind::Bool, b.ids.device())).tril(0);
+            keys.logical_and(&tri.unsqueeze(0).unsqueeze(0))
+        } else {
+            keys
+        };
+        Mask { tensor: Some(tensor), causal: false }
     }
 
     /// Hidden states `[B, T, D]`. Stages before `first_trainable` run without autograd and in

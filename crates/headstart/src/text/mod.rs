@@ -464,6 +464,8 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
             (fitted.head, fitted.best_epoch, fitted.l2, lt, lv)
         }
         Some(ft) => {
+            // The new head's initial weights come from the seed, like everything else.
+            tch::manual_seed(ft.seed as i64);
             let lin = new_head(&model, k);
             if let Some(e) = &emb {
                 // Phase one: the new head alone on the cached embeddings, fitted as a logistic
@@ -565,6 +567,7 @@ pub fn lr_find_text(req: &TextTrainRequest, min_lr: f64, max_lr: f64, steps: usi
     let k = ds.classes.len() as i64;
     let enc = model.tokenizer.encode_all(&ds.texts, ds.pairs.as_deref())?;
     let labels: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();
+    tch::manual_seed(ft.seed as i64);
     let learner = TextLearner::new(&model, k, &enc, &labels, ft.unfreeze, ft.precision)?;
     lr_find_learner(&learner, &(0..ds.len()).collect::<Vec<_>>(), &ft, min_lr, max_lr, steps, progress)
 }

@@ -61,13 +61,30 @@ pub fn offline() -> bool {
     matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
 }
 
-/// The files of a model repository that a load needs: `config.json` and the weights, preferring
-/// safetensors (single or sharded) over `pytorch_model.bin`.
+/// Tokenizer and sentence-transformers files a text model needs, fetched when present.
+pub const TEXT_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+];
+
+/// The files of a model repository that a load needs: `config.json`, the tokenizer and pooling
+/// files of text models, and the weights, preferring safetensors (single or sharded) over
+/// `pytorch_model.bin`.
 pub fn weight_files(listing: &[String], index: impl Fn(&str) -> Result<Vec<String>>) -> Result<Vec<String>> {
     let has = |f: &str| listing.iter().any(|x| x == f);
     let mut files = vec![];
-    if has("config.json") {
-        files.push("config.json".to_string());
+    for f in std::iter::once("config.json").chain(TEXT_FILES.iter().copied()) {
+        if has(f) {
+            files.push(f.to_string());
+        }
     }
     for (index_name, single) in [("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")] {
         if has(index_name) {
