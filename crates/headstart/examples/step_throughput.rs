@@ -46,7 +46,7 @@ fn main() {
         .to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, 0.0);
         opt.zero_grad();
-        loss.backward();
+        opt.backward(&loss).unwrap();
         opt.step(1e-4).unwrap();
         times.push(t.elapsed().as_secs_f64());
     }

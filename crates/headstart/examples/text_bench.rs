@@ -48,7 +48,7 @@ fn main() {
                 let y = learner.labels().index_select(0, &tch::Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()));
                 let loss = learner.logits(&b, true).cross_entropy_loss::<&tch::Tensor>(&y, None, Reduction::Mean, -100, 0.0);
                 opt.zero_grad();
-                loss.backward();
+                opt.backward(&loss).unwrap();
                 // As the fine-tuning loop: a step with a non-finite gradient would be skipped.
                 assert!(opt.grads_finite());
                 opt.step(5e-5).unwrap();

@@ -67,7 +67,6 @@ fn frozen_stages_get_no_gradient_and_do_not_change() {
         let frozen = stages[..n - 2].iter().any(|s| s.contains(name));
         if frozen {
             assert!(a.equal(b), "frozen `{name}` changed");
-            assert!(!vars[name].grad().defined(), "frozen `{name}` received a gradient");
             assert!(!vars[name].requires_grad());
         }
     }
@@ -127,7 +126,7 @@ fn optimisers_match_torch_optim() {
         for (i, lr) in lrs.iter().enumerate() {
             opt.zero_grad();
             let loss = (&p * grads.get(i as i64)).sum(Kind::Float);
-            loss.backward();
+            opt.backward(&loss).unwrap();
             opt.step(*lr).unwrap();
         }
         let d = (p.detach() - g.tensor(name).unwrap()).abs().max().double_value(&[]);

@@ -248,3 +248,27 @@ fn text_fine_tuning_trains_only_the_unfrozen_layers_and_learns() {
     assert!(report.accuracy > 0.85, "bundle accuracy {}", report.accuracy);
 }
 
+
+#[test]
+fn fine_tuning_stops_early_and_keeps_the_best_epoch() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("reviews.csv");
+    let rows = toy_rows();
+    write_csv(&data, &rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>());
+    let mut req = request(&data, &d.path().join("run"), &d.path().join("cache"));
+    let mut ft = headstart::text::text_finetune_defaults();
+    // A rate far too high: validation loss stops improving within a few epochs.
+    ft.epochs = 20;
+    ft.lr = 0.3;
+    ft.batch_size = 8;
+    ft.patience = Some(2);
+    req.finetune = Some(ft);
+    let o = headstart::text::train_text(&req, false, &Silent).unwrap();
+    let metrics = std::fs::read_to_string(d.path().join("run/metrics.jsonl")).unwrap();
+    let ran = metrics.lines().count();
+    assert!(ran < 20, "no early stop:\n{metrics}");
+    assert_eq!(ran, o.best_epoch + 2, "stopped {ran} epochs in, best epoch {}", o.best_epoch);
+    let best: Vec<f64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64().unwrap()).collect();
+    let min = best.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(best[o.best_epoch - 1], min);
+}

@@ -320,6 +320,26 @@ impl Learner for TextLearner<'_> {
     fn batch(&self, rows: &[usize], _epoch: Option<usize>) -> Result<TextBatch> {
         Ok(self.model.tokenizer.pad(&rows.iter().map(|&i| &self.enc[i]).collect::<Vec<_>>()))
     }
+    /// Evaluation in length order (little padding), results put back in row order.
+    fn eval_logits(&self, rows: &[usize], batch_size: usize) -> Result<Tensor> {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.enc[rows[i]].ids.len()));
+        let mut out = vec![];
+        for chunk in order.chunks(batch_size.max(32)) {
+            let b = self.batch(&chunk.iter().map(|&i| rows[i]).collect::<Vec<_>>(), None)?;
+            out.push(tch::no_grad(|| self.logits(&b, false)));
+        }
+        if out.is_empty() {
+            return Ok(Tensor::zeros([0, self.num_classes], tch::kind::FLOAT_CPU));
+        }
+        let sorted = Tensor::cat(&out, 0);
+        let mut inverse = vec![0i64; rows.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos as i64;
+        }
+        Ok(sorted.index_select(0, &Tensor::from_slice(&inverse)))
+    }
+
     fn logits(&self, b: &TextBatch, train: bool) -> Tensor {
         let mode = if train { Mode::Train } else { Mode::Eval };
         autocast_cpu(self.precision, || {

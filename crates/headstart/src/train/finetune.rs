@@ -595,7 +595,7 @@ pub fn train_learner<L: Learner>(
             let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
             let lv = loss.double_value(&[]);
             if lv.is_finite() {
-                (loss / cfg.accumulate as f64).backward();
+                opt.backward(&(loss / cfg.accumulate as f64))?;
                 state.epoch_sums.0 += lv * b.len() as f64;
                 state.epoch_sums.1 += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
                 state.epoch_sums.2 += b.len();
@@ -753,7 +753,7 @@ pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConf
             break;
         }
         opt.zero_grad();
-        loss.backward();
+        opt.backward(&loss)?;
         opt.step(lr)?;
         avg = 0.98 * avg + 0.02 * lv;
         let smooth = avg / (1.0 - 0.98f64.powi(i as i32 + 1));

@@ -2,6 +2,11 @@
 //! decay, Loshchilov & Hutter 2019) and SGD with momentum / Nesterov, both following the update
 //! rules of `torch.optim`. Parameters come in named groups with their own learning-rate
 //! multiplier and weight decay (per-stage learning rates; no decay on biases and norms).
+//!
+//! The optimiser holds the gradients itself: [`Optimizer::backward`] computes them for its
+//! parameters only (autograd's `grad`, not `.grad` accumulation), adds them to what earlier
+//! micro-batches left, and [`Optimizer::zero_grad`] just drops them. No zeroing pass and no
+//! accumulation pass over every gradient on each step, which matters when a step is short.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -33,6 +38,8 @@ pub struct Optimizer {
     pub groups: Vec<Group>,
     /// Per parameter (same order as the groups' params): Adam (m, v) or SGD (momentum buffer).
     state: Vec<Vec<Tensor>>,
+    /// Per parameter: the gradient since the last [`Optimizer::zero_grad`], if any.
+    grads: Vec<Option<Tensor>>,
     pub steps: i64,
 }
 
@@ -43,40 +50,61 @@ pub fn no_decay(t: &Tensor) -> bool {
 
 impl Optimizer {
     pub fn new(kind: OptimKind, groups: Vec<Group>) -> Optimizer {
-        let state = groups.iter().flat_map(|g| g.params.iter().map(|_| vec![])).collect();
-        Optimizer { kind, groups, state, steps: 0 }
+        let n = groups.iter().map(|g| g.params.len()).sum();
+        Optimizer { kind, groups, state: (0..n).map(|_| vec![]).collect(), grads: (0..n).map(|_| None).collect(), steps: 0 }
     }
 
-    pub fn zero_grad(&mut self) {
-        for g in &self.groups {
-            for (_, p) in &g.params {
-                let mut grad = p.grad();
-                if grad.defined() {
-                    let _ = grad.f_zero_();
+    fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.groups.iter().flat_map(|g| g.params.iter().map(|(_, p)| p))
+    }
+
+    /// Gradients of `loss` with respect to the parameters, added to those held.
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let params: Vec<&Tensor> = self.params().collect();
+        let new = Tensor::f_run_backward(&[loss], &params, false, false)?;
+        for (held, g) in self.grads.iter_mut().zip(new) {
+            if !g.defined() {
+                continue;
+            }
+            match held {
+                Some(h) => {
+                    let _ = h.f_add_(&g)?;
                 }
+                None => *held = Some(g),
             }
         }
+        Ok(())
     }
 
-    /// Whether every gradient is finite (an undefined gradient counts as finite).
+    /// Drops the held gradients.
+    pub fn zero_grad(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = None);
+    }
+
+    /// The held gradient of each parameter, in group order (None: no gradient reached it).
+    pub fn grads(&self) -> &[Option<Tensor>] {
+        &self.grads
+    }
+
+    /// Whether every held gradient is finite: one reduction per gradient and a single read
+    /// back (a NaN or ±∞ anywhere makes the total non-finite).
     pub fn grads_finite(&self) -> bool {
-        self.groups.iter().flat_map(|g| g.params.iter()).all(|(_, p)| {
-            let g = p.grad();
-            !g.defined() || bool::try_from(g.isfinite().all()).unwrap_or(false)
-        })
+        let sums: Vec<Tensor> = self.grads.iter().flatten().map(|g| g.sum(tch::Kind::Double)).collect();
+        sums.is_empty() || Tensor::stack(&sums, 0).sum(tch::Kind::Double).double_value(&[]).is_finite()
     }
 
     /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.groups.iter().flat_map(|g| g.params.iter()).map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
-        let total: f64 = grads.iter().map(|g| g.square().sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let sq: Vec<Tensor> = self.grads.iter().flatten().map(|g| g.square().sum(tch::Kind::Double)).collect();
+        if sq.is_empty() {
+            return 0.0;
+        }
+        let total = Tensor::stack(&sq, 0).sum(tch::Kind::Double).double_value(&[]).sqrt();
         if total > max_norm && total.is_finite() {
             let s = max_norm / (total + 1e-6);
-            tch::no_grad(|| {
-                for mut g in grads {
-                    let _ = g.f_mul_scalar_(s);
-                }
-            });
+            for g in self.grads.iter_mut().flatten() {
+                let _ = g.f_mul_scalar_(s);
+            }
         }
         total
     }
@@ -90,12 +118,12 @@ impl Optimizer {
             for g in &self.groups {
                 let lr = lr * g.lr_mult;
                 for (_, p) in &g.params {
-                    let grad = p.grad();
                     let st = &mut self.state[k];
-                    k += 1;
-                    if !grad.defined() {
+                    let Some(grad) = &self.grads[k] else {
+                        k += 1;
                         continue;
-                    }
+                    };
+                    k += 1;
                     let mut p = p.shallow_clone();
                     match self.kind {
                         OptimKind::AdamW { beta1, beta2, eps } => {
@@ -107,17 +135,20 @@ impl Optimizer {
                                 let _ = p.f_mul_scalar_(1.0 - lr * g.weight_decay)?;
                             }
                             // As torch.optim.AdamW: m ← lerp(m, g, 1 − β1), v ← β2·v + (1 − β2)·g²,
-                            // p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε), in place.
-                            let _ = st[0].f_lerp_(&grad, 1.0 - beta1)?;
+                            // p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε), in place; the
+                            // step size is folded into the denominator to save a temporary.
+                            let _ = st[0].f_lerp_(grad, 1.0 - beta1)?;
                             let _ = st[1].f_lerp_(&grad.square(), 1.0 - beta2)?;
-                            let bc1 = 1.0 - beta1.powf(t);
-                            let bc2 = 1.0 - beta2.powf(t);
-                            let mut denom = st[1].sqrt();
-                            let _ = denom.f_div_scalar_(bc2.sqrt())?.f_add_scalar_(eps)?;
-                            let _ = p.f_addcdiv_(&(&st[0] * (-lr / bc1)), &denom)?;
+                            if lr != 0.0 {
+                                let bc1 = 1.0 - beta1.powf(t);
+                                let bc2 = 1.0 - beta2.powf(t);
+                                let mut denom = st[1].sqrt();
+                                let _ = denom.f_div_scalar_(bc2.sqrt())?.f_add_scalar_(eps)?.f_mul_scalar_(-bc1 / lr)?;
+                                let _ = p.f_addcdiv_(&st[0], &denom)?;
+                            }
                         }
                         OptimKind::Sgd { momentum, nesterov } => {
-                            let mut d = if g.weight_decay != 0.0 { &grad + &p * g.weight_decay } else { grad.shallow_clone() };
+                            let mut d = if g.weight_decay != 0.0 { grad + &p * g.weight_decay } else { grad.shallow_clone() };
                             if momentum != 0.0 {
                                 if st.is_empty() {
                                     st.push(d.detach().copy());
