@@ -90,7 +90,8 @@ fn append_jsonl<T: Serialize>(file: &mut std::fs::File, path: &Path, v: &T) -> R
     writeln!(file, "{line}").and_then(|_| file.flush()).map_err(|e| Error::io(path, e))
 }
 
-fn ranked(logits: &Tensor) -> Result<Vec<Vec<usize>>> {
+/// Class indices of each row, most probable first.
+pub(crate) fn ranked(logits: &Tensor) -> Result<Vec<Vec<usize>>> {
     let k = logits.size()[1];
     let (_, idx) = logits.topk(k, -1, true, true);
     let flat: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
@@ -229,13 +230,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
                 // Phase one: the new head alone, on the cached features.
                 let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, lr: ft.lr, batch_size: ft.batch_size, seed: ft.seed, ..req.train.clone() };
                 let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
-                tch::no_grad(|| -> Result<()> {
-                    for (n, t) in &fitted.head.tensors {
-                        let dst = if n == "weight" { &lin.ws } else { lin.bs.as_ref().expect("bias") };
-                        dst.shallow_clone().f_copy_(t)?;
-                    }
-                    Ok(())
-                })?;
+                fitted.head.copy_into(&lin)?;
             }
             let images = match decoded.take() {
                 Some(images) => images,
@@ -330,7 +325,8 @@ fn decode_only(paths: &[PathBuf], progress: &dyn Progress) -> (crate::features::
 }
 
 
-fn epoch_line(r: &EpochRecord) -> String {
+/// One line of progress for an epoch.
+pub(crate) fn epoch_line(r: &EpochRecord) -> String {
     let mut s = format!("epoch {:>3}  train loss {:.4} acc {:.4}", r.epoch, r.train_loss, r.train_acc);
     if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
         s += &format!("  val loss {l:.4} acc {a:.4}");

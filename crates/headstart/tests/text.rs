@@ -174,6 +174,14 @@ fn toy_rows() -> Vec<(String, String)> {
     rows
 }
 
+/// The toy reviews as `reviews.csv` in `dir`.
+fn toy_csv(dir: &Path) -> PathBuf {
+    let data = dir.join("reviews.csv");
+    let rows = toy_rows();
+    write_csv(&data, &rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>());
+    data
+}
+
 fn request(data: &Path, out: &Path, cache: &Path) -> headstart::text::TextTrainRequest {
     headstart::text::TextTrainRequest {
         data: data.to_path_buf(),
@@ -195,9 +203,7 @@ fn request(data: &Path, out: &Path, cache: &Path) -> headstart::text::TextTrainR
 #[test]
 fn text_feature_extraction_caches_embeddings_and_bundles_predict() {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("reviews.csv");
-    let rows = toy_rows();
-    write_csv(&data, &rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>());
+    let data = toy_csv(d.path());
     let req = request(&data, &d.path().join("run"), &d.path().join("cache"));
     let o = headstart::text::train_text(&req, false, &Silent).unwrap();
     assert_eq!((o.classes.clone(), o.n_train + o.n_val, o.backbone_computed, o.backbone_reused), (vec!["neg".to_string(), "pos".into()], 40, 40, 0));
@@ -220,9 +226,7 @@ fn text_feature_extraction_caches_embeddings_and_bundles_predict() {
 #[test]
 fn text_fine_tuning_trains_only_the_unfrozen_layers_and_learns() {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("reviews.csv");
-    let rows = toy_rows();
-    write_csv(&data, &rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>());
+    let data = toy_csv(d.path());
     let mut req = request(&data, &d.path().join("run"), &d.path().join("cache"));
     let mut ft = headstart::text::text_finetune_defaults();
     ft.unfreeze = headstart::train::finetune::Unfreeze::Last(1);
@@ -252,9 +256,7 @@ fn text_fine_tuning_trains_only_the_unfrozen_layers_and_learns() {
 #[test]
 fn fine_tuning_stops_early_and_keeps_the_best_epoch() {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("reviews.csv");
-    let rows = toy_rows();
-    write_csv(&data, &rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>());
+    let data = toy_csv(d.path());
     let mut req = request(&data, &d.path().join("run"), &d.path().join("cache"));
     let mut ft = headstart::text::text_finetune_defaults();
     // A rate far too high: validation loss stops improving within a few epochs.

@@ -20,7 +20,7 @@ use crate::metrics::{self, Report};
 use crate::models::text::{pool, sentence_config, Pooling, TextBatch, TextCfg, TextEncoder};
 use crate::models::{Mode, Stage};
 use crate::progress::Progress;
-use crate::run::TrainOutcome;
+use crate::run::{epoch_line, ranked, TrainOutcome};
 use crate::train::finetune::{first_trainable, latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
 use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::weights::{LoadReport, Weights};
@@ -356,21 +356,6 @@ fn new_head(model: &TextModel, k: i64) -> nn::Linear {
     nn::linear(model.encoder.vs.root() / HEAD_PREFIX, model.dim(), k, Default::default())
 }
 
-fn epoch_line(r: &EpochRecord) -> String {
-    let mut s = format!("epoch {:>3}  train loss {:.4} acc {:.4}", r.epoch, r.train_loss, r.train_acc);
-    if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
-        s += &format!("  val loss {l:.4} acc {a:.4}");
-    }
-    s
-}
-
-fn ranked(logits: &Tensor) -> Result<Vec<Vec<usize>>> {
-    let k = logits.size()[1];
-    let (_, idx) = logits.topk(k, -1, true, true);
-    let flat: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
-    Ok(flat.chunks(k as usize).map(|r| r.iter().map(|&i| i as usize).collect()).collect())
-}
-
 /// Reads the data, splits it, and writes the run's config and errors.
 struct Prepared {
     train_ds: TextDataset,
@@ -493,13 +478,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
                 let (xtr, xva) = (take_x(e, &p.tr), take_x(e, &p.va));
                 let hc = TrainConfig { head: HeadKind::Logistic, seed: ft.seed, ..req.train.clone() };
                 let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
-                tch::no_grad(|| -> Result<()> {
-                    for (n, t) in &fitted.head.tensors {
-                        let dst = if n == "weight" { &lin.ws } else { lin.bs.as_ref().expect("bias") };
-                        dst.shallow_clone().f_copy_(t)?;
-                    }
-                    Ok(())
-                })?;
+                fitted.head.copy_into(&lin)?;
             }
             progress.message("tokenising");
             let enc = model.tokenizer.encode_all(&p.texts, p.pairs.as_deref())?;

@@ -54,6 +54,16 @@ impl Head {
         })
     }
 
+    /// Copies a linear or logistic head's weight and bias into `lin` (a model's own head).
+    pub fn copy_into(&self, lin: &tch::nn::Linear) -> Result<()> {
+        let bias = lin.bs.as_ref().ok_or_else(|| Error::Model("the model's head has no bias".into()))?;
+        tch::no_grad(|| -> Result<()> {
+            lin.ws.shallow_clone().f_copy_(self.get("weight")?)?;
+            bias.shallow_clone().f_copy_(self.get("bias")?)?;
+            Ok(())
+        })
+    }
+
     /// Checks every tensor has the shape the spec implies.
     pub fn validate(&self) -> Result<()> {
         let (d, c) = (self.spec.in_features, self.spec.num_classes);
