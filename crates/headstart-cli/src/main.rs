@@ -861,7 +861,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Predict { bundle, files, text, lossy, top_k, weights, json, common } if headstart::bundle::modality(&bundle)? == "text" => {
             let model = weights.as_ref().map(|w| w.display().to_string());
             let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
-            let (mut texts, mut origins) = (vec![], vec![]);
+            let pair_bundle = p.meta.columns.pair.is_some();
+            if pair_bundle && (!text.is_empty() || files.iter().any(|f| f.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")))) {
+                bail!("this bundle classifies sentence pairs: give CSV, TSV or JSONL files with both columns");
+            }
+            let (mut texts, mut pairs, mut origins) = (vec![], vec![], vec![]);
             for (i, t) in text.iter().enumerate() {
                 texts.push(t.clone());
                 origins.push(format!("--text {}", i + 1));
@@ -882,6 +886,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     skipped.extend(rows.skipped);
                     for r in rows.rows {
                         texts.push(r.text);
+                        pairs.push(r.pair.unwrap_or_default());
                         origins.push(r.origin);
                     }
                 }
@@ -892,10 +897,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             if texts.is_empty() {
                 bail!("nothing to classify");
             }
-            if p.meta.columns.pair.is_some() {
-                bail!("this bundle classifies sentence pairs; use `eval` with a file that has both columns");
-            }
-            let top = p.predict(&texts, None, top_k, &common.progress())?;
+            let top = p.predict(&texts, pair_bundle.then_some(&pairs[..]), top_k, &common.progress())?;
             if json {
                 let preds: Vec<_> = origins.iter().zip(&top).map(|(o, t)| serde_json::json!({"input": o, "top": t})).collect();
                 serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;

@@ -161,3 +161,30 @@ fn text_fine_tuning_aborted_mid_checkpoint_resumes_to_identical_weights() {
         assert!(ta.equal(tb), "{na} differs from the uninterrupted run");
     }
 }
+
+#[test]
+fn sentence_pairs_train_eval_and_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs.tsv");
+    let mut s = String::from("premise\thypothesis\tlabel\n");
+    for i in 0..30 {
+        let (a, b, l) = if i % 2 == 0 { ("the movie was great", "loved it", "same") } else { ("the movie was great", "hated it", "different") };
+        s += &format!("{a} {}\t{b}\t{l}\n", ["today", "again", "really"][i % 3]);
+    }
+    std::fs::write(&data, s).unwrap();
+    let run = tmp.path().join("run");
+    let base = ["--text-column", "premise", "--pair-column", "hypothesis"];
+    let model = tiny_bert();
+    let mut args = vec!["train", "--data", data.to_str().unwrap(), "--model", &model, "--out", run.to_str().unwrap(), "--no-cache", "--json"];
+    args.extend(base);
+    let o = headstart(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bundle = run.join("bundle");
+    let o = headstart(&["predict", bundle.to_str().unwrap(), data.to_str().unwrap(), "--json", "--top-k", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 30);
+    // One text alone cannot be classified by a pair bundle.
+    let o = headstart(&["predict", bundle.to_str().unwrap(), "--text", "the movie was great"]);
+    assert!(stderr(&o).contains("sentence pairs"), "{}", stderr(&o));
+}

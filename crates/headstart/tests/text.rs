@@ -72,6 +72,11 @@ fn roberta_matches_transformers_from_a_task_checkpoint() {
 }
 
 #[test]
+fn xlm_roberta_matches_transformers_with_a_unigram_tokenizer() {
+    golden("xlm_roberta_tiny", true);
+}
+
+#[test]
 fn gpt2_matches_transformers_and_overrides_baked_padding_and_truncation() {
     // The fixture's tokenizer.json pads to 48 and truncates at 8; batches must be padded to
     // their longest member and truncated only at the run's maximum.
