@@ -397,21 +397,10 @@ impl TrainArgs {
         }
         self.lossy |= f.lossy.unwrap_or(false);
         if self.mode.is_none() {
-            self.mode = match f.mode.as_deref() {
-                None => None,
-                Some("feature") => Some(TrainMode::Feature),
-                Some("finetune") => Some(TrainMode::Finetune),
-                Some(m) => bail!("config: mode `{m}` is not feature or finetune"),
-            };
+            self.mode = config_choice("mode", f.mode.as_deref())?;
         }
         if self.head.is_none() {
-            self.head = match f.head.as_deref() {
-                None => None,
-                Some("logistic") => Some(HeadArg::Logistic),
-                Some("linear") => Some(HeadArg::Linear),
-                Some("mlp") => Some(HeadArg::Mlp),
-                Some(h) => bail!("config: head `{h}` is not logistic, linear or mlp"),
-            };
+            self.head = config_choice("head", f.head.as_deref())?;
         }
         if self.schedule.is_none() {
             self.schedule = match f.lr_scheduler_type.as_deref() {
@@ -451,26 +440,39 @@ impl TrainArgs {
     fn is_text(&self) -> bool {
         let text_flags = self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
         match &self.data {
-            Some(d) => Self::parse_probe(d, self.model.as_deref(), text_flags),
+            Some(d) => is_text_run(d, self.model.as_deref(), text_flags),
             None => false,
         }
     }
+}
 
-    /// [`TrainArgs::is_text`] from its parts.
-    fn parse_probe(d: &Path, model: Option<&str>, text_flags: bool) -> bool {
-        if let Some(m) = model {
-            return registry::find(m).is_none() && looks_like_text_model(m);
-        }
-        if text_flags {
-            return true;
-        }
-        if headstart::text::data::is_text_data(d) {
-            return true;
-        }
-        // A CSV whose header has a `text` column (image manifests are `path,label`).
-        d.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-            && std::fs::read_to_string(d).ok().and_then(|t| t.lines().next().map(|h| h.trim_start_matches('\u{feff}').split(',').any(|c| c.trim().trim_matches('"') == "text"))).unwrap_or(false)
+/// Whether a run on data `d` is text: a text model, text-only flags, or a text data format.
+fn is_text_run(d: &Path, model: Option<&str>, text_flags: bool) -> bool {
+    if let Some(m) = model {
+        return registry::find(m).is_none() && looks_like_text_model(m);
     }
+    if text_flags {
+        return true;
+    }
+    if headstart::text::data::is_text_data(d) {
+        return true;
+    }
+    // A CSV whose header has a `text` column (image manifests are `path,label`).
+    if !d.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        return false;
+    }
+    let mut header = String::new();
+    let read = std::fs::File::open(d).map(std::io::BufReader::new).and_then(|mut r| std::io::BufRead::read_line(&mut r, &mut header));
+    read.is_ok() && header.trim_start_matches('\u{feff}').split(',').any(|c| c.trim().trim_matches('"') == "text")
+}
+
+/// A config-file value for a flag with fixed choices, parsed as the flag would be.
+fn config_choice<T: clap::ValueEnum>(key: &str, value: Option<&str>) -> Result<Option<T>> {
+    let Some(v) = value else { return Ok(None) };
+    T::from_str(v, false).map(Some).map_err(|_| {
+        let names: Vec<String> = T::value_variants().iter().filter_map(|x| x.to_possible_value()).map(|p| p.get_name().to_string()).collect();
+        anyhow::anyhow!("config: {key} `{v}` is not one of {}", names.join(", "))
+    })
 }
 
 fn looks_like_text_model(m: &str) -> bool {
@@ -808,7 +810,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
         }
         Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
-            let probe = TrainArgs::parse_probe(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
+            let probe = is_text_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
             let r = if probe {
                 let base = headstart::text::text_finetune_defaults();

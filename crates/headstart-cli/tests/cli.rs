@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
@@ -113,16 +115,8 @@ fn errors_name_the_file_or_suggest_a_model() {
 #[test]
 fn train_eval_predict_on_a_small_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
     let data = tmp.path().join("data");
-    for c in ["Bag", "Trouser", "Sandal"] {
-        std::fs::create_dir_all(data.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(sample.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for f in files.iter().take(8) {
-            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    common::sample_set(&data);
     let (d, run, cache) = (data.to_str().unwrap(), tmp.path().join("run"), tmp.path().join("cache"));
     let o = headstart(&["train", "--data", d, "--out", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--progress", "json"]);
     assert!(o.status.success(), "{}", stderr(&o));

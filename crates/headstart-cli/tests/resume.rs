@@ -1,23 +1,13 @@
 //! A fine-tuning run killed part-way (SIGKILL between steps, and an abort in the middle of a
 //! checkpoint write), then resumed, ends with weights bitwise equal to an uninterrupted run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use headstart::weights::Weights;
+mod common;
 
-fn sample_set(dir: &Path) {
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
-    for c in ["Bag", "Trouser", "Sandal"] {
-        std::fs::create_dir_all(dir.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(sample.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for f in files.iter().take(8) {
-            std::fs::copy(f, dir.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-}
+use common::{assert_same, bundle_tensors, sample_set};
 
 fn command(args: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_headstart"));
@@ -67,26 +57,6 @@ fn kill_at(mut child: Child, out: &Path, step: usize) -> bool {
 fn finish(args: &[String]) {
     let o = command(args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn bundle_tensors(out: &Path) -> Vec<(String, tch::Tensor)> {
-    let mut all = vec![];
-    for f in ["head.safetensors", "backbone.safetensors"] {
-        let w = Weights::open(out.join("bundle").join(f)).unwrap();
-        for n in w.names() {
-            all.push((format!("{f}:{n}"), w.tensor(n).unwrap()));
-        }
-    }
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
-
-fn assert_same(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) {
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs from the uninterrupted run");
-    }
 }
 
 #[test]

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
+use common::{assert_same, bundle_tensors};
+
 fn tiny_bert() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text/bert_tiny").display().to_string()
 }
@@ -110,18 +114,6 @@ fn text_errors_name_file_line_and_column() {
     assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
 }
 
-fn bundle_tensors(run: &Path) -> Vec<(String, tch::Tensor)> {
-    let mut all = vec![];
-    for f in ["head.safetensors", "backbone.safetensors"] {
-        let w = headstart::weights::Weights::open(run.join("bundle").join(f)).unwrap();
-        for n in w.names() {
-            all.push((format!("{f}:{n}"), w.tensor(n).unwrap()));
-        }
-    }
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
-
 #[test]
 fn text_fine_tuning_aborted_mid_checkpoint_resumes_to_identical_weights() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,11 +147,7 @@ fn text_fine_tuning_aborted_mid_checkpoint_resumes_to_identical_weights() {
     assert!(o.status.success(), "{}", stderr(&o));
     let (a, b) = (bundle_tensors(&straight), bundle_tensors(&torn));
     assert!(a.iter().any(|(n, _)| n.starts_with("backbone.safetensors:encoder.layer.1.")));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs from the uninterrupted run");
-    }
+    assert_same(&a, &b);
 }
 
 #[test]

@@ -31,8 +31,7 @@ fn main() {
         "step" => {
             let precision = if args[4] == "bf16" { Precision::Bf16 } else { Precision::Fp32 };
             let steps: usize = args[5].parse().unwrap();
-            let mut m = TextModel::load(dir, &TextModelOptions { max_length: Some(128), pooling: None }).unwrap();
-            m.normalize = false;
+            let m = TextModel::load(dir, &TextModelOptions { max_length: Some(128), pooling: None }).unwrap();
             // (steps + 1) batches of 16, cycling over the texts.
             let n = (steps + 1) * 16;
             let texts: Vec<String> = (0..n).map(|i| ds.texts[i % ds.len()].clone()).collect();

@@ -67,18 +67,21 @@ impl BundleMeta {
     }
 }
 
-/// Writes the bundle to `dir` atomically: a staging directory beside it is filled and synced,
-/// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
-pub fn write(dir: &Path, meta: &BundleMeta, head: &Head, tuned: Option<&[(String, tch::Tensor)]>) -> Result<()> {
-    if meta.tuned.is_some() != tuned.is_some() {
-        return Err(Error::Model("bundle metadata and tuned backbone tensors disagree".into()));
-    }
-    let text = toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
-    write_raw(dir, &text, head, tuned)
+/// `bundle.toml` text for any bundle metadata.
+pub fn to_toml<T: Serialize>(meta: &T) -> Result<String> {
+    toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))
 }
 
-/// [`write`] with the metadata already serialised (text bundles have their own).
-pub fn write_raw(dir: &Path, meta_toml: &str, head: &Head, tuned: Option<&[(String, tch::Tensor)]>) -> Result<()> {
+/// Writes a bundle to `dir` atomically: a staging directory beside it is filled and synced,
+/// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
+/// `tuned` holds the retrained stages' names and tensors, if any; `meta` renders
+/// `bundle.toml` given their record (the stages and the sha256 of the file just written).
+pub fn write(
+    dir: &Path,
+    head: &Head,
+    tuned: Option<(&[String], &[(String, tch::Tensor)])>,
+    meta: impl FnOnce(Option<Tuned>) -> Result<String>,
+) -> Result<()> {
     head.validate()?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -86,16 +89,21 @@ pub fn write_raw(dir: &Path, meta_toml: &str, head: &Head, tuned: Option<&[(Stri
     let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    crate::fsx::atomic_write(&staging.join(META), meta_toml.as_bytes())?;
     save_safetensors(&staging.join(HEAD), &head.tensors)?;
-    if let Some(t) = tuned {
-        for (name, x) in t {
-            if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
-                return Err(Error::Model(format!("tuned tensor `{name}` holds non-finite values; not saved")));
+    let record = match tuned {
+        None => None,
+        Some((stages, t)) => {
+            for (name, x) in t {
+                if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+                    return Err(Error::Model(format!("tuned tensor `{name}` holds non-finite values; not saved")));
+                }
             }
+            let p = staging.join(TUNED);
+            save_safetensors(&p, t)?;
+            Some(Tuned { stages: stages.to_vec(), sha256: crate::weights::file_sha256(&p)? })
         }
-        save_safetensors(&staging.join(TUNED), t)?;
-    }
+    };
+    crate::fsx::atomic_write(&staging.join(META), meta(record)?.as_bytes())?;
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;

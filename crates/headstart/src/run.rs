@@ -16,7 +16,7 @@ use crate::models::registry::{self, Entry, ImageInput};
 use crate::models::{pretrained, unknown_model, HeadInit, Model};
 use crate::progress::Progress;
 use crate::train::finetune::{finetune, latest_checkpoint, Examples, FinetuneConfig};
-use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
+use crate::train::{fit, EpochRecord, Head, HeadKind, Split, TrainConfig};
 use crate::weights::Weights;
 
 /// Everything `train` needs; serialised as the run's resolved config (and read back by
@@ -78,16 +78,60 @@ fn open_weights(entry: &Entry, path: Option<&Path>) -> Result<Weights> {
 /// The frozen backbone with its pre-trained weights; a load must be complete.
 fn backbone(entry: &Entry, weights: &Weights) -> Result<Model> {
     let (model, report) = pretrained(entry, weights, 3, HeadInit::None)?;
-    report.require_complete()?;
-    if !report.unexpected.is_empty() {
-        return Err(Error::Model(format!("{}: {} unexpected tensors (first: {}); is this the right model?", report.source, report.unexpected.len(), report.unexpected[0])));
-    }
+    report.require_exact()?;
     Ok(model)
 }
 
-fn append_jsonl<T: Serialize>(file: &mut std::fs::File, path: &Path, v: &T) -> Result<()> {
-    let line = serde_json::to_string(v).map_err(|e| Error::Model(e.to_string()))?;
-    writeln!(file, "{line}").and_then(|_| file.flush()).map_err(|e| Error::io(path, e))
+/// Creates the run directory and writes its `config.json`: the resolved request.
+pub(crate) fn write_config<T: Serialize>(out: &Path, req: &T) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let config = serde_json::to_string_pretty(req).map_err(|e| Error::Model(e.to_string()))?;
+    crate::fsx::atomic_write(&out.join("config.json"), config.as_bytes())
+}
+
+/// Writes the run's `errors.jsonl`: every input left out, and why.
+pub(crate) fn write_errors(out: &Path, skipped: &[Skip]) -> Result<()> {
+    let mut errors = String::new();
+    for s in skipped {
+        errors += &serde_json::to_string(s).map_err(|e| Error::Model(e.to_string()))?;
+        errors.push('\n');
+    }
+    crate::fsx::atomic_write(&out.join("errors.jsonl"), errors.as_bytes())
+}
+
+/// The run's `metrics.jsonl`, one line per epoch (appended to when a run resumes). A failed
+/// write is kept and reported by [`MetricsLog::finish`], so training is not interrupted.
+pub(crate) struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+    error: Option<Error>,
+}
+
+impl MetricsLog {
+    pub(crate) fn open(out: &Path, append: bool) -> Result<MetricsLog> {
+        let path = out.join("metrics.jsonl");
+        let file = if append { std::fs::OpenOptions::new().append(true).create(true).open(&path) } else { std::fs::File::create(&path) }
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path, error: None })
+    }
+
+    pub(crate) fn record(&mut self, r: &EpochRecord) {
+        let line = serde_json::to_string(r).unwrap_or_default();
+        if let Err(e) = writeln!(self.file, "{line}").and_then(|_| self.file.flush()) {
+            self.error.get_or_insert(Error::io(&self.path, e));
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+/// Training accuracy of the final model, and its report on the validation rows.
+pub(crate) fn final_scores(classes: &[String], train_logits: &Tensor, ytr: &Tensor, val_logits: &Tensor, val_truth: &[usize]) -> Result<(f64, Option<Report>)> {
+    let train_accuracy = train_logits.argmax(-1, false).eq_tensor(ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    let val = if val_truth.is_empty() { None } else { Some(metrics::report(classes, val_truth, &ranked(val_logits)?, 5.min(classes.len()))) };
+    Ok((train_accuracy, val))
 }
 
 /// Class indices of each row, most probable first.
@@ -111,7 +155,6 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     let entry = entry_of(&req.model)?;
     let weights = open_weights(entry, req.weights.as_deref())?;
     let sha = weights.sha256()?;
-    let model = backbone(entry, &weights)?;
     let train_ds = Dataset::open(&req.data, None)?;
     let val_ds = match &req.val {
         Some(v) => Some(Dataset::open(v, Some(&train_ds.classes))?),
@@ -122,9 +165,18 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     if k < 2 {
         return Err(Error::input(&req.data, format!("need at least two classes, found {}", k)));
     }
-    std::fs::create_dir_all(&req.out).map_err(|e| Error::io(&req.out, e))?;
-    let config = serde_json::to_string_pretty(req).map_err(|e| Error::Model(e.to_string()))?;
-    crate::fsx::atomic_write(&req.out.join("config.json"), config.as_bytes())?;
+    // One model serves the frozen-feature pass and, with a new head, fine-tuning.
+    let model = match &req.finetune {
+        None => backbone(entry, &weights)?,
+        Some(ft) => {
+            // The new head's initial weights come from the seed (they matter without a head phase).
+            tch::manual_seed(ft.seed as i64);
+            let (model, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
+            report.require_exact()?;
+            model
+        }
+    };
+    write_config(&req.out, req)?;
 
     let mut items = train_ds.items.clone();
     let n_train_items = items.len();
@@ -138,9 +190,11 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         Some(root) => Some(FeatureCache::new(root, &sha, &input, "pooled", dim)?),
         None => None,
     };
-    // Fine-tuning without a head-only phase needs no frozen features: decoding the images (to
-    // find the usable ones) is all; the decoded images then feed the fine-tuning.
-    let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0);
+    // Fine-tuning without a head-only phase (or resuming past it) needs no frozen features:
+    // decoding the images (to find the usable ones) is all; the decoded images then feed the
+    // fine-tuning.
+    let resuming = resume && latest_checkpoint(&req.out).is_some();
+    let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0 && !resuming);
     let (ex, mut decoded) = if head_phase {
         (extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?, None)
     } else {
@@ -153,13 +207,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         skipped.extend(v.skipped.iter().cloned());
     }
     skipped.extend(ex.skipped.iter().cloned());
-    let errors_path = req.out.join("errors.jsonl");
-    let mut errors = String::new();
-    for s in &skipped {
-        errors += &serde_json::to_string(s).map_err(|e| Error::Model(e.to_string()))?;
-        errors.push('\n');
-    }
-    crate::fsx::atomic_write(&errors_path, errors.as_bytes())?;
+    write_errors(&req.out, &skipped)?;
 
     // Rows of ex.features ↔ items; split into train / validation.
     let labels: Vec<usize> = ex.ok.iter().map(|&i| items[i].label).collect();
@@ -196,20 +244,10 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     let (xtr, ytr) = take(&tr_rows);
     let (xva, yva) = take(&va_rows);
 
-    let metrics_path = req.out.join("metrics.jsonl");
-    let resuming = resume && latest_checkpoint(&req.out).is_some();
-    let mut metrics_file = if resuming {
-        std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)
-    } else {
-        std::fs::File::create(&metrics_path)
-    }
-    .map_err(|e| Error::io(&metrics_path, e))?;
-    let mut write_err = None;
+    let mut log = MetricsLog::open(&req.out, resuming)?;
     let mut on_epoch = |r: &EpochRecord| {
         progress.message(&epoch_line(r));
-        if let Err(e) = append_jsonl(&mut metrics_file, &metrics_path, r) {
-            write_err.get_or_insert(e);
-        }
+        log.record(r);
     };
     let mut tuned_stages = vec![];
     let (mut skipped_steps, mut resumed_from) = (0, None);
@@ -221,11 +259,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
             (fitted.head, fitted.best_epoch, fitted.l2)
         }
         Some(ft) => {
-            // The new head's initial weights come from the seed (they matter without a head phase).
-            tch::manual_seed(ft.seed as i64);
-            let (ftm, report) = pretrained(entry, &weights, 3, HeadInit::New(k))?;
-            report.require_complete()?;
-            let lin = &ftm.head.as_ref().expect("head").linear;
+            let lin = &model.head.as_ref().expect("head").linear;
             if ft.head_epochs > 0 && !resuming {
                 // Phase one: the new head alone, on the cached features.
                 let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, lr: ft.lr, batch_size: ft.batch_size, seed: ft.seed, ..req.train.clone() };
@@ -244,44 +278,32 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
                 }
             };
             let examples = Examples { images, labels: labels.iter().map(|&l| l as i64).collect(), train: tr_rows.clone(), val: va_rows.clone() };
-            let o = finetune(&ftm, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
+            let o = finetune(&model, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
             resumed_from = o.resumed_from;
             final_logits = Some((o.train_logits.shallow_clone(), o.val_logits.shallow_clone()));
             let first = o.freeze.first_trainable;
-            tuned_stages = ftm.backbone.stages()[first..].iter().map(|s| s.name.clone()).collect();
-            let vars = ftm.vs.variables();
+            tuned_stages = model.backbone.stages()[first..].iter().map(|s| s.name.clone()).collect();
+            let vars = model.vs.variables();
             tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
-            let spec = HeadSpec { kind: HeadKind::Linear, in_features: model.backbone.num_features(), num_classes: k, hidden: None, dropout: 0.0 };
-            let head = Head { spec, tensors: vec![("weight".into(), lin.ws.detach().copy()), ("bias".into(), lin.bs.as_ref().expect("bias").detach().copy())] };
-            (head, o.best_epoch, None)
+            (Head::from_linear(lin)?, o.best_epoch, None)
         }
     };
-    if let Some(e) = write_err {
-        return Err(e);
-    }
+    log.finish()?;
     // Logits of the final model: the head on frozen features, or the fine-tuned network.
     let (train_logits, val_logits) = match final_logits {
         Some(l) => l,
         None => (head.forward(&xtr)?, head.forward(&xva)?),
     };
-    let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-    let val = if va_rows.is_empty() {
-        None
-    } else {
-        let truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
-        Some(metrics::report(&classes, &truth, &ranked(&val_logits)?, 5.min(classes.len())))
-    };
+    let val_truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
+    let (train_accuracy, val) = final_scores(&classes, &train_logits, &ytr, &val_logits, &val_truth)?;
     let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
-    if let Some(t) = &tuned_tensors {
-        let tmp = req.out.join(".tuned.safetensors");
-        crate::weights::save_safetensors(&tmp, t)?;
-        let sha = crate::weights::file_sha256(&tmp)?;
-        let _ = std::fs::remove_file(&tmp);
-        meta.tuned = Some(bundle::Tuned { stages: tuned_stages.clone(), sha256: sha });
-    }
-    bundle::write(&bundle_dir, &meta, &head, tuned_tensors.as_deref())?;
+    let tuned = tuned_tensors.as_deref().map(|t| (&tuned_stages[..], t));
+    bundle::write(&bundle_dir, &head, tuned, |record| {
+        meta.tuned = record;
+        bundle::to_toml(&meta)
+    })?;
     Ok(TrainOutcome {
         run_dir: req.out.clone(),
         bundle: bundle_dir,

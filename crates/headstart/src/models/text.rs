@@ -225,12 +225,6 @@ pub struct TextBatch {
     pub type_ids: Tensor,
 }
 
-impl TextBatch {
-    pub fn index(&self, rows: &Tensor) -> TextBatch {
-        TextBatch { ids: self.ids.index_select(0, rows), mask: self.mask.index_select(0, rows), type_ids: self.type_ids.index_select(0, rows) }
-    }
-}
-
 struct Attention {
     q: nn::Linear,
     k: nn::Linear,

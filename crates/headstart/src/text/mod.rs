@@ -20,7 +20,7 @@ use crate::metrics::{self, Report};
 use crate::models::text::{pool, sentence_config, Pooling, TextBatch, TextCfg, TextEncoder};
 use crate::models::{Mode, Stage};
 use crate::progress::Progress;
-use crate::run::{epoch_line, ranked, TrainOutcome};
+use crate::run::{epoch_line, final_scores, ranked, write_config, write_errors, MetricsLog, TrainOutcome};
 use crate::train::finetune::{first_trainable, latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
 use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::weights::{LoadReport, Weights};
@@ -108,10 +108,7 @@ impl TextModel {
         let encoder = TextEncoder::build(&cfg);
         let weights = Weights::open(dir)?;
         let report = crate::weights::report::load_into(&encoder.vs, &weights, &encoder.load_plan())?;
-        report.require_complete()?;
-        if !report.unexpected.is_empty() {
-            return Err(Error::Model(format!("{}: {} unexpected tensors (first: {}); is this the right model?", report.source, report.unexpected.len(), report.unexpected[0])));
-        }
+        report.require_exact()?;
         let tokenizer = TextTokenizer::load(dir, cfg.family, max_length, cfg.pad_token_id)?;
         let pooling = opts.pooling.or(st.pooling).unwrap_or(cfg.default_pooling());
         Ok(TextModel { weights_sha256: weights.sha256()?, encoder, tokenizer, pooling, normalize: st.normalize && opts.pooling.is_none(), dir: dir.to_path_buf(), report })
@@ -263,7 +260,9 @@ pub struct TextBundleMeta {
 }
 
 /// Fine-tuning text through the shared learner: the encoder and a new linear head in one
-/// variable store; inputs are tokenised once, batches padded per batch.
+/// variable store; inputs are tokenised once, batches padded per batch. It pools as the model
+/// does but never normalises: unit-length embeddings suit similarity search, not a fresh
+/// classifier trained at fine-tuning rates.
 pub struct TextLearner<'a> {
     model: &'a TextModel,
     head: nn::Linear,
@@ -344,7 +343,7 @@ impl Learner for TextLearner<'_> {
         let mode = if train { Mode::Train } else { Mode::Eval };
         autocast_cpu(self.precision, || {
             let h = self.model.encoder.forward_from(b, self.first, mode);
-            pool(&h, &b.mask, self.model.pooling, self.model.normalize).dropout(self.dropout, train).apply(&self.head)
+            pool(&h, &b.mask, self.model.pooling, false).dropout(self.dropout, train).apply(&self.head)
         })
         .to_kind(Kind::Float)
     }
@@ -406,15 +405,8 @@ fn prepare(req: &TextTrainRequest) -> Result<Prepared> {
     if va.is_empty() {
         warnings.push("no validation examples: the head is chosen on training loss".into());
     }
-    std::fs::create_dir_all(&req.out).map_err(|e| Error::io(&req.out, e))?;
-    let config = serde_json::to_string_pretty(req).map_err(|e| Error::Model(e.to_string()))?;
-    crate::fsx::atomic_write(&req.out.join("config.json"), config.as_bytes())?;
-    let mut errors = String::new();
-    for s in &skipped {
-        errors += &serde_json::to_string(s).map_err(|e| Error::Model(e.to_string()))?;
-        errors.push('\n');
-    }
-    crate::fsx::atomic_write(&req.out.join("errors.jsonl"), errors.as_bytes())?;
+    write_config(&req.out, req)?;
+    write_errors(&req.out, &skipped)?;
     Ok(Prepared { train_ds, texts, pairs, labels, tr, va, skipped, warnings })
 }
 
@@ -428,8 +420,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
     let dir = resolve_model_dir(&req.model)?;
     let mut model = TextModel::load(&dir, &req.model_options)?;
     if req.finetune.is_some() {
-        // Unit-length embeddings suit similarity search, not a fresh classifier trained at
-        // fine-tuning rates: fine-tuning pools without the final normalisation.
+        // The head phase's embeddings and the bundle pool as the learner does.
         model.normalize = false;
     }
     let classes = p.train_ds.classes.clone();
@@ -437,18 +428,11 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
     let take_y = |rows: &[usize]| Tensor::from_slice(&rows.iter().map(|&r| p.labels[r] as i64).collect::<Vec<_>>());
     let (ytr, yva) = (take_y(&p.tr), take_y(&p.va));
 
-    let metrics_path = req.out.join("metrics.jsonl");
     let resuming = resume && latest_checkpoint(&req.out).is_some();
-    let mut metrics_file = if resuming { std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path) } else { std::fs::File::create(&metrics_path) }
-        .map_err(|e| Error::io(&metrics_path, e))?;
-    let mut write_err = None;
+    let mut log = MetricsLog::open(&req.out, resuming)?;
     let mut on_epoch = |r: &EpochRecord| {
         progress.message(&epoch_line(r));
-        use std::io::Write;
-        let line = serde_json::to_string(r).unwrap_or_default();
-        if let Err(e) = writeln!(metrics_file, "{line}").and_then(|_| metrics_file.flush()) {
-            write_err.get_or_insert(Error::io(&metrics_path, e));
-        }
+        log.record(r);
     };
 
     let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0 && !resuming);
@@ -491,21 +475,12 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
             tuned_stages = model.encoder.stages()[first..].iter().map(|s| s.name.clone()).collect();
             let vars = model.encoder.vs.variables();
             tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
-            let spec = HeadSpec { kind: HeadKind::Linear, in_features: model.dim(), num_classes: k, hidden: None, dropout: 0.0 };
-            let head = Head { spec, tensors: vec![("weight".into(), learner.head.ws.detach().copy()), ("bias".into(), learner.head.bs.as_ref().expect("bias").detach().copy())] };
-            (head, o.best_epoch, None, o.train_logits, o.val_logits)
+            (Head::from_linear(&learner.head)?, o.best_epoch, None, o.train_logits, o.val_logits)
         }
     };
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    let train_accuracy = train_logits.argmax(-1, false).eq_tensor(&ytr).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-    let val = if p.va.is_empty() {
-        None
-    } else {
-        let truth: Vec<usize> = p.va.iter().map(|&r| p.labels[r]).collect();
-        Some(metrics::report(&classes, &truth, &ranked(&val_logits)?, 5.min(classes.len())))
-    };
+    log.finish()?;
+    let val_truth: Vec<usize> = p.va.iter().map(|&r| p.labels[r]).collect();
+    let (train_accuracy, val) = final_scores(&classes, &train_logits, &ytr, &val_logits, &val_truth)?;
     let mut meta = TextBundleMeta {
         format_version: bundle::FORMAT_VERSION,
         modality: "text".into(),
@@ -525,15 +500,11 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
         tuned: None,
     };
     let bundle_dir = bundle::default_bundle_dir(&req.out);
-    if let Some(t) = &tuned_tensors {
-        let tmp = req.out.join(".tuned.safetensors");
-        crate::weights::save_safetensors(&tmp, t)?;
-        let sha = crate::weights::file_sha256(&tmp)?;
-        let _ = std::fs::remove_file(&tmp);
-        meta.tuned = Some(bundle::Tuned { stages: tuned_stages.clone(), sha256: sha });
-    }
-    let text = toml::to_string_pretty(&meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))?;
-    bundle::write_raw(&bundle_dir, &text, &head, tuned_tensors.as_deref())?;
+    let tuned = tuned_tensors.as_deref().map(|t| (&tuned_stages[..], t));
+    bundle::write(&bundle_dir, &head, tuned, |record| {
+        meta.tuned = record;
+        bundle::to_toml(&meta)
+    })?;
     let (computed, reused) = emb.as_ref().map_or((0, 0), |e| (e.computed, e.reused));
     Ok(TrainOutcome {
         run_dir: req.out.clone(),
@@ -561,8 +532,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
 pub fn lr_find_text(req: &TextTrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     let ft = req.finetune.clone().unwrap_or_else(text_finetune_defaults);
     let ds = TextDataset::open(&req.data, &req.columns, None, req.lossy)?;
-    let mut model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
-    model.normalize = false;
+    let model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
     let k = ds.classes.len() as i64;
     let enc = model.tokenizer.encode_all(&ds.texts, ds.pairs.as_deref())?;
     let labels: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();

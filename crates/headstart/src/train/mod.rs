@@ -54,6 +54,14 @@ impl Head {
         })
     }
 
+    /// A linear head holding a copy of `lin`'s weight and bias (a fine-tuned model's head).
+    pub fn from_linear(lin: &tch::nn::Linear) -> Result<Head> {
+        let bias = lin.bs.as_ref().ok_or_else(|| Error::Model("the model's head has no bias".into()))?;
+        let (num_classes, in_features) = lin.ws.size2()?;
+        let spec = HeadSpec { kind: HeadKind::Linear, in_features, num_classes, hidden: None, dropout: 0.0 };
+        Ok(Head { spec, tensors: vec![("weight".into(), lin.ws.detach().copy()), ("bias".into(), bias.detach().copy())] })
+    }
+
     /// Copies a linear or logistic head's weight and bias into `lin` (a model's own head).
     pub fn copy_into(&self, lin: &tch::nn::Linear) -> Result<()> {
         let bias = lin.bs.as_ref().ok_or_else(|| Error::Model("the model's head has no bias".into()))?;

@@ -73,6 +73,16 @@ impl LoadReport {
         Err(Error::Model(msg))
     }
 
+    /// [`LoadReport::require_complete`], and no tensor of the file left unused either (the
+    /// weights of another model load partially).
+    pub fn require_exact(&self) -> Result<()> {
+        self.require_complete()?;
+        match self.unexpected.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Model(format!("{}: {} unexpected tensors (first: {first}); is this the right model?", self.source, self.unexpected.len()))),
+        }
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} matched, {} missing, {} unexpected, {} shape-mismatched, {} dropped, {} adapted, {} ignored, {} initialised",
