@@ -471,11 +471,11 @@ impl TextEncoder {
     /// lets libtorch pick its fused attention kernels.
     fn attention_mask(&self, b: &TextBatch) -> Mask {
         let causal = self.cfg.family == Family::Gpt2;
-        let padded = !bool::try_from(b.mask.ne(0).all()).unwrap_or(false);
-        if !padded {
+        let keep = b.mask.ne(0);
+        if bool::try_from(keep.all()).unwrap_or(false) {
             return Mask { tensor: None, causal };
         }
-        let keys = b.mask.ne(0).unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
+        let keys = keep.unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
         let tensor = if causal {
             let t = b.ids.size()[1];
             let tri = Tensor::ones([t, t], (Kind::Bool, b.ids.device())).tril(0);
