@@ -138,6 +138,9 @@ struct Common {
     /// Do not read or write the feature cache.
     #[arg(long)]
     no_cache: bool,
+    /// Keep truncated images (their missing part decodes grey) instead of skipping them.
+    #[arg(long)]
+    allow_truncated: bool,
 }
 
 impl Common {
@@ -751,6 +754,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                             extract_batch_size: a.eval_batch_size.unwrap_or(32),
                             finetune: if finetuning { Some(finetune_config(&a, FinetuneConfig::default())?) } else { None },
                             train: train_config(&a)?,
+                            allow_truncated: a.common.allow_truncated,
                         };
                         run::train_image_resumable(&req, false, &p)?
                     }
@@ -792,7 +796,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
                 p.evaluate(&data, lossy, common.cache().as_deref(), &common.progress())?
             } else {
-                let p = run::Predictor::load(&bundle, weights.as_deref())?;
+                let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
+                p.decode.allow_truncated = common.allow_truncated;
                 run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
             };
             for s in &skipped {
@@ -845,6 +850,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     input_override: None,
                     train: TrainConfig::default(),
                     finetune: Some(ft),
+                    allow_truncated: common.allow_truncated,
                 };
                 run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?
             };
@@ -914,7 +920,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
         }
         Command::Predict { bundle, files, top_k, weights, json, common, .. } => {
-            let p = run::Predictor::load(&bundle, weights.as_deref())?;
+            let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
+            p.decode.allow_truncated = common.allow_truncated;
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
             for s in &skipped {
                 eprintln!("skipped {}: {}", s.path.display(), s.reason);

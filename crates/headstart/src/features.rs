@@ -4,11 +4,14 @@
 //! one small file per image named by the sha256 of the image's bytes. A second run on the same
 //! data (another head, other hyper-parameters, an added class folder) runs the backbone only
 //! on images whose bytes it has not seen. Decoding runs on worker threads and overlaps with
-//! the backbone.
+//! the backbone. The bytes those threads hold at once (file contents and decoder buffers) are
+//! bounded by a budget, so a folder of huge or oddly shaped images is decoded one at a time
+//! rather than all at once; prepared tensors have a fixed size and the queue holds a fixed
+//! number of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
@@ -17,7 +20,7 @@ use crate::data::Skip;
 use crate::error::{Error, Result};
 use crate::models::registry::ImageInput;
 use crate::models::{Mode, Model};
-use crate::preprocess::{decode_rgb, prepare};
+use crate::preprocess::{decode_prepared, header, DecodeOptions};
 use crate::progress::Progress;
 
 /// The default cache root: `$HEADSTART_CACHE`, else `$XDG_CACHE_HOME/headstart`, else
@@ -97,12 +100,85 @@ pub struct Extracted {
     /// Backbone passes run / cache hits.
     pub computed: usize,
     pub reused: usize,
+    /// Truncated files kept because the decode options allow them.
+    pub truncated_kept: usize,
+}
+
+/// The most bytes the decoding threads of one extraction hold at once.
+pub const DECODE_BUDGET: u64 = 768 << 20;
+
+/// A byte budget shared by worker threads. A request larger than the whole budget is granted
+/// when nothing else is held, so one huge image is decoded alone instead of refused.
+pub struct Budget {
+    cap: u64,
+    held: Mutex<u64>,
+    freed: Condvar,
+}
+
+/// Bytes held from a [`Budget`], given back on drop.
+pub struct Ticket<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    pub fn new(cap: u64) -> Budget {
+        Budget { cap, held: Mutex::new(0), freed: Condvar::new() }
+    }
+
+    /// Waits until `bytes` fit (or nothing else is held), then holds them.
+    pub fn take(&self, bytes: u64) -> Ticket<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held > 0 && *held + bytes > self.cap {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held += bytes;
+        Ticket { budget: self, bytes }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut held = self.budget.held.lock().unwrap_or_else(|p| p.into_inner());
+        *held -= self.bytes;
+        self.budget.freed.notify_all();
+    }
 }
 
 enum Job {
     Cached(usize, Vec<f32>),
-    Decoded(usize, Tensor, String),
+    /// A prepared image, its content hash, and whether it was truncated.
+    Decoded(usize, Tensor, String, bool),
     Failed(usize, String),
+}
+
+/// Reads, hashes and (unless cached) decodes and prepares one file, within the budget.
+fn load_one(path: &Path, input: &ImageInput, cache: Option<&FeatureCache>, opts: &DecodeOptions, budget: &Budget, i: usize) -> Job {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let ticket = budget.take(len);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Job::Failed(i, format!("cannot read: {e}")),
+    };
+    let hash = sha256_hex(&bytes);
+    if let Some(v) = cache.and_then(|c| c.get(&hash)) {
+        return Job::Cached(i, v);
+    }
+    let need = match header(&bytes, opts) {
+        Ok(h) => h.working_bytes(),
+        Err(m) => return Job::Failed(i, m),
+    };
+    drop(ticket);
+    let _ticket = budget.take(len + need);
+    match decode_prepared(&bytes, input, opts) {
+        Ok((t, truncated)) => Job::Decoded(i, t, hash, truncated),
+        Err(m) => Job::Failed(i, m),
+    }
 }
 
 /// Total backbone images processed by this process, for tests and reports.
@@ -115,39 +191,28 @@ pub fn extract(
     paths: &[PathBuf],
     cache: Option<&FeatureCache>,
     batch_size: usize,
+    opts: &DecodeOptions,
     progress: &dyn Progress,
 ) -> Result<Extracted> {
     let dim = model.backbone.num_features() as usize;
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
     let next = AtomicUsize::new(0);
+    let budget = Budget::new(DECODE_BUDGET);
     let (tx, rx) = mpsc::sync_channel::<Job>(batch_size * 2);
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
     let mut skipped = vec![];
-    let (mut computed, mut reused) = (0, 0);
+    let (mut computed, mut reused, mut truncated_kept) = (0, 0, 0);
     progress.start("features", paths.len() as u64);
     let result = std::thread::scope(|s| -> Result<()> {
         for _ in 0..workers {
             let tx = tx.clone();
-            let next = &next;
+            let (next, budget) = (&next, &budget);
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= paths.len() {
                     break;
                 }
-                let job = match std::fs::read(&paths[i]) {
-                    Err(e) => Job::Failed(i, format!("cannot read: {e}")),
-                    Ok(bytes) => {
-                        let hash = sha256_hex(&bytes);
-                        match cache.and_then(|c| c.get(&hash)) {
-                            Some(v) => Job::Cached(i, v),
-                            None => match decode_rgb(&bytes).and_then(|img| prepare(&img, input).map_err(|e| e.to_string())) {
-                                Ok(t) => Job::Decoded(i, t, hash),
-                                Err(m) => Job::Failed(i, m),
-                            },
-                        }
-                    }
-                };
-                if tx.send(job).is_err() {
+                if tx.send(load_one(&paths[i], input, cache, opts, budget, i)).is_err() {
                     break;
                 }
             });
@@ -183,7 +248,8 @@ pub fn extract(
                     skipped.push(Skip { path: paths[i].clone(), reason });
                     progress.inc(1);
                 }
-                Job::Decoded(i, t, h) => {
+                Job::Decoded(i, t, h, truncated) => {
+                    truncated_kept += truncated as usize;
                     pending.push((i, t, h));
                     if pending.len() >= batch_size {
                         computed += pending.len();
@@ -209,5 +275,5 @@ pub fn extract(
     }
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     let features = Tensor::from_slice(&flat).view([ok.len() as i64, dim as i64]);
-    Ok(Extracted { features, ok, skipped, computed, reused })
+    Ok(Extracted { features, ok, skipped, computed, reused, truncated_kept })
 }

@@ -14,6 +14,7 @@ use crate::features::{extract, FeatureCache};
 use crate::metrics::{self, Report};
 use crate::models::registry::{self, Entry, ImageInput};
 use crate::models::{pretrained, unknown_model, HeadInit, Model};
+use crate::preprocess::DecodeOptions;
 use crate::progress::Progress;
 use crate::train::finetune::{finetune, latest_checkpoint, Examples, FinetuneConfig};
 use crate::train::{fit, EpochRecord, Head, HeadKind, Split, TrainConfig};
@@ -39,6 +40,15 @@ pub struct TrainRequest {
     /// training a head on frozen features.
     #[serde(default)]
     pub finetune: Option<FinetuneConfig>,
+    /// Keep truncated images (counted in a warning) instead of skipping them.
+    #[serde(default)]
+    pub allow_truncated: bool,
+}
+
+impl TrainRequest {
+    fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions { allow_truncated: self.allow_truncated, ..DecodeOptions::default() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,9 +206,9 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     let resuming = resume && latest_checkpoint(&req.out).is_some();
     let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0 && !resuming);
     let (ex, mut decoded) = if head_phase {
-        (extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), progress)?, None)
+        (extract(&model, &input, &paths, cache.as_ref(), req.extract_batch_size.max(1), &req.decode_options(), progress)?, None)
     } else {
-        let (ex, images) = decode_only(&paths, progress);
+        let (ex, images) = decode_only(&paths, &req.decode_options(), progress);
         (ex, Some(images))
     };
 
@@ -217,6 +227,9 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         stratified_split(&labels, classes.len(), req.val_split, req.train.seed)
     };
     let mut warnings = train_ds.warnings.clone();
+    if ex.truncated_kept > 0 {
+        warnings.push(format!("{} truncated images kept (their missing part decodes grey)", ex.truncated_kept));
+    }
     if input != entry.input {
         warnings.push(format!(
             "preprocessing overridden: {} (the weights were trained with {})",
@@ -272,7 +285,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
                     let mut images = Vec::with_capacity(ex.ok.len());
                     for &i in &ex.ok {
                         let bytes = std::fs::read(&paths[i]).map_err(|e| Error::io(&paths[i], e))?;
-                        images.push(crate::preprocess::decode_rgb_u8(&bytes).map_err(|m| Error::input(&paths[i], m))?);
+                        images.push(crate::preprocess::decode_rgb_u8_with(&bytes, &req.decode_options()).map_err(|m| Error::input(&paths[i], m))?.0);
                     }
                     images
                 }
@@ -328,14 +341,15 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
 
 /// Decodes every file (no backbone): which are usable, why the others are not, and the
 /// decoded `u8` images of the usable ones. The features are empty (`[n_ok, 0]`).
-fn decode_only(paths: &[PathBuf], progress: &dyn Progress) -> (crate::features::Extracted, Vec<Tensor>) {
+fn decode_only(paths: &[PathBuf], opts: &DecodeOptions, progress: &dyn Progress) -> (crate::features::Extracted, Vec<Tensor>) {
     progress.start("decode", paths.len() as u64);
-    let (mut ok, mut skipped, mut images) = (vec![], vec![], vec![]);
+    let (mut ok, mut skipped, mut images, mut truncated_kept) = (vec![], vec![], vec![], 0);
     for (i, p) in paths.iter().enumerate() {
-        match std::fs::read(p).map_err(|e| format!("cannot read: {e}")).and_then(|b| crate::preprocess::decode_rgb_u8(&b)) {
-            Ok(img) => {
+        match std::fs::read(p).map_err(|e| format!("cannot read: {e}")).and_then(|b| crate::preprocess::decode_rgb_u8_with(&b, opts)) {
+            Ok((img, truncated)) => {
                 ok.push(i);
                 images.push(img);
+                truncated_kept += truncated as usize;
             }
             Err(reason) => skipped.push(Skip { path: p.clone(), reason }),
         }
@@ -343,7 +357,7 @@ fn decode_only(paths: &[PathBuf], progress: &dyn Progress) -> (crate::features::
     }
     progress.finish();
     let features = Tensor::zeros([ok.len() as i64, 0], tch::kind::FLOAT_CPU);
-    (crate::features::Extracted { features, ok, skipped, computed: 0, reused: 0 }, images)
+    (crate::features::Extracted { features, ok, skipped, computed: 0, reused: 0, truncated_kept }, images)
 }
 
 
@@ -366,6 +380,8 @@ pub struct Predictor {
     model: Model,
     head: Head,
     weights_sha: String,
+    /// How the files to classify are decoded (truncated ones are skipped by default).
+    pub decode: DecodeOptions,
 }
 
 impl Predictor {
@@ -391,7 +407,7 @@ impl Predictor {
         if model.backbone.num_features() != meta.head.in_features {
             return Err(Error::input(bundle_dir, format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features())));
         }
-        Ok(Predictor { weights_sha, meta, entry, model, head })
+        Ok(Predictor { weights_sha, meta, entry, model, head, decode: DecodeOptions::default() })
     }
 
     /// Probabilities for each file (rows) in the order given; unusable files are skipped.
@@ -401,7 +417,7 @@ impl Predictor {
             Some(root) => Some(FeatureCache::new(root, &self.weights_sha, &self.meta.pretrained_cfg.input, "pooled", dim)?),
             None => None,
         };
-        let ex = extract(&self.model, &self.meta.pretrained_cfg.input, paths, cache.as_ref(), 32, progress)?;
+        let ex = extract(&self.model, &self.meta.pretrained_cfg.input, paths, cache.as_ref(), 32, &self.decode, progress)?;
         let probs = self.head.forward(&ex.features)?.softmax(-1, Kind::Float);
         Ok((probs, ex.ok, ex.skipped))
     }
@@ -449,7 +465,7 @@ pub fn lr_find_image(req: &TrainRequest, min_lr: f64, max_lr: f64, steps: usize,
     report.require_complete()?;
     let input = req.input_override.clone().unwrap_or_else(|| entry.input.clone());
     let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
-    let (decoded, images) = decode_only(&paths, progress);
+    let (decoded, images) = decode_only(&paths, &req.decode_options(), progress);
     let labels: Vec<i64> = decoded.ok.iter().map(|&i| ds.items[i].label as i64).collect();
     if images.is_empty() {
         return Err(Error::input(&req.data, "no readable images"));

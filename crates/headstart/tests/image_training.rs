@@ -37,6 +37,7 @@ fn request(data: &Path, out: &Path, cache: &Path, head: HeadKind) -> TrainReques
         input_override: None,
         finetune: None,
         train: TrainConfig { head, epochs: 15, ..Default::default() },
+        allow_truncated: false,
     }
 }
 
@@ -339,4 +340,142 @@ fn every_supported_format_and_pixel_layout_decodes_to_rgb() {
     // EXIF orientation 6 (rotate 90° clockwise): a 20×10 JPEG comes out 10 wide, 20 high.
     let jpeg = with_exif_orientation(&encode(&rgb, ImageFormat::Jpeg), 6);
     assert_eq!(decode_rgb(&jpeg).unwrap().size(), vec![3, 20, 10]);
+}
+
+/// Resize-then-crop on the whole image, as torchvision does it (the reference for the cropped
+/// resampling that `prepare` does).
+fn resize_then_crop(img: &tch::Tensor, input: &headstart::models::registry::ImageInput) -> tch::Tensor {
+    use headstart::models::registry::{Interpolation, ResizeMode};
+    let (h, w) = (img.size()[1], img.size()[2]);
+    let c = input.size;
+    let (nh, nw) = match input.resize_mode {
+        ResizeMode::Squash => (c, c),
+        ResizeMode::ShorterSideThenCrop => {
+            let r = input.resize();
+            if h <= w {
+                (r, (r as f64 * w as f64 / h as f64) as i64)
+            } else {
+                ((r as f64 * h as f64 / w as f64) as i64, r)
+            }
+        }
+    };
+    let b = img.unsqueeze(0);
+    let resized = match input.interpolation {
+        Interpolation::Bilinear => b.internal_upsample_bilinear2d_aa([nh, nw], false, None, None),
+        Interpolation::Bicubic => b.internal_upsample_bicubic2d_aa([nh, nw], false, None, None),
+    };
+    let top = ((nh - c) as f64 / 2.0).round() as i64;
+    let left = ((nw - c) as f64 / 2.0).round() as i64;
+    let x = resized.narrow(2, top, c).narrow(3, left, c).squeeze_dim(0);
+    let mean = tch::Tensor::from_slice(&input.mean).view([3, 1, 1]).to_kind(tch::Kind::Float);
+    let std = tch::Tensor::from_slice(&input.std).view([3, 1, 1]).to_kind(tch::Kind::Float);
+    (x - mean) / std
+}
+
+#[test]
+fn cropped_resampling_equals_resize_then_crop() {
+    use headstart::models::registry::{Interpolation, ResizeMode};
+    use headstart::preprocess::prepare;
+    let base = headstart::models::registry::find("mobilenet_v2").unwrap().input.clone();
+    tch::manual_seed(3);
+    let shapes = [(28, 28), (1, 300), (300, 1), (2, 5000), (37, 500), (500, 37), (480, 640), (640, 480), (225, 224), (1000, 999)];
+    let mut worst = 0f64;
+    for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic] {
+        for resize_mode in [ResizeMode::ShorterSideThenCrop, ResizeMode::Squash] {
+            for size in [224, 64] {
+                let input = headstart::models::registry::ImageInput { interpolation, resize_mode, size, ..base.clone() };
+                for &(h, w) in &shapes {
+                    let u8img = tch::Tensor::randint(256, [3, h, w], (tch::Kind::Uint8, tch::Device::Cpu));
+                    let float = u8img.to_kind(tch::Kind::Float) / 255.0;
+                    let want = resize_then_crop(&float, &input);
+                    for (what, img) in [("float", &float), ("u8", &u8img)] {
+                        let got = prepare(img, &input).unwrap();
+                        assert_eq!(got.size(), vec![3, size, size]);
+                        let diff = (&got - &want).abs().max().double_value(&[]);
+                        // Normalised units (÷ std ≈ 0.23): float rounding only.
+                        assert!(diff < 1e-4, "{interpolation:?} {resize_mode:?} {size} {h}×{w} {what}: max diff {diff}");
+                        worst = worst.max(diff);
+                    }
+                }
+            }
+        }
+    }
+    println!("worst difference from resize-then-crop: {worst:e}");
+}
+
+#[test]
+fn decoding_prepared_applies_exif_orientation_like_the_image_crate() {
+    use headstart::preprocess::{decode_prepared, decode_rgb_u8, prepare, DecodeOptions};
+    use image::{DynamicImage, ImageBuffer, ImageFormat};
+    let input = headstart::models::registry::find("mobilenet_v2").unwrap().input.clone();
+    let src = DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 17, |x, y| image::Rgb([(x * 6) as u8, (y * 15) as u8, ((x * y) % 256) as u8])));
+    let plain = encode(&src, ImageFormat::Jpeg);
+    let decoded_plain = image::load_from_memory(&plain).unwrap();
+    for o in 1..=8u16 {
+        let tagged = with_exif_orientation(&plain, o);
+        let mut want = decoded_plain.clone();
+        want.apply_orientation(image::metadata::Orientation::from_exif(o as u8).unwrap());
+        let want = want.to_rgb8();
+        let got = decode_rgb_u8(&tagged).unwrap();
+        assert_eq!(got.size(), vec![3, want.height() as i64, want.width() as i64], "orientation {o}");
+        let got_hwc: Vec<u8> = Vec::try_from(got.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap();
+        assert_eq!(&got_hwc, want.as_raw(), "orientation {o}");
+        // Decoding straight to the crop reads the same pixels as decoding everything first.
+        let (direct, truncated) = decode_prepared(&tagged, &input, &DecodeOptions::default()).unwrap();
+        assert!(!truncated);
+        let full = prepare(&got, &input).unwrap();
+        assert!((direct - full).abs().max().double_value(&[]) < 1e-6, "orientation {o}");
+    }
+}
+
+#[test]
+fn truncated_files_are_refused_unless_allowed() {
+    use headstart::preprocess::{decode_rgb_u8, decode_rgb_u8_with, jpeg_truncated, DecodeOptions, TRUNCATED};
+    use image::{DynamicImage, ImageBuffer, ImageFormat};
+    let src = DynamicImage::ImageRgb8(ImageBuffer::from_fn(256, 192, |x, y| image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (y * 5) as u8])));
+    let jpeg = encode(&src, ImageFormat::Jpeg);
+    assert!(!jpeg_truncated(&jpeg));
+    // Bytes after the end marker are not truncation; an EXIF block before the scan is skipped.
+    assert!(decode_rgb_u8(&[jpeg.clone(), vec![0u8; 10]].concat()).is_ok());
+    assert!(decode_rgb_u8(&with_exif_orientation(&jpeg, 1)).is_ok());
+    let allow = DecodeOptions { allow_truncated: true, ..DecodeOptions::default() };
+    for cut in [jpeg.len() / 2, jpeg.len() * 9 / 10, jpeg.len() - 2] {
+        let short = &jpeg[..cut];
+        assert!(jpeg_truncated(short), "cut at {cut}");
+        assert_eq!(decode_rgb_u8(short).unwrap_err(), TRUNCATED, "cut at {cut}");
+        let (t, truncated) = decode_rgb_u8_with(short, &allow).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert!(truncated);
+        assert_eq!(t.size(), vec![3, 192, 256]);
+    }
+    // Cut inside the headers: nothing to keep either way.
+    assert!(decode_rgb_u8_with(&jpeg[..40], &allow).is_err());
+    // Other formats whose data ends early are named truncated too.
+    let png = encode(&src, ImageFormat::Png);
+    assert_eq!(decode_rgb_u8(&png[..png.len() * 2 / 3]).unwrap_err(), TRUNCATED);
+}
+
+#[test]
+fn truncated_images_are_listed_in_errors_or_kept_with_a_warning() {
+    use image::{DynamicImage, ImageBuffer, ImageFormat};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    small_set(&data, &["Bag", "Trouser"], 8);
+    let jpeg = encode(&DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0]))), ImageFormat::Jpeg);
+    let cut = data.join("Bag").join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 3 / 4]).unwrap();
+    let req = request(&data, &d.path().join("run"), &d.path().join("cache"), HeadKind::Logistic);
+    let o = train(&req);
+    assert_eq!(o.n_train + o.n_val, 16);
+    let errors = std::fs::read_to_string(d.path().join("run").join("errors.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = errors.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1, "{errors}");
+    assert_eq!(rows[0]["reason"], "truncated");
+    assert!(rows[0]["path"].as_str().unwrap().ends_with("cut.jpg"));
+    assert!(!o.warnings.iter().any(|w| w.contains("truncated")));
+
+    let kept = TrainRequest { allow_truncated: true, out: d.path().join("run2"), ..req };
+    let o = train(&kept);
+    assert_eq!(o.n_train + o.n_val, 17);
+    assert!(o.warnings.iter().any(|w| w.starts_with("1 truncated images kept")), "{:?}", o.warnings);
+    assert_eq!(std::fs::read_to_string(d.path().join("run2").join("errors.jsonl")).unwrap().trim(), "");
 }

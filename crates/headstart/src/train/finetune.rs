@@ -417,7 +417,7 @@ impl<'a> ImageLearner<'a> {
             progress.start("prepare", ex.images.len() as u64);
             let mut acts = Vec::with_capacity(ex.images.len());
             for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
-                let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&to_float(&ex.images[i]), input)).collect::<Result<_>>()?;
+                let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&ex.images[i], input)).collect::<Result<_>>()?;
                 let a = s.prefix(&Tensor::stack(&xs, 0));
                 for k in 0..chunk.len() as i64 {
                     acts.push(a.get(k));
