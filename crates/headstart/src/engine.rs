@@ -15,6 +15,18 @@ pub fn tune_allocator() {
     }
 }
 
+/// Hands memory that is free in the allocator's arenas back to the system. With the settings of
+/// [`tune_allocator`] freed blocks stay resident, each in the arena of the thread that freed
+/// it, so after a large one-off buffer (a huge image decoded on a worker thread) call this, or
+/// the next worker's large buffer adds to the resident size instead of reusing that memory.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Precision of the trainable forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

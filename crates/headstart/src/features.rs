@@ -20,7 +20,7 @@ use crate::data::Skip;
 use crate::error::{Error, Result};
 use crate::models::registry::ImageInput;
 use crate::models::{Mode, Model};
-use crate::preprocess::{decode_prepared, header, DecodeOptions};
+use crate::preprocess::{decode_prepared, header_of, DecodeOptions, Source};
 use crate::progress::Progress;
 
 /// The default cache root: `$HEADSTART_CACHE`, else `$XDG_CACHE_HOME/headstart`, else
@@ -157,28 +157,59 @@ enum Job {
     Failed(usize, String),
 }
 
+/// After decoding an image that needed more than this, free memory is handed back to the
+/// system before the next large image starts (see [`crate::engine::release_free_memory`]).
+const RELEASE_ABOVE: u64 = 32 << 20;
+
+/// Files larger than this are hashed and decoded as they are read rather than loaded whole.
+const STREAM_ABOVE: u64 = 64 << 20;
+
+/// The sha256 of a file, read in pieces.
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Reads, hashes and (unless cached) decodes and prepares one file, within the budget.
 fn load_one(path: &Path, input: &ImageInput, cache: Option<&FeatureCache>, opts: &DecodeOptions, budget: &Budget, i: usize) -> Job {
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let ticket = budget.take(len);
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let streamed = len > STREAM_ABOVE;
+    let in_memory = if streamed { 0 } else { len };
+    let ticket = budget.take(in_memory);
+    let read = if streamed { file_sha256(path).map(|h| (vec![], h)) } else { std::fs::read(path).map(|b| { let h = sha256_hex(&b); (b, h) }) };
+    let (bytes, hash) = match read {
+        Ok(x) => x,
         Err(e) => return Job::Failed(i, format!("cannot read: {e}")),
     };
-    let hash = sha256_hex(&bytes);
     if let Some(v) = cache.and_then(|c| c.get(&hash)) {
         return Job::Cached(i, v);
     }
-    let need = match header(&bytes, opts) {
+    let src = if streamed { Source::File(path) } else { Source::Bytes(&bytes) };
+    let need = match header_of(src, opts) {
         Ok(h) => h.working_bytes(),
         Err(m) => return Job::Failed(i, m),
     };
     drop(ticket);
-    let _ticket = budget.take(len + need);
-    match decode_prepared(&bytes, input, opts) {
+    let _ticket = budget.take(in_memory + need);
+    let job = match decode_prepared(src, input, opts) {
         Ok((t, truncated)) => Job::Decoded(i, t, hash, truncated),
         Err(m) => Job::Failed(i, m),
+    };
+    drop(bytes);
+    if in_memory + need > RELEASE_ABOVE {
+        crate::engine::release_free_memory();
     }
+    job
 }
 
 /// Total backbone images processed by this process, for tests and reports.

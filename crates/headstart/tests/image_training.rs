@@ -405,7 +405,7 @@ fn cropped_resampling_equals_resize_then_crop() {
 
 #[test]
 fn decoding_prepared_applies_exif_orientation_like_the_image_crate() {
-    use headstart::preprocess::{decode_prepared, decode_rgb_u8, prepare, DecodeOptions};
+    use headstart::preprocess::{decode_prepared, decode_rgb_u8, prepare, DecodeOptions, Source};
     use image::{DynamicImage, ImageBuffer, ImageFormat};
     let input = headstart::models::registry::find("mobilenet_v2").unwrap().input.clone();
     let src = DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 17, |x, y| image::Rgb([(x * 6) as u8, (y * 15) as u8, ((x * y) % 256) as u8])));
@@ -421,7 +421,7 @@ fn decoding_prepared_applies_exif_orientation_like_the_image_crate() {
         let got_hwc: Vec<u8> = Vec::try_from(got.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap();
         assert_eq!(&got_hwc, want.as_raw(), "orientation {o}");
         // Decoding straight to the crop reads the same pixels as decoding everything first.
-        let (direct, truncated) = decode_prepared(&tagged, &input, &DecodeOptions::default()).unwrap();
+        let (direct, truncated) = decode_prepared(Source::Bytes(&tagged), &input, &DecodeOptions::default()).unwrap();
         assert!(!truncated);
         let full = prepare(&got, &input).unwrap();
         assert!((direct - full).abs().max().double_value(&[]) < 1e-6, "orientation {o}");
@@ -478,4 +478,40 @@ fn truncated_images_are_listed_in_errors_or_kept_with_a_warning() {
     assert_eq!(o.n_train + o.n_val, 17);
     assert!(o.warnings.iter().any(|w| w.starts_with("1 truncated images kept")), "{:?}", o.warnings);
     assert_eq!(std::fs::read_to_string(d.path().join("run2").join("errors.jsonl")).unwrap().trim(), "");
+}
+
+#[test]
+fn tiffs_read_by_strips_equal_the_image_crate() {
+    use headstart::preprocess::{decode_prepared, decode_rgb_u8, prepare, DecodeOptions, Source};
+    use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
+    let input = headstart::models::registry::find("mobilenet_v2").unwrap().input.clone();
+    let (w, h) = (300u32, 170u32);
+    let cases = vec![
+        ("rgb8", DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| Rgb([(x % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8])))),
+        ("rgb16", DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |x, y| Rgb([(x * 211) as u16, (y * 377) as u16, ((x * y) % 65536) as u16])))),
+        ("rgba16", DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| Rgba([(x * 97) as u16, (y * 385) as u16, 40_000, (x * 13) as u16])))),
+        ("grey16", DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| Luma([(x * 200 + y * 7) as u16])))),
+        ("grey8", DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([(x + y) as u8])))),
+    ];
+    for (name, img) in cases {
+        let tiff = encode(&img, ImageFormat::Tiff);
+        let want = image::load_from_memory(&tiff).unwrap().to_rgb8();
+        let got = decode_rgb_u8(&tiff).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got_hwc: Vec<u8> = Vec::try_from(got.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap();
+        assert!(got_hwc == *want.as_raw(), "{name}: pixels differ from the image crate's");
+        let (direct, _) = decode_prepared(Source::Bytes(&tiff), &input, &DecodeOptions::default()).unwrap();
+        assert!((direct - prepare(&got, &input).unwrap()).abs().max().double_value(&[]) < 1e-6, "{name}");
+        // Read from a file (the path large files take) as from memory.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), &tiff).unwrap();
+        let (from_file, _) = decode_prepared(Source::File(f.path()), &input, &DecodeOptions::default()).unwrap();
+        assert!(from_file.equal(&decode_prepared(Source::Bytes(&tiff), &input, &DecodeOptions::default()).unwrap().0), "{name}");
+    }
+    // A file cut short is named truncated.
+    let tiff = encode(&cases_rgb(w, h), ImageFormat::Tiff);
+    assert_eq!(decode_rgb_u8(&tiff[..tiff.len() / 2]).unwrap_err(), "truncated");
+}
+
+fn cases_rgb(w: u32, h: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])))
 }
