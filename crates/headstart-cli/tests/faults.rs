@@ -489,6 +489,12 @@ fn fill_leaving(dir: &Path, pages: u64) {
     f.set_len((len / PAGE).saturating_sub(pages) * PAGE).unwrap();
 }
 
+/// The error line does not repeat its cause (`path: reason: reason`).
+fn assert_said_once(line: &str) {
+    let parts: Vec<&str> = line.split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]), "the error repeats itself: {line}");
+}
+
 /// A failed `train` under `out`: exit status 1, an error naming a path under `out` and a full
 /// disk, no panic, the previous bundle byte for byte, no leftovers. Returns the error line.
 fn assert_clean_failure(o: &Output, out: &Path, old: &BTreeMap<String, Vec<u8>>) -> String {
@@ -498,6 +504,7 @@ fn assert_clean_failure(o: &Output, out: &Path, old: &BTreeMap<String, Vec<u8>>)
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{err}")).to_string();
     assert!(line.contains(&s(out)), "the error does not name the run directory {}: {line}", out.display());
     assert!(line.to_lowercase().contains("no space left on device"), "the error does not say the disk is full: {line}");
+    assert_said_once(&line);
     assert!(bundle_files(out) == *old, "the previous bundle changed after: {line}");
     let left = leftovers(out);
     assert!(left.is_empty(), "the failed run left {left:?} after: {line}");
@@ -587,6 +594,7 @@ fn assert_fails_fast(data: &Path, out: &Path, how: &str) {
     assert_eq!(o.status.code(), Some(1), "{how}: {err}");
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{how}: no error line:\n{err}"));
     assert!(line.contains(&s(out)), "{how}: the error does not name {}: {line}", out.display());
+    assert_said_once(line);
     assert!(!err.contains("\"stage\":\"features\""), "{how}: features were extracted before the failure:\n{err}");
     assert!(!cache.exists(), "{how}: the feature cache was opened before the failure");
     eprintln!("{how}: {line} ({:.2} s)", t.elapsed().as_secs_f64());
@@ -598,6 +606,11 @@ fn a_read_only_out_fails_before_any_work_and_names_the_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     data_set(&data);
+    // The floor: a run refused at its first check (an unknown model), for the times below.
+    let t = Instant::now();
+    let o = command(&train_args(&data, &tmp.path().join("unused"), None, &["--model", "no-such-model"])).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    eprintln!("unknown model: refused in {:.2} s", t.elapsed().as_secs_f64());
 
     // Works for every user: the run directory's parent is a regular file.
     let file = tmp.path().join("a-file");
