@@ -303,13 +303,14 @@ fn run_until(args: &[String], cache: &Path, out: &Path, point: Point, epochs: us
 }
 
 /// Twenty seeded kill points: three in start-up and seven in extraction (shuffled), then five
-/// while fitting and five while writing the bundle (shuffled), timed from `reference`.
+/// while fitting and five around the bundle write (shuffled), timed from `reference`.
 fn kill_plan(seed: u64, reference: &Seen, n_images: usize) -> Vec<Point> {
     let mut rng = Rng(seed);
     let ms = |d: Duration| d.as_millis().max(1) as u64;
     let startup = ms(reference.features_at.unwrap());
     let fitting = ms(reference.last_epoch_at.unwrap() - reference.features_done_at.unwrap());
-    let writing = (reference.end.unwrap() - reference.last_epoch_at.unwrap()).as_micros().max(1) as u64;
+    // The bundle is written early in the time between the last epoch and the exit.
+    let writing = (reference.end.unwrap() - reference.last_epoch_at.unwrap()).as_micros().max(2) as u64 / 2;
     // Increasing cache fill levels, so every extraction kill interrupts fresh backbone work.
     let mut levels: Vec<usize> = (1..=7).map(|i| i * n_images / 8 + rng.below(3) as usize).collect();
     levels.sort();
