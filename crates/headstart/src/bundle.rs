@@ -72,6 +72,9 @@ pub fn to_toml<T: Serialize>(meta: &T) -> Result<String> {
     toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))
 }
 
+/// Retrained stages' names and tensors, for [`write`].
+pub type TunedTensors<'a> = Option<(&'a [String], &'a [(String, tch::Tensor)])>;
+
 /// Writes a bundle to `dir` atomically: a staging directory beside it is filled and synced,
 /// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
 /// `tuned` holds the retrained stages' names and tensors, if any; `meta` renders
@@ -79,7 +82,7 @@ pub fn to_toml<T: Serialize>(meta: &T) -> Result<String> {
 pub fn write(
     dir: &Path,
     head: &Head,
-    tuned: Option<(&[String], &[(String, tch::Tensor)])>,
+    tuned: TunedTensors,
     meta: impl FnOnce(Option<Tuned>) -> Result<String>,
 ) -> Result<()> {
     head.validate()?;
@@ -161,7 +164,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Writes a bundle's files into `staging`.
-fn fill(staging: &Path, head: &Head, tuned: Option<(&[String], &[(String, tch::Tensor)])>, meta: impl FnOnce(Option<Tuned>) -> Result<String>) -> Result<()> {
+fn fill(staging: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Option<Tuned>) -> Result<String>) -> Result<()> {
     save_safetensors(&staging.join(HEAD), &head.tensors)?;
     let record = match tuned {
         None => None,
