@@ -72,6 +72,9 @@ pub fn to_toml<T: Serialize>(meta: &T) -> Result<String> {
     toml::to_string_pretty(meta).map_err(|e| Error::Model(format!("serialising bundle.toml: {e}")))
 }
 
+/// Retrained stages' names and tensors, for [`write`].
+pub type TunedTensors<'a> = Option<(&'a [String], &'a [(String, tch::Tensor)])>;
+
 /// Writes a bundle to `dir` atomically: a staging directory beside it is filled and synced,
 /// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
 /// `tuned` holds the retrained stages' names and tensors, if any; `meta` renders
@@ -79,7 +82,7 @@ pub fn to_toml<T: Serialize>(meta: &T) -> Result<String> {
 pub fn write(
     dir: &Path,
     head: &Head,
-    tuned: Option<(&[String], &[(String, tch::Tensor)])>,
+    tuned: TunedTensors,
     meta: impl FnOnce(Option<Tuned>) -> Result<String>,
 ) -> Result<()> {
     head.validate()?;
@@ -87,8 +90,81 @@ pub fn write(
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dir.file_name().ok_or_else(|| Error::input(dir, "not a directory path"))?.to_string_lossy().to_string();
     let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+    remove_stale_staging(parent, &name);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    // A failed write (a full disk) leaves nothing behind.
+    if let Err(e) = fill(&staging, head, tuned, meta) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if let Err(e) = replace_dir(&staging, dir, &parent.join(format!(".{name}.old-{}", std::process::id()))) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(Error::io(dir, e));
+    }
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Puts the directory `new` at `dir`. A directory already there is swapped out in one step
+/// where the file system can (Linux `renameat2` with `RENAME_EXCHANGE`), so `dir` is never
+/// missing; elsewhere it is first moved to `old`. The previous contents are then removed.
+fn replace_dir(new: &Path, dir: &Path, old: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(new, dir);
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let (a, b) = (c(new)?, c(dir)?);
+        // SAFETY: both paths are NUL-terminated strings that outlive the call.
+        let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 {
+            let _ = std::fs::remove_dir_all(new);
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(e);
+        }
+    }
+    std::fs::rename(dir, old)?;
+    std::fs::rename(new, dir)?;
+    let _ = std::fs::remove_dir_all(old);
+    Ok(())
+}
+
+/// Removes staging directories beside a bundle left by writers that were killed mid-write.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.staging-");
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Writes a bundle's files into `staging`.
+fn fill(staging: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Option<Tuned>) -> Result<String>) -> Result<()> {
     save_safetensors(&staging.join(HEAD), &head.tensors)?;
     let record = match tuned {
         None => None,
@@ -104,15 +180,6 @@ pub fn write(
         }
     };
     crate::fsx::atomic_write(&staging.join(META), meta(record)?.as_bytes())?;
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    if let Ok(d) = std::fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
     Ok(())
 }
 

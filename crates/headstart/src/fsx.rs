@@ -24,6 +24,9 @@ fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let tmp = dir.join(format!(".{}.tmp-{}-{seq}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Some(e) = injected_disk_full() {
+            return Err(e);
+        }
         f.write_all(bytes)?;
         if sync {
             f.sync_all()?;
@@ -40,4 +43,14 @@ fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Test hook for the fault tests, nothing else: with `HEADSTART_FAULT=disk-full-after:N` in the
+/// environment, every write through this module after the first `N` of the process fails as on
+/// a full disk. Any other value, or none, changes nothing.
+fn injected_disk_full() -> Option<std::io::Error> {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n: usize = std::env::var("HEADSTART_FAULT").ok()?.strip_prefix("disk-full-after:")?.parse().ok()?;
+    let done = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    (done >= n).then(|| std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (injected by HEADSTART_FAULT)"))
 }
