@@ -245,7 +245,7 @@ pub(super) fn parse_json_index(body: &str, page: &str) -> Result<Vec<IndexFile>>
             Some(IndexFile {
                 file_name: f.get("filename")?.as_str()?.to_string(),
                 url: resolve(page, f.get("url")?.as_str()?),
-                sha256: f.pointer("/hashes/sha256").and_then(|h| h.as_str()).map(str::to_ascii_lowercase),
+                sha256: f.pointer("/hashes/sha256").and_then(|h| h.as_str()).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
                 size: f.get("size").and_then(|s| s.as_u64()),
             })
         })
