@@ -9,6 +9,7 @@ out=$here/out
 threads=${THREADS:-2}
 mkdir -p "$out"
 cd "$root"
+export HEADSTART_HOME=${HEADSTART_HOME:-$root/.cache}   # the asset store scripts/fetch-assets fills
 if [[ ! -d $out/data/train ]]; then
   rm -rf "$out/data"
   scripts/make-fashion-subset train 200 "$out/data/train"
@@ -16,7 +17,7 @@ if [[ ! -d $out/data/train ]]; then
 fi
 cargo build -q --release -p headstart-cli
 hs=$root/target/release/headstart
-weights=$root/.cache/assets/mobilenet_v2-b0353104.pth
+weights=${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}/mobilenet_v2-b0353104.pth
 cache=$out/cache
 rm -rf "$cache" "$out"/run-*
 measure() { # name, command...: wall seconds and peak RSS via /usr/bin/time

@@ -9,6 +9,7 @@ epochs=${EPOCHS:-1}
 threads=${THREADS:-2}
 data=$root/bench/feature_extraction/out/data
 cd "$root"
+export HEADSTART_HOME=${HEADSTART_HOME:-$root/.cache}   # the asset store scripts/fetch-assets fills
 cargo build -q --release -p headstart-cli
 export OMP_NUM_THREADS=$threads
 hs=$root/target/release/headstart
@@ -18,7 +19,7 @@ rm -rf "$out/run-full"
   --out "$out/run-full" --no-cache --progress none --json > "$out/hs_full.log"
 "$hs" eval "$out/run-full/bundle" --data "$data/test" --no-cache --progress none --json > "$out/hs_full_eval.log"
 /usr/bin/time -f "%e %M" -o "$out/pt_full.time" "$root/.venv-ref/bin/python" "$here/reference_finetune.py" "$data/train" "$data/test" \
-  "$root/.cache/assets/mobilenet_v2-b0353104.pth" --threads "$threads" --epochs "$epochs" --all --lr 1e-4 > "$out/pt_full.log"
+  "${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}/mobilenet_v2-b0353104.pth" --threads "$threads" --epochs "$epochs" --all --lr 1e-4 > "$out/pt_full.log"
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]

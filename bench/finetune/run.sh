@@ -11,6 +11,7 @@ threads=${THREADS:-2}
 steps=${STEPS:-4}
 mkdir -p "$out"
 cd "$root"
+export HEADSTART_HOME=${HEADSTART_HOME:-$root/.cache}   # the asset store scripts/fetch-assets fills
 data=$root/bench/feature_extraction/out/data
 if [[ ! -d $data/train ]]; then
   scripts/make-fashion-subset train 200 "$data/train"
@@ -27,7 +28,7 @@ for model in mobilenet_v2 resnet50; do
     "$py" "$here/step_reference.py" "$model" "$mode" "$steps" | tee -a "$out/throughput.jsonl"
   done
 done
-weights=$root/.cache/assets/mobilenet_v2-b0353104.pth
+weights=${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}/mobilenet_v2-b0353104.pth
 rm -rf "$out/run-last" "$out/cache"
 hs=$root/target/release/headstart
 /usr/bin/time -f "%e %M" -o "$out/hs_finetune.time" "$hs" train --mode finetune --unfreeze last:1 --epochs 5 --head-epochs 0 \

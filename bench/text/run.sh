@@ -15,10 +15,11 @@ threads=${THREADS:-2}
 steps=${STEPS:-10}
 mkdir -p "$out"
 cd "$root"
+export HEADSTART_HOME=${HEADSTART_HOME:-$root/.cache}   # the asset store scripts/fetch-assets fills
 export OMP_NUM_THREADS=$threads
-model=$root/.cache/assets/all-minilm-l6-v2
+model=${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}/all-minilm-l6-v2
 data=$out/data
-python3 "$here/prepare.py" "$root/.cache/assets/sentiment/test/fixtures" "$data" | tee "$out/prepare.json"
+python3 "$here/prepare.py" "${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}/sentiment/test/fixtures" "$data" | tee "$out/prepare.json"
 cargo build -q --release -p headstart-cli
 cargo build -q --release -p headstart --example text_bench
 py=$root/.venv-ref/bin/python

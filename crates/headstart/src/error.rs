@@ -17,6 +17,9 @@ pub enum Error {
     Model(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Fetching an asset from a package registry failed (network, index, checksum).
+    #[error("{0}")]
+    Fetch(String),
 }
 
 impl Error {

@@ -23,17 +23,14 @@ use crate::models::{Mode, Model};
 use crate::preprocess::{decode_prepared, header_of, DecodeOptions, Source};
 use crate::progress::Progress;
 
-/// The default cache root: `$HEADSTART_CACHE`, else `$XDG_CACHE_HOME/headstart`, else
-/// `~/.cache/headstart`.
+/// The default cache root: `$HEADSTART_CACHE`, else the user-level store
+/// ([`crate::assets::home_dir`]: `$HEADSTART_HOME`, `$XDG_CACHE_HOME/headstart` or
+/// `~/.cache/headstart`).
 pub fn default_cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("HEADSTART_CACHE") {
-        return PathBuf::from(p);
+    match std::env::var_os("HEADSTART_CACHE").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => crate::assets::home_dir(),
     }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(p).join("headstart");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("headstart")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

