@@ -694,6 +694,31 @@ fn mutate_tensors(rng: &mut Rng, tensors: &mut [PthTensor]) -> &'static str {
     }
 }
 
+/// Inserts or replaces pickle opcodes (stack, memo, container and reduce operations, odd
+/// integers), so cases reach deep into the unpickler rather than stopping at the first byte.
+fn mutate_pickle(rng: &mut Rng, pickle: &[u8]) -> (Vec<u8>, String) {
+    const OPS: &[&[u8]] = &[
+        b"(", b")", b"t", b"l", b"d", b"}", b"]", b"e", b"u", b"s", b"a", b"0", b"1", b"2", b"N", b"\x88", b"R", b"b", b"Q", b".",
+        b"h\x00", b"h\x01", b"h\x02", b"h\xff", b"q\x00", b"q\x01", b"\x94", b"j\xff\xff\xff\xff", b"J\xff\xff\xff\xff", b"K\x00",
+        b"\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09", b"\x8a\x00", b"\x85", b"\x86", b"\x87", b"\x8f", b"\x90", b"\x91", b"\x93",
+        b"X\xff\xff\xff\x7f", b"\x8c\x05torch", b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_parameter\n", b"cos\nsystem\n",
+        b"I00\n", b"I99999999999999999999\n", b"F1e999\n", b"g0\n", b"p0\n", b"V\xff\n",
+    ];
+    let mut data = pickle.to_vec();
+    let n = 1 + rng.below(4);
+    for _ in 0..n {
+        let at = pos(rng, &data);
+        let op = *pick(rng, OPS);
+        if rng.below(2) == 0 {
+            data.splice(at..at, op.iter().copied());
+        } else {
+            let end = (at + 1 + rng.below(6)).min(data.len());
+            data.splice(at..end, op.iter().copied());
+        }
+    }
+    (data, format!("{n} pickle ops"))
+}
+
 /// Safetensors seeds written by the library itself.
 fn safetensors_seeds(scratch: &Scratch) -> Vec<Vec<u8>> {
     let sets: Vec<Vec<(String, Tensor)>> = vec![
@@ -781,6 +806,7 @@ fn fuzz_pth(t: &mut Tally, scratch: &Scratch, n: usize, legacy: bool) {
         }
     };
     let base = base_tensors();
+    let pickle = state_dict_pickle(&base, legacy);
     let seed = build(&base);
     t.run(&format!("{kind} seed"), &seed, || match fuzzing::weight_bytes(scratch, "case.bin", &seed) {
         Ok(true) => Ok(true),
@@ -790,11 +816,16 @@ fn fuzz_pth(t: &mut Tally, scratch: &Scratch, n: usize, legacy: bool) {
     let real = if legacy { std::fs::read(fixture).ok() } else { None };
     for _ in 0..n {
         let mut rng = t.rng();
-        let (data, how) = match rng.below(3) {
+        let (data, how) = match rng.below(4) {
             0 => {
                 let mut ts = base.clone();
                 let hows: Vec<&str> = (0..1 + rng.below(2)).map(|_| mutate_tensors(&mut rng, &mut ts)).collect();
                 (build(&ts), hows.join("+"))
+            }
+            3 => {
+                // The state-dict pickle itself, in an otherwise valid file.
+                let (p, how) = if rng.below(2) == 0 { mutate_pickle(&mut rng, &pickle) } else { mutate(&mut rng, &pickle) };
+                (if legacy { legacy_pth(&base, &p) } else { zip_pth(&base, &p) }, format!("state dict {how}"))
             }
             1 if real.is_some() && rng.below(3) == 0 => {
                 // A real legacy file from torch.save: mutate within its pickles (the first few KiB).
