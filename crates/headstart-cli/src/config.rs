@@ -197,6 +197,12 @@ lossy = true
         let path = dir.path().join("run.toml");
         std::fs::write(&path, SEED).unwrap();
         assert_eq!(run_config(&path), Ok(true), "the seed config must be accepted");
+        if let Ok(root) = std::env::var("HEADSTART_FUZZ_SEEDS") {
+            // A starting corpus for the cargo-fuzz target `run_config`.
+            let dir = std::path::Path::new(&root).join("run_config");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("run.toml"), SEED).unwrap();
+        }
         let (mut accepted, mut refused, mut failures) = (0, 0, vec![]);
         let t0 = Instant::now();
         const CASES: usize = 600;

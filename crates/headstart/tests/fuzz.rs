@@ -10,7 +10,8 @@
 //! refused) without a panic, within [`CASE_LIMIT`]; each family prints its counts.
 //!
 //! `HEADSTART_FUZZ_SEED=<n>` changes the seed and `HEADSTART_FUZZ_SCALE=<k>` multiplies the
-//! number of cases for a longer run. A failing case is saved under the test's temporary
+//! number of cases for a longer run; `HEADSTART_FUZZ_SEEDS=<dir>` also writes the valid seeds
+//! as starting corpora for the cargo-fuzz targets (`fuzz/`). A failing case is saved under the test's temporary
 //! folder and named in the failure message with its seed, so it can be replayed.
 
 mod fuzzing;
@@ -177,6 +178,18 @@ impl Tally {
 /// Fails the test listing every problem of every family.
 fn check(problems: Vec<String>) {
     assert!(problems.is_empty(), "{} failing cases:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// With `HEADSTART_FUZZ_SEEDS=<dir>`, writes `seeds` to `<dir>/<target>/` as a starting corpus
+/// for the cargo-fuzz target of that name.
+fn save_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
+    let Ok(root) = std::env::var("HEADSTART_FUZZ_SEEDS") else { return };
+    let dir = PathBuf::from(root).join(target);
+    std::fs::create_dir_all(&dir).expect("seed corpus folder");
+    for (name, bytes) in seeds {
+        let file: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        std::fs::write(dir.join(file), bytes).expect("writing a seed");
+    }
 }
 
 /// Peak resident memory of this process, from /proc (0 where unavailable).
@@ -432,6 +445,7 @@ fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn fuzz_images() {
     let seeds = image_seeds();
+    save_seeds("image_decode", &seeds.iter().map(|(n, b)| (n.to_string(), b.clone())).collect::<Vec<_>>());
     let mut t = Tally::new("images");
     for (name, seed) in &seeds {
         t.run(&format!("{name} seed"), seed, || match fuzzing::decode_image(seed) {
@@ -775,6 +789,7 @@ fn run_weight_case(t: &mut Tally, scratch: &Scratch, name: &str, data: &[u8]) {
 
 fn fuzz_safetensors(t: &mut Tally, scratch: &Scratch, n: usize) {
     let seeds = safetensors_seeds(scratch);
+    save_seeds("safetensors", &seeds.iter().enumerate().map(|(i, b)| (format!("seed{i}"), b.clone())).collect::<Vec<_>>());
     for (i, s) in seeds.iter().enumerate() {
         t.run(&format!("safetensors seed {i}"), s, || match fuzzing::weight_bytes(scratch, "case.bin", s) {
             Ok(true) => Ok(true),
@@ -808,6 +823,7 @@ fn fuzz_pth(t: &mut Tally, scratch: &Scratch, n: usize, legacy: bool) {
     let base = base_tensors();
     let pickle = state_dict_pickle(&base, legacy);
     let seed = build(&base);
+    save_seeds("pth", &[(kind.to_string(), seed.clone())]);
     t.run(&format!("{kind} seed"), &seed, || match fuzzing::weight_bytes(scratch, "case.bin", &seed) {
         Ok(true) => Ok(true),
         other => Err(format!("the valid seed was refused: {other:?}")),
@@ -878,6 +894,7 @@ fn mutate_index(rng: &mut Rng, index: &str) -> (String, &'static str) {
 fn fuzz_hf_index(t: &mut Tally, scratch: &Scratch, n: usize) {
     let (index, a, b) = hf_seed(scratch);
     let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    save_seeds("hf_index", &[("index".to_string(), index.clone().into_bytes())]);
     t.run("hf index seed", index.as_bytes(), || match fuzzing::hf_folder(scratch, index.as_bytes(), &[(names[0], &a), (names[1], &b)]) {
         Ok(true) => Ok(true),
         other => Err(format!("the valid seed was refused: {other:?}")),
@@ -967,6 +984,9 @@ fn fuzz_text_and_manifests() {
     let scratch = Scratch::new();
     let mut t = Tally::new("text data");
     let seeds = [("csv", CSV_SEED), ("tsv", TSV_SEED), ("jsonl", JSONL_SEED), ("csv", CSV_SEED), ("jsonl", JSONL_SEED)];
+    // The text_data target reads a mode byte first: 0 CSV, 1 TSV, 2 JSONL.
+    save_seeds("text_data", &seeds[..3].iter().enumerate().map(|(i, (ext, s))| (ext.to_string(), [&[i as u8][..], s.as_bytes()].concat())).collect::<Vec<_>>());
+    save_seeds("image_manifest", &[("manifest".to_string(), MANIFEST_SEED.as_bytes().to_vec())]);
     for (ext, seed) in &seeds[..3] {
         t.run(&format!("{ext} seed"), seed.as_bytes(), || match fuzzing::text_dataset(&scratch, ext, seed.as_bytes(), &Columns::default(), false) {
             Ok(true) => Ok(true),
