@@ -223,7 +223,8 @@ lossy = true
                 failures.push(format!("case {i} ({}): took {:?}", hows.join("+"), c0.elapsed()));
             }
         }
-        println!("fuzz run config    cases {CASES:>5}  accepted {accepted:>5}  refused {refused:>5}  failures {}  time {:.1} s", failures.len(), t0.elapsed().as_secs_f64());
+        let secs = t0.elapsed().as_secs_f64();
+        println!("fuzz run config    cases {CASES:>5}  accepted {accepted:>5}  refused {refused:>5}  failures {}  time {secs:.1} s", failures.len());
         assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
     }
 }

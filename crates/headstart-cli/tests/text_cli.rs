@@ -116,7 +116,8 @@ fn text_errors_name_file_line_and_column() {
     std::fs::write(&bad, b"text,label\nfine,a\n\"never closed,b\nmore,a\n").unwrap();
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(&format!("{}:3: unterminated quoted field", bad.display())) && !stderr(&o).contains("two classes"), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains(&format!("{}:3: unterminated quoted field", bad.display())) && !e.contains("two classes"), "{e}");
 }
 
 #[test]

@@ -119,7 +119,8 @@ impl Dataset {
                 (2, Some(p), Some(l)) => (p, l),
                 (1, ..) => return Err(Error::input(path, format!("line {line}: expected `path,label`"))),
                 (n, ..) => {
-                    return Err(Error::input(path, format!("line {line}: expected 2 fields `path,label`, found {n}; quote a path that contains commas (\"a,b.jpg\",cat)")));
+                    let msg = format!("line {line}: expected 2 fields `path,label`, found {n}; quote a path that contains commas (\"a,b.jpg\",cat)");
+                    return Err(Error::input(path, msg));
                 }
             };
             if line == 1 && p.eq_ignore_ascii_case("path") && label.eq_ignore_ascii_case("label") {
@@ -255,7 +256,8 @@ impl<'a> CsvLines<'a> {
 pub(crate) fn unterminated_quote_error(path: &Path, line: usize) -> Error {
     Error::input(
         Path::new(&format!("{}:{line}", path.display())),
-        "unterminated quoted field: the `\"` that opens it is never closed, so every later row would be read into it (close it, or double a literal quote inside a quoted field: \"\")",
+        "unterminated quoted field: the `\"` that opens it is never closed, so every later row would be read into it \
+         (close it, or double a literal quote inside a quoted field: \"\")",
     )
 }
 

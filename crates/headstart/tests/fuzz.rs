@@ -97,7 +97,8 @@ impl Tally {
         install_hook();
         let saved = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
         let seed = env_u64("HEADSTART_FUZZ_SEED", 0x5eed);
-        Tally { family, seed, cases: 0, accepted: 0, refused: 0, panics: 0, slow: 0, slowest: (Duration::ZERO, String::new()), grew: vec![], failures: vec![], started: Instant::now(), saved }
+        let slowest = (Duration::ZERO, String::new());
+        Tally { family, seed, cases: 0, accepted: 0, refused: 0, panics: 0, slow: 0, slowest, grew: vec![], failures: vec![], started: Instant::now(), saved }
     }
 
     /// A generator for the next case, independent of the other cases and families.
@@ -380,7 +381,10 @@ fn edit_dimension(rng: &mut Rng, data: &mut [u8]) -> &'static str {
 
 /// A small colourful picture.
 fn picture(w: u32, h: u32) -> image::RgbaImage {
-    image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x * 37 % 256) as u8, (y * 53 % 256) as u8, ((x + y) * 11 % 256) as u8, if (x + y) % 3 == 0 { 128 } else { 255 }]))
+    image::RgbaImage::from_fn(w, h, |x, y| {
+        let alpha = if (x + y) % 3 == 0 { 128 } else { 255 };
+        image::Rgba([(x * 37 % 256) as u8, (y * 53 % 256) as u8, ((x + y) * 11 % 256) as u8, alpha])
+    })
 }
 
 fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
@@ -867,13 +871,19 @@ fn hf_seed(scratch: &Scratch) -> (String, Vec<u8>, Vec<u8>) {
     let f = |n: i64| Tensor::arange(n, (Kind::Float, tch::Device::Cpu));
     headstart::weights::save_safetensors(&a, &[("enc.0.weight".into(), f(6).view([2, 3])), ("enc.0.bias".into(), f(2))]).unwrap();
     headstart::weights::save_safetensors(&b, &[("head.weight".into(), f(4).view([2, 2]))]).unwrap();
-    let index = r#"{"metadata": {"total_size": 48}, "weight_map": {"enc.0.weight": "model-00001-of-00002.safetensors", "enc.0.bias": "model-00001-of-00002.safetensors", "head.weight": "model-00002-of-00002.safetensors"}}"#;
+    let index = r#"{"metadata": {"total_size": 48}, "weight_map": {
+        "enc.0.weight": "model-00001-of-00002.safetensors",
+        "enc.0.bias": "model-00001-of-00002.safetensors",
+        "head.weight": "model-00002-of-00002.safetensors"}}"#;
     (index.to_string(), std::fs::read(a).unwrap(), std::fs::read(b).unwrap())
 }
 
 fn mutate_index(rng: &mut Rng, index: &str) -> (String, &'static str) {
     const SWAPS: &[(&str, &[&str])] = &[
-        ("model-00002-of-00002.safetensors", &["../b.safetensors", "/etc/passwd", ".hidden", "missing.safetensors", "", "model-00001-of-00002.safetensors", "a\\b"]),
+        (
+            "model-00002-of-00002.safetensors",
+            &["../b.safetensors", "/etc/passwd", ".hidden", "missing.safetensors", "", "model-00001-of-00002.safetensors", "a\\b"],
+        ),
         ("\"weight_map\"", &["\"weightmap\"", "\"weight_map\": [], \"x\"", "\"weight_map\": null, \"y\""]),
         ("\"enc.0.bias\"", &["\"nope\"", "\"head.weight\"", "\"\""]),
         (": \"model", &[": 7, \"x\": \"model", ": [\"model", ": {\"a\": \"model"]),
@@ -941,7 +951,10 @@ fn fuzz_weight_files() {
 
 /// Text-aware edits: quotes, delimiters, line breaks, a BOM, bad UTF-8, JSON punctuation.
 fn mutate_text(rng: &mut Rng, seed: &[u8]) -> (Vec<u8>, String) {
-    const TOKENS: &[&[u8]] = &[b"\"", b"\"\"", b",", b"\t", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\0", b"{", b"}", b"[", b"]", b":", b"\\", b"\\u0000", b"1e999", b"null", b" "];
+    const TOKENS: &[&[u8]] = &[
+        b"\"", b"\"\"", b",", b"\t", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\0", b"{", b"}", b"[", b"]", b":", b"\\",
+        b"\\u0000", b"1e999", b"null", b" ",
+    ];
     let mut data = seed.to_vec();
     let mut hows = vec![];
     for _ in 0..1 + rng.below(4) {
@@ -974,9 +987,16 @@ fn mutate_text(rng: &mut Rng, seed: &[u8]) -> (Vec<u8>, String) {
     (data, hows.join("+"))
 }
 
-const CSV_SEED: &str = "text,label,other\n\"hello, \"\"world\"\"\nsecond line\",pos,x\nplain text,neg,y\n,neg,z\n\"quoted\",pos,\n\u{e9}t\u{e9},neg,w\nlast,pos,v\n";
+const CSV_SEED: &str = concat!(
+    "text,label,other\n\"hello, \"\"world\"\"\nsecond line\",pos,x\nplain text,neg,y\n,neg,z\n",
+    "\"quoted\",pos,\n\u{e9}t\u{e9},neg,w\nlast,pos,v\n",
+);
 const TSV_SEED: &str = "text\tlabel\n\"odd\tpos\nfine words\tneg\ntabs\there\tpos\n\t\nlast one\tneg\n";
-const JSONL_SEED: &str = "{\"text\": \"a b\", \"label\": \"pos\", \"other\": \"x\"}\n\n{\"text\": \"c\", \"label\": 1}\n{\"text\": \"d\\n\\u00e9\", \"label\": true, \"other\": null}\n{\"label\": \"neg\"}\n{\"text\": \"e\", \"label\": \"neg\", \"extra\": [1, {\"x\": 2}]}\n";
+const JSONL_SEED: &str = concat!(
+    "{\"text\": \"a b\", \"label\": \"pos\", \"other\": \"x\"}\n\n{\"text\": \"c\", \"label\": 1}\n",
+    "{\"text\": \"d\\n\\u00e9\", \"label\": true, \"other\": null}\n{\"label\": \"neg\"}\n",
+    "{\"text\": \"e\", \"label\": \"neg\", \"extra\": [1, {\"x\": 2}]}\n",
+);
 const MANIFEST_SEED: &str = "path,label\n\"a,b.jpg\",cat\nimgs/c.png,dog\n\"say \"\"hi\"\".png\",cat\n\nd.jpg,\ne.jpg , dog \n";
 
 #[test]

@@ -169,7 +169,8 @@ pub(crate) fn check_extent(path: &Path, name: &str, shape: &[u64], stride: &[u64
         return Err(bad(
             path,
             format!(
-                "tensor `{name}` {shape:?} repeats its storage of {storage_numel} elements into {numel} (overlapping strides): {} MiB, more than the {} MiB allowed",
+                "tensor `{name}` {shape:?} repeats its storage of {storage_numel} elements into {numel} (overlapping strides): \
+                 {} MiB, more than the {} MiB allowed",
                 (numel * elem_size) >> 20,
                 MAX_EXPANDED_BYTES >> 20
             ),

@@ -767,7 +767,8 @@ impl Walk {
                 _ => continue,
             };
             if prefix.len() + 1 + key.len() > MAX_NAME {
-                let start: String = if prefix.is_empty() { key.chars().take(60).collect() } else { prefix.chars().chain(['.']).chain(key.chars()).take(60).collect() };
+                let joined = prefix.chars().chain(['.'].into_iter().filter(|_| !prefix.is_empty())).chain(key.chars());
+                let start: String = joined.take(60).collect();
                 return Err(format!("tensor name longer than {MAX_NAME} bytes (`{start}…`)"));
             }
             let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
