@@ -87,3 +87,144 @@ impl RunConfig {
         self.num_train_epochs.map(|e| e as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Mutation fuzzing of `run.toml`: each mutated file is read, merged into `train`'s flags
+    //! and turned into training settings. Nothing may panic; each case must finish in 1 s.
+
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::time::{Duration, Instant};
+
+    use clap::Parser;
+    use headstart::data::Rng;
+
+    use super::RunConfig;
+
+    const SEED: &str = r#"# a run
+output_dir = "runs/x"
+per_device_train_batch_size = 16
+per_device_eval_batch_size = 64
+num_train_epochs = 3
+learning_rate = 2e-5
+warmup_ratio = 0.1
+warmup_steps = 10
+weight_decay = 0.01
+eval_strategy = "epoch"
+save_strategy = "steps"
+save_steps = 50
+load_best_model_at_end = true
+metric_for_best_model = "eval_accuracy"
+seed = 42
+max_length = 128
+lr_scheduler_type = "cosine"
+gradient_accumulation_steps = 2
+max_grad_norm = 1.0
+bf16 = false
+label_smoothing_factor = 0.1
+early_stopping_patience = 2
+model = "all-minilm-l6-v2"
+data = "train.csv"
+val_split = 0.2
+mode = "finetune"
+head = "mlp"
+unfreeze = "last:2"
+head_epochs = 1
+stage_lr_decay = 0.5
+text_column = "text"
+label_column = "label"
+pooling = "mean"
+lossy = true
+"#;
+
+    const TOKENS: &[&str] = &[
+        "=", "\"", "'''", "[", "]", "[[x]]", "{", "}", "#", "\n", ".", ",", "-1", "0", "1e400", "nan", "inf", "-inf", "18446744073709551616",
+        "9223372036854775807", "1.5", "true", "\"no\"", "\"steps\"", "\"last:0\"", "\"all\"", "\"last:99999999999999999999\"", "\\u0000", "é", "\u{202e}",
+    ];
+
+    /// One text or byte-level edit.
+    fn mutate(rng: &mut Rng, text: &mut Vec<u8>) -> &'static str {
+        let at = if text.is_empty() { 0 } else { rng.below(text.len()) };
+        match rng.below(6) {
+            0 | 1 => {
+                let t = TOKENS[rng.below(TOKENS.len())];
+                text.splice(at..at, t.bytes());
+                "insert token"
+            }
+            2 => {
+                // Replace a value (what follows `= ` up to the line end) with a token.
+                let Some(eq) = text[at..].iter().position(|&b| b == b'=').map(|i| at + i + 1) else { return "no value" };
+                let end = text[eq..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| eq + i);
+                let t = TOKENS[rng.below(TOKENS.len())];
+                text.splice(eq..end, format!(" {t}").into_bytes());
+                "replace value"
+            }
+            3 => {
+                text.truncate(at);
+                "truncate"
+            }
+            4 => {
+                let end = (at + 1 + rng.below(40)).min(text.len());
+                text.drain(at..end);
+                "remove"
+            }
+            _ => {
+                if let Some(b) = text.get_mut(at) {
+                    *b ^= 1 << rng.below(8);
+                }
+                "bit flip"
+            }
+        }
+    }
+
+    /// Reads, merges and builds the settings; `Ok(true)` when all of that succeeded.
+    fn run_config(path: &std::path::Path) -> Result<bool, String> {
+        let Ok(cfg) = RunConfig::read(path) else { return Ok(false) };
+        let crate::Command::Train(mut args) = crate::Cli::try_parse_from(["headstart", "train"]).map_err(|e| e.to_string())?.command else {
+            return Err("`headstart train` did not parse as train".into());
+        };
+        if args.merge(cfg).is_err() {
+            return Ok(false);
+        }
+        let built = crate::train_config(&args).is_ok();
+        let tuned = crate::finetune_config(&args, headstart::train::finetune::FinetuneConfig::default()).map(|c| c.validate().is_ok()).unwrap_or(false);
+        Ok(built && tuned)
+    }
+
+    #[test]
+    fn fuzz_run_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, SEED).unwrap();
+        assert_eq!(run_config(&path), Ok(true), "the seed config must be accepted");
+        if let Ok(root) = std::env::var("HEADSTART_FUZZ_SEEDS") {
+            // A starting corpus for the cargo-fuzz target `run_config`.
+            let dir = std::path::Path::new(&root).join("run_config");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("run.toml"), SEED).unwrap();
+        }
+        let (mut accepted, mut refused, mut failures) = (0, 0, vec![]);
+        let t0 = Instant::now();
+        const CASES: usize = 600;
+        for i in 0..CASES {
+            let mut rng = Rng(0x70_6d1 ^ ((i as u64) << 24));
+            rng.next_u64();
+            let mut text = SEED.as_bytes().to_vec();
+            let hows: Vec<&str> = (0..1 + rng.below(4)).map(|_| mutate(&mut rng, &mut text)).collect();
+            std::fs::write(&path, &text).unwrap();
+            let c0 = Instant::now();
+            match catch_unwind(AssertUnwindSafe(|| run_config(&path))) {
+                Ok(Ok(true)) => accepted += 1,
+                Ok(Ok(false)) => refused += 1,
+                Ok(Err(e)) => failures.push(format!("case {i} ({}): {e}", hows.join("+"))),
+                Err(_) => failures.push(format!("case {i} ({}): PANIC on\n{}", hows.join("+"), String::from_utf8_lossy(&text))),
+            }
+            if c0.elapsed() > Duration::from_secs(1) {
+                failures.push(format!("case {i} ({}): took {:?}", hows.join("+"), c0.elapsed()));
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!("fuzz run config    cases {CASES:>5}  accepted {accepted:>5}  refused {refused:>5}  failures {}  time {secs:.1} s", failures.len());
+        assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+    }
+}

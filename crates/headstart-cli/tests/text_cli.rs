@@ -112,6 +112,12 @@ fn text_errors_name_file_line_and_column() {
     assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("line 3") && stderr(&o).contains("--lossy"), "{}", stderr(&o));
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--text-column", "body", "--lossy", "--no-cache"]);
     assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
+    // An unclosed quote swallowed every later row and surfaced as "need at least two classes".
+    std::fs::write(&bad, b"text,label\nfine,a\n\"never closed,b\nmore,a\n").unwrap();
+    let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&format!("{}:3: unterminated quoted field", bad.display())) && !e.contains("two classes"), "{e}");
 }
 
 #[test]

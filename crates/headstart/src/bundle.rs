@@ -242,12 +242,18 @@ pub fn check_weights(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result
             dir.display(),
             weights.source.display(),
             &sha[..12],
-            &meta.backbone.weights_sha256[..12.min(meta.backbone.weights_sha256.len())],
+            short_hash(&meta.backbone.weights_sha256),
             meta.backbone.weights_source,
             fetch_hint(entry)
         )));
     }
     Ok(entry)
+}
+
+/// The first 12 characters of a recorded hash, for messages. `bundle.toml` is user-editable,
+/// so the value may be short or hold multi-byte characters: never slice inside one.
+fn short_hash(s: &str) -> &str {
+    s.char_indices().nth(12).map_or(s, |(i, _)| &s[..i])
 }
 
 /// How a user gets an entry's weights.
@@ -260,4 +266,19 @@ pub fn fetch_hint(entry: &Entry) -> String {
 
 pub fn default_bundle_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("bundle")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-edited `weights_sha256` with multi-byte characters made the mismatch message
+    /// slice inside a character (a panic).
+    #[test]
+    fn short_hash_never_splits_a_character() {
+        assert_eq!(short_hash("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_hash("abc"), "abc");
+        assert_eq!(short_hash("aéééééééééééé"), "aééééééééééé");
+        assert_eq!(short_hash(""), "");
+    }
 }

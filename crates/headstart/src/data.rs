@@ -96,33 +96,44 @@ impl Dataset {
         Ok(Dataset { source: dir.to_path_buf(), classes, items, skipped, warnings: vec![] })
     }
 
+    /// A `path,label` manifest (RFC 4180 quoting: quote a path holding commas). An optional
+    /// `path,label` header row is skipped; paths are relative to the manifest's folder.
     fn from_csv(path: &Path) -> Result<Dataset> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let text = String::from_utf8(text).map_err(|e| Error::input(path, format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to())))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (text, _) = crate::text::data::decode_utf8(path, &bytes, false)?;
+        if let Some(line) = unterminated_quote(&text, b',') {
+            return Err(unterminated_quote_error(path, line));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut by_name: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         let mut skipped = vec![];
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+        let mut lines = CsvLines::new(&text);
+        for rec in rd.records() {
+            let rec = rec.map_err(|e| Error::input(path, format!("line {}: {e}", e.position().map_or(0, |p| lines.line(p.byte())))))?;
+            let line = rec.position().map_or(0, |p| lines.line(p.byte()));
+            if rec.iter().all(str::is_empty) {
                 continue;
             }
-            let Some((p, label)) = line.rsplit_once(',') else {
-                return Err(Error::input(path, format!("line {}: expected `path,label`", i + 1)));
+            let (p, label) = match (rec.len(), rec.get(0), rec.get(1)) {
+                (2, Some(p), Some(l)) => (p, l),
+                (1, ..) => return Err(Error::input(path, format!("line {line}: expected `path,label`"))),
+                (n, ..) => {
+                    let msg = format!("line {line}: expected 2 fields `path,label`, found {n}; quote a path that contains commas (\"a,b.jpg\",cat)");
+                    return Err(Error::input(path, msg));
+                }
             };
-            let (p, label) = (unquote(p.trim()), unquote(label.trim()));
-            if i == 0 && p.eq_ignore_ascii_case("path") && label.eq_ignore_ascii_case("label") {
+            if line == 1 && p.eq_ignore_ascii_case("path") && label.eq_ignore_ascii_case("label") {
                 continue;
             }
             if p.is_empty() {
-                return Err(Error::input(path, format!("line {}: empty path", i + 1)));
+                return Err(Error::input(path, format!("line {line}: empty path")));
             }
             if label.is_empty() {
-                skipped.push(Skip { path: base.join(&p), reason: format!("{} line {}: missing label", path.display(), i + 1) });
+                skipped.push(Skip { path: base.join(p), reason: format!("{} line {line}: missing label", path.display()) });
                 continue;
             }
-            by_name.entry(label).or_default().push(base.join(p));
+            by_name.entry(label.to_string()).or_default().push(base.join(p));
         }
         if by_name.is_empty() {
             return Err(Error::input(path, "no labelled rows"));
@@ -175,8 +186,79 @@ impl Dataset {
     }
 }
 
-fn unquote(s: &str) -> String {
-    s.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(s).replace("\"\"", "\"")
+/// The line (1-based) where a quoted field opens that is never closed, reading `text` as the
+/// `csv` crate does with RFC 4180 quoting: a `"` opens a quoted field only at the start of a
+/// field, `""` inside one is a literal quote. The `csv` crate reads such a field to the end of
+/// the file without complaint, swallowing every later row, so callers check first.
+pub(crate) fn unterminated_quote(text: &str, delimiter: u8) -> Option<usize> {
+    #[derive(PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let (mut state, mut line, mut opened) = (State::FieldStart, 1usize, 0usize);
+    for &b in text.as_bytes() {
+        let ends_field = b == delimiter || b == b'\n' || b == b'\r';
+        state = match state {
+            State::FieldStart if b == b'"' => {
+                opened = line;
+                State::Quoted
+            }
+            State::FieldStart | State::Unquoted if ends_field => State::FieldStart,
+            State::FieldStart | State::Unquoted => State::Unquoted,
+            State::Quoted if b == b'"' => State::QuoteInQuoted,
+            State::Quoted => State::Quoted,
+            State::QuoteInQuoted if b == b'"' => State::Quoted,
+            State::QuoteInQuoted if ends_field => State::FieldStart,
+            State::QuoteInQuoted => State::Unquoted,
+        };
+        if b == b'\n' {
+            line += 1;
+        }
+    }
+    (state == State::Quoted).then_some(opened)
+}
+
+/// Line numbers of the records the `csv` crate reads. Its record positions point just past
+/// the previous record, before the line breaks and blank lines in between (it ends a record
+/// at the `\r` of a CRLF), so after CRLF endings or blank lines they name an earlier line.
+/// This finds each record's first byte instead and counts line breaks up to it.
+pub(crate) struct CsvLines<'a> {
+    text: &'a [u8],
+    at: usize,
+    line: usize,
+}
+
+impl<'a> CsvLines<'a> {
+    pub(crate) fn new(text: &'a str) -> CsvLines<'a> {
+        CsvLines { text: text.as_bytes(), at: 0, line: 1 }
+    }
+
+    /// The 1-based line of the record whose `csv` position is `byte`; records must be asked
+    /// for in order.
+    pub(crate) fn line(&mut self, byte: u64) -> usize {
+        let mut start = usize::try_from(byte).unwrap_or(usize::MAX).min(self.text.len());
+        while start < self.text.len() && matches!(self.text[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start < self.at {
+            (self.at, self.line) = (0, 1);
+        }
+        self.line += self.text[self.at..start].iter().filter(|&&b| b == b'\n').count();
+        self.at = start;
+        self.line
+    }
+}
+
+/// The error for [`unterminated_quote`], as `file:line`.
+pub(crate) fn unterminated_quote_error(path: &Path, line: usize) -> Error {
+    Error::input(
+        Path::new(&format!("{}:{line}", path.display())),
+        "unterminated quoted field: the `\"` that opens it is never closed, so every later row would be read into it \
+         (close it, or double a literal quote inside a quoted field: \"\")",
+    )
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
@@ -243,6 +325,51 @@ pub fn stratified_split(labels: &[usize], num_classes: usize, frac: f64, seed: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest(body: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.csv");
+        std::fs::write(&p, body).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn manifest_quoted_paths_may_hold_commas_and_quotes() {
+        let (d, p) = manifest(b"\xEF\xBB\xBFpath,label\r\n\"a,b.jpg\",cat\r\n\"say \"\"hi\"\".png\",\"big dog\"\r\n\r\nc.jpg,\nd.jpg , cat \n");
+        let ds = Dataset::open(&p, None).unwrap();
+        assert_eq!(ds.classes, vec!["big dog", "cat"]);
+        let items: Vec<_> = ds.items.iter().map(|i| (i.path.strip_prefix(d.path()).unwrap().display().to_string(), i.label)).collect();
+        assert_eq!(items, vec![("say \"hi\".png".to_string(), 0), ("a,b.jpg".into(), 1), ("d.jpg".into(), 1)]);
+        assert_eq!(ds.skipped.len(), 1);
+        assert!(ds.skipped[0].reason.ends_with("line 5: missing label"), "{:?}", ds.skipped);
+    }
+
+    #[test]
+    fn manifest_unterminated_quote_and_extra_fields_name_the_line() {
+        let (_d, p) = manifest(b"a.jpg,cat\nb.jpg,dog\n\"c,d.jpg,cat\ne.jpg,dog\n");
+        let e = Dataset::open(&p, None).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:3: unterminated quoted field", p.display())), "{e}");
+        let (_d, p) = manifest(b"a.jpg,cat\nb,c.jpg,dog\n");
+        let e = Dataset::open(&p, None).unwrap_err().to_string();
+        assert!(e.contains("line 2: expected 2 fields `path,label`, found 3") && e.contains("quote a path"), "{e}");
+        let (_d, p) = manifest(b"a.jpg,cat\nb.jpg\n");
+        let e = Dataset::open(&p, None).unwrap_err().to_string();
+        assert!(e.contains("line 2: expected `path,label`"), "{e}");
+        let (_d, p) = manifest(b"a.jpg,cat\n\xff.jpg,dog\n");
+        let e = Dataset::open(&p, None).unwrap_err().to_string();
+        assert!(e.contains("line 2: invalid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn unterminated_quote_follows_csv_quoting_rules() {
+        assert_eq!(unterminated_quote("a,b\n", b','), None);
+        assert_eq!(unterminated_quote("a,\"b\nc\",d\n", b','), None);
+        assert_eq!(unterminated_quote("a,\"b\"\"c\n", b','), Some(1));
+        assert_eq!(unterminated_quote("x\r\ny\r\n\"open", b','), Some(3));
+        assert_eq!(unterminated_quote("a,b\"c\n", b','), None, "a quote inside an unquoted field is literal");
+        assert_eq!(unterminated_quote("\"a\"b\"\n", b','), None, "text after a closing quote is unquoted");
+        assert_eq!(unterminated_quote("a\t\"b\n", b'\t'), Some(1));
+    }
 
     #[test]
     fn split_is_stratified_seeded_and_disjoint() {

@@ -120,17 +120,21 @@ fn column(path: &Path, headers: &[String], name: &str, flag: &str) -> Result<usi
 }
 
 fn read_delimited(path: &Path, text: &str, tsv: bool, cols: &Columns, want_label: bool, out: &mut Rows) -> Result<()> {
+    if let Some(line) = (!tsv).then(|| crate::data::unterminated_quote(text, b',')).flatten() {
+        return Err(crate::data::unterminated_quote_error(path, line));
+    }
     let mut rd = csv::ReaderBuilder::new().delimiter(if tsv { b'\t' } else { b',' }).quoting(!tsv).flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = rd.headers().map_err(|e| Error::input(path, format!("header: {e}")))?.iter().map(|h| h.trim().to_string()).collect();
     let ti = column(path, &headers, &cols.text, "--text-column")?;
     let li = if want_label { Some(column(path, &headers, &cols.label, "--label-column")?) } else { headers.iter().position(|h| *h == cols.label) };
     let pi = cols.pair.as_deref().map(|p| column(path, &headers, p, "--pair-column")).transpose()?;
+    let mut lines = crate::data::CsvLines::new(text);
     for rec in rd.records() {
         let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            let line = e.position().map_or(0, |p| lines.line(p.byte()));
             Error::input(path, format!("line {line}: {e}"))
         })?;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = rec.position().map_or(0, |p| lines.line(p.byte()));
         let origin = format!("{}:{line}", path.display());
         if rec.iter().all(|f| f.trim().is_empty()) {
             continue; // blank line
@@ -321,6 +325,32 @@ mod tests {
         let reasons: Vec<_> = ds.skipped.iter().map(|s| (s.path.display().to_string(), s.reason.clone())).collect();
         assert_eq!(reasons, vec![(format!("{}:4", p.display()), "empty text".into()), (format!("{}:5", p.display()), "missing label".into())]);
         assert!(ds.warnings.iter().any(|w| w.contains("`Pos`, `pos`") && w.contains("differ only by case")), "{:?}", ds.warnings);
+    }
+
+    #[test]
+    fn unterminated_quote_names_the_file_and_the_line_it_opens_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "q.csv", b"text,label\ngood,pos\n\"fine, quoted\",neg\n\"never closed,pos\nbye,neg\nmore,pos\n");
+        let e = TextDataset::open(&p, &Columns::default(), None, false).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:4: unterminated quoted field", p.display())), "{e}");
+        // A quote inside an unquoted field is literal, and TSV has no quoting at all.
+        let p = write(d.path(), "r.csv", b"text,label\nsay \"hi,pos\nok,neg\n");
+        assert_eq!(TextDataset::open(&p, &Columns::default(), None, false).unwrap().texts, vec!["say \"hi", "ok"]);
+        let p = write(d.path(), "s.tsv", b"text\tlabel\n\"open\tpos\nok\tneg\n");
+        assert_eq!(TextDataset::open(&p, &Columns::default(), None, false).unwrap().texts, vec!["\"open", "ok"]);
+    }
+
+    #[test]
+    fn row_origins_count_blank_lines_crlf_and_quoted_line_breaks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "e.csv", b"text,label\r\n\r\na,pos\r\n\"b\r\nc\",neg\r\n\n\n,neg\r\nd,pos\n");
+        let ds = TextDataset::open(&p, &Columns::default(), None, false).unwrap();
+        let at = |l: usize| format!("{}:{l}", p.display());
+        assert_eq!(ds.origins, vec![at(3), at(4), at(9)]);
+        assert_eq!(ds.skipped.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), vec![at(8)]);
+        let p = write(d.path(), "f.tsv", b"text\tlabel\n\na\tpos\n\n\nb\tneg\n");
+        let at = |l: usize| format!("{}:{l}", p.display());
+        assert_eq!(TextDataset::open(&p, &Columns::default(), None, false).unwrap().origins, vec![at(3), at(6)]);
     }
 
     #[test]

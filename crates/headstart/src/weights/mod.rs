@@ -10,7 +10,7 @@ pub mod pickle;
 mod pth;
 pub mod report;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -131,12 +131,27 @@ pub(crate) fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::Weights { path: path.to_path_buf(), message: message.into() }
 }
 
-/// Checks that a strided view fits its storage: `offset + Σ (size_i − 1)·stride_i < numel`.
-pub(crate) fn check_extent(path: &Path, name: &str, shape: &[u64], stride: &[u64], offset: u64, storage_numel: u64) -> Result<()> {
+/// Most bytes a tensor may materialise beyond its storage's size. Overlapping strides (as
+/// `expand` makes) repeat storage elements; past this cap a file of a few hundred bytes could
+/// make [`Weights::tensor`] allocate gigabytes.
+pub const MAX_EXPANDED_BYTES: u64 = 64 << 20;
+
+/// Most dimensions a tensor may have.
+pub const MAX_DIMS: usize = 64;
+
+/// Checks that a strided view fits its storage (`offset + Σ (size_i − 1)·stride_i < numel`),
+/// that its element and byte counts fit in 64 bits, and that it does not expand a small
+/// storage into more than [`MAX_EXPANDED_BYTES`].
+pub(crate) fn check_extent(path: &Path, name: &str, shape: &[u64], stride: &[u64], offset: u64, storage_numel: u64, elem_size: u64) -> Result<()> {
     if shape.len() != stride.len() {
         return Err(bad(path, format!("tensor `{name}`: shape and stride ranks differ")));
     }
-    if shape.iter().any(|&s| s == 0) {
+    if shape.len() > MAX_DIMS {
+        return Err(bad(path, format!("tensor `{name}` has {} dimensions; at most {MAX_DIMS} are supported", shape.len())));
+    }
+    let numel = shape.iter().try_fold(1u64, |n, &s| n.checked_mul(s)).filter(|n| n.checked_mul(elem_size).is_some());
+    let numel = numel.ok_or_else(|| bad(path, format!("tensor `{name}` {shape:?}: element count overflows")))?;
+    if numel == 0 {
         return Ok(());
     }
     let mut last = offset;
@@ -148,6 +163,17 @@ pub(crate) fn check_extent(path: &Path, name: &str, shape: &[u64], stride: &[u64
         return Err(bad(
             path,
             format!("tensor `{name}` {shape:?} needs {} elements but its storage holds {storage_numel}", last + 1),
+        ));
+    }
+    if numel > storage_numel && numel * elem_size > MAX_EXPANDED_BYTES {
+        return Err(bad(
+            path,
+            format!(
+                "tensor `{name}` {shape:?} repeats its storage of {storage_numel} elements into {numel} (overlapping strides): \
+                 {} MiB, more than the {} MiB allowed",
+                (numel * elem_size) >> 20,
+                MAX_EXPANDED_BYTES >> 20
+            ),
         ));
     }
     Ok(())
@@ -294,11 +320,10 @@ impl Weights {
         let mut order = vec![];
         let mut out = vec![];
         for (fi, (f, only)) in files.into_iter().enumerate() {
+            let only: Option<HashSet<&str>> = only.as_ref().map(|o| o.iter().map(String::as_str).collect());
             for (ei, e) in f.entries.iter().enumerate() {
-                if let Some(only) = &only {
-                    if !only.contains(&e.info.name) {
-                        continue;
-                    }
+                if only.as_ref().is_some_and(|o| !o.contains(e.info.name.as_str())) {
+                    continue;
                 }
                 if index.insert(e.info.name.clone(), (fi, ei)).is_none() {
                     order.push(e.info.name.clone());
@@ -333,21 +358,24 @@ impl Weights {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
         let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(index, "missing `weight_map` object"))?;
         let mut by_file: Vec<(String, Vec<String>)> = vec![];
+        let mut slot: HashMap<&str, usize> = HashMap::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| bad(index, format!("weight_map[`{name}`] is not a file name")))?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                 return Err(bad(index, format!("weight_map[`{name}`] names `{file}`, outside the directory")));
             }
-            match by_file.iter_mut().find(|(f, _)| f == file) {
-                Some((_, names)) => names.push(name.clone()),
-                None => by_file.push((file.to_string(), vec![name.clone()])),
-            }
+            let i = *slot.entry(file).or_insert_with(|| {
+                by_file.push((file.to_string(), vec![]));
+                by_file.len() - 1
+            });
+            by_file[i].1.push(name.clone());
         }
         let mut files = vec![];
         for (file, names) in by_file {
             let f = WeightFile::open(dir.join(&file))?;
+            let held: HashSet<&str> = f.entries.iter().map(|e| e.info.name.as_str()).collect();
             for n in &names {
-                if !f.entries.iter().any(|e| &e.info.name == n) {
+                if !held.contains(n.as_str()) {
                     return Err(bad(index, format!("`{n}` is mapped to {file}, which does not contain it")));
                 }
             }

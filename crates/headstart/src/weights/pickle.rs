@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Estimated bytes of the object graph (containers, strings, memo entries).
     pub max_bytes: usize,
+    /// Bytes of tensor metadata (names, storage keys, shapes) collected from the graph.
+    pub max_collect_bytes: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             max_str: 1 << 26,
             max_nodes: 1_000_000,
             max_bytes: 24 << 20,
+            max_collect_bytes: 64 << 20,
         }
     }
 }
@@ -718,9 +721,13 @@ fn persistent(pid: &Value) -> Result<Value, String> {
     Ok(Value::Storage(Rc::new(StorageRef { key, dtype, numel: numel as u64 })))
 }
 
+/// Longest tensor name (dict keys joined with '.') accepted.
+pub const MAX_NAME: usize = 4096;
+
 /// Walks a loaded object and collects `name → tensor` pairs. Accepts a plain state dict, or a
 /// checkpoint dict holding one under `state_dict` / `model` / `module`, and nested dicts (keys
-/// joined with '.'). Visits are capped so shared-reference bombs stay cheap.
+/// joined with '.'). Visits, name lengths and the collected metadata's total size are capped so
+/// shared-reference bombs stay cheap.
 pub fn collect_tensors(root: &Value, limits: &Limits) -> Result<Vec<(String, TensorRef)>, String> {
     let Value::Dict(d) = root else {
         return Err(format!("top-level object is a {}, expected a state dict", root.kind()));
@@ -728,33 +735,55 @@ pub fn collect_tensors(root: &Value, limits: &Limits) -> Result<Vec<(String, Ten
     let wrapped = ["state_dict", "model_state_dict", "model", "module"].iter().find_map(|w| {
         d.borrow().iter().find_map(|(k, v)| (k.as_str() == Some(w) && matches!(v, Value::Dict(_))).then(|| v.clone()))
     });
-    let mut out = vec![];
-    let mut budget = limits.max_nodes;
-    walk(wrapped.as_ref().unwrap_or(root), "", &mut out, &mut budget, 0)?;
-    Ok(out)
+    let mut walk = Walk { out: vec![], visits_left: limits.max_nodes, bytes_left: limits.max_collect_bytes, cap: limits.max_collect_bytes };
+    walk.dict(wrapped.as_ref().unwrap_or(root), "", 0)?;
+    Ok(walk.out)
 }
 
-fn walk(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>, budget: &mut usize, depth: usize) -> Result<(), String> {
-    if depth > 64 {
-        return Err("state dict nests deeper than 64 levels".into());
-    }
-    let Value::Dict(d) = v else { return Ok(()) };
-    for (k, v) in d.borrow().iter() {
-        if *budget == 0 {
-            return Err("object graph is too large (possible reference bomb)".into());
+struct Walk {
+    out: Vec<(String, TensorRef)>,
+    visits_left: usize,
+    bytes_left: usize,
+    cap: usize,
+}
+
+impl Walk {
+    fn dict(&mut self, v: &Value, prefix: &str, depth: usize) -> Result<(), String> {
+        if depth > 64 {
+            return Err("state dict nests deeper than 64 levels".into());
         }
-        *budget -= 1;
-        let key = match k {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            _ => continue,
-        };
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-        match v {
-            Value::Tensor(t) => out.push((name, (**t).clone())),
-            Value::Dict(_) => walk(v, &name, out, budget, depth + 1)?,
-            _ => {}
+        let Value::Dict(d) = v else { return Ok(()) };
+        for (k, v) in d.borrow().iter() {
+            if self.visits_left == 0 {
+                return Err("object graph is too large (possible reference bomb)".into());
+            }
+            self.visits_left -= 1;
+            if !matches!(v, Value::Tensor(_) | Value::Dict(_)) {
+                continue;
+            }
+            let key = match k {
+                Value::Str(s) => s.to_string(),
+                Value::Int(i) => i.to_string(),
+                _ => continue,
+            };
+            if prefix.len() + 1 + key.len() > MAX_NAME {
+                let joined = prefix.chars().chain(['.'].into_iter().filter(|_| !prefix.is_empty())).chain(key.chars());
+                let start: String = joined.take(60).collect();
+                return Err(format!("tensor name longer than {MAX_NAME} bytes (`{start}…`)"));
+            }
+            let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            match v {
+                Value::Tensor(t) => {
+                    // What the copy below costs: a tensor shared by many keys is copied for each.
+                    let cost = 64 + name.len() + t.storage.key.len() + 16 * t.shape.len();
+                    self.bytes_left = self.bytes_left.checked_sub(cost).ok_or_else(|| {
+                        format!("tensor names and metadata exceed the {} MiB cap (possible reference bomb)", self.cap >> 20)
+                    })?;
+                    self.out.push((name, (**t).clone()))
+                }
+                _ => self.dict(v, &name, depth + 1)?,
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -31,7 +31,7 @@ fn build_entries(
         let Some((region, numel)) = storages.get(&t.storage.key) else {
             return Err(bad(&wf.path, format!("tensor `{name}` refers to storage `{}`, which the file does not contain", t.storage.key)));
         };
-        check_extent(&wf.path, &name, &t.shape, &t.stride, t.offset, *numel)?;
+        check_extent(&wf.path, &name, &t.shape, &t.stride, t.offset, *numel, t.storage.dtype.size())?;
         entries.push(Entry {
             info: TensorInfo { name, dtype: t.storage.dtype, shape: t.shape },
             stride: t.stride,

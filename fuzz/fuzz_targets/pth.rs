@@ -1,0 +1,14 @@
+//! Bytes as a PyTorch checkpoint (zip or legacy `.pth`): opened, every tensor materialised.
+#![no_main]
+
+#[path = "../../crates/headstart/tests/fuzzing/mod.rs"]
+mod fuzzing;
+
+static SCRATCH: std::sync::OnceLock<fuzzing::Scratch> = std::sync::OnceLock::new();
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let scratch = SCRATCH.get_or_init(fuzzing::Scratch::new);
+    if let Err(e) = fuzzing::weight_bytes(scratch, "case.pth", data) {
+        panic!("{e}");
+    }
+});
