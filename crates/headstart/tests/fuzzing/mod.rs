@@ -9,17 +9,26 @@ use std::path::{Path, PathBuf};
 
 use headstart::text::data::{Columns, TextDataset};
 
-/// Decodes an image with the library's decoder. The one place to adapt when its signature
-/// changes.
+/// Decodes an image with the library's decoder, whole and straight to a model's input crop
+/// (the path `train` takes); both must agree on accepting it. The one place to adapt when
+/// their signatures change.
 pub fn decode_image(bytes: &[u8]) -> Result<bool, String> {
+    use headstart::preprocess::{decode_prepared, DecodeOptions, Source};
+    let input = headstart::models::registry::find("mobilenet_v2").expect("registered").input.clone();
+    let prepared = decode_prepared(Source::Bytes(bytes), &input, &DecodeOptions::default());
     match headstart::preprocess::decode_rgb_u8(bytes) {
         Ok(t) => {
             let size = t.size();
             if size.len() != 3 || size[0] != 3 || size[1] < 1 || size[2] < 1 {
                 return Err(format!("decoded an image of shape {size:?}"));
             }
-            Ok(true)
+            match prepared {
+                Ok((x, _)) if x.size() == [3, input.size, input.size] => Ok(true),
+                Ok((x, _)) => Err(format!("prepared an input of shape {:?}", x.size())),
+                Err(e) => Err(format!("decoded whole but not to the crop: {e}")),
+            }
         }
+        Err(_) if prepared.is_ok() => Err("decoded to the crop but not whole".into()),
         Err(_) => Ok(false),
     }
 }
