@@ -90,17 +90,26 @@ fn host(url: &str) -> String {
     url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_else(|| url.to_string())
 }
 
-fn agent(url: &str) -> Result<ureq::Agent> {
+/// The variable naming the proxy ureq takes from the environment for `url` (in its order), if
+/// any.
+fn proxy_for(url: &str) -> Option<&'static str> {
     let host = host(url);
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "[::1]";
+    let loopback = host == "localhost" || host == "[::1]" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     let no_proxy = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default();
     let exempt = no_proxy.split(',').map(|s| s.trim().trim_start_matches('.')).any(|s| s == "*" || (!s.is_empty() && (host == s || host.ends_with(&format!(".{s}")))));
+    if loopback || exempt {
+        return None;
+    }
+    ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].into_iter().find(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
+}
+
+fn agent(url: &str) -> Result<ureq::Agent> {
     Ok(ureq::AgentBuilder::new()
         .tls_config(tls_config()?)
         .timeout_connect(Duration::from_secs(20))
         .timeout_read(Duration::from_secs(60))
         .user_agent(concat!("headstart/", env!("CARGO_PKG_VERSION")))
-        .try_proxy_from_env(!loopback && !exempt)
+        .try_proxy_from_env(proxy_for(url).is_some())
         .build())
 }
 
@@ -149,7 +158,10 @@ fn get(url: &str, accept: Option<&str>, hint: &str) -> Result<ureq::Response> {
     }
     request.call().map_err(|e| match e {
         ureq::Error::Status(code, r) => Error::Fetch(format!("{url}: HTTP {code} {}", r.status_text())),
-        ureq::Error::Transport(t) => Error::Fetch(format!("cannot reach {url}: {}{hint}", transport_cause(&t))),
+        ureq::Error::Transport(t) => {
+            let via = proxy_for(url).map(|k| format!(" through the proxy in {k}")).unwrap_or_default();
+            Error::Fetch(format!("cannot reach {url}{via}: {}{hint}", transport_cause(&t)))
+        }
     })
 }
 
