@@ -56,6 +56,10 @@ pub struct RunConfig {
     pub pooling: Option<String>,
     pub lossy: Option<bool>,
     pub cache_dir: Option<PathBuf>,
+    /// Refit the chosen head setting on train + validation (default true).
+    pub refit: Option<bool>,
+    /// Folds of the cross-validation that chooses the head's setting, `"auto"` or `"off"`.
+    pub cv: Option<toml::Value>,
 }
 
 impl RunConfig {

@@ -13,7 +13,7 @@ use headstart::preprocess::Augment;
 use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
 use headstart::train::schedule::Schedule;
-use headstart::train::{ClassWeights, HeadKind, TrainConfig};
+use headstart::train::{ClassWeights, Cv, HeadKind, Method, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
@@ -323,9 +323,21 @@ struct TrainArgs {
     /// auto, none, balanced, or one weight per class (comma-separated, class order).
     #[arg(long, default_value = "auto")]
     class_weights: String,
-    /// Fixed L2 strength of the logistic head (default: chosen on the validation split).
+    /// Fixed L2 strength of the logistic head (default: chosen on held-out examples).
     #[arg(long)]
     l2: Option<f64>,
+    /// After choosing the head's setting (L2 strength, epoch count), refit it on train +
+    /// validation (the default).
+    #[arg(long, overrides_with = "no_refit")]
+    refit: bool,
+    /// Keep the head fitted on the training split; the validation rows only judge.
+    #[arg(long, overrides_with = "refit")]
+    no_refit: bool,
+    /// How the head's setting is chosen: `auto` (default: K-fold stratified cross-validation,
+    /// K = 5 or the smallest class size, when the validation split would hold fewer than 20
+    /// examples of some class, else the split), `off` (the split), or a number of folds K.
+    #[arg(long, value_name = "K|auto|off")]
+    cv: Option<String>,
     /// Override the model's input size (crop side), warned about.
     #[arg(long)]
     input_size: Option<i64>,
@@ -405,6 +417,17 @@ impl TrainArgs {
         take!(label_column, f.label_column);
         take!(pair_column, f.pair_column);
         take!(pooling, f.pooling);
+        if self.cv.is_none() {
+            self.cv = match f.cv {
+                None => None,
+                Some(toml::Value::Integer(k)) => Some(k.to_string()),
+                Some(toml::Value::String(s)) => Some(s),
+                Some(v) => bail!("config: cv must be a number of folds, \"auto\" or \"off\", not {v}"),
+            };
+        }
+        if !self.refit && !self.no_refit {
+            self.no_refit = f.refit == Some(false);
+        }
         if self.common.cache_dir.is_none() {
             self.common.cache_dir = f.cache_dir;
         }
@@ -549,6 +572,11 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         class_weights: class_weights(&a.class_weights)?,
         seed: a.seed.unwrap_or(0),
         l2: a.l2,
+        refit: !a.no_refit,
+        cv: match &a.cv {
+            None => Cv::Auto,
+            Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--cv {e}"))?,
+        },
     })
 }
 
@@ -603,6 +631,22 @@ fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig
             _ => BestMetric::Loss,
         },
     })
+}
+
+/// How the head was chosen and what it was fitted on, for `train`'s summary.
+fn write_selection(out: &mut impl Write, s: &headstart::train::Selection, unit: &str, labelled: usize) -> Result<()> {
+    let how = match (s.method, s.folds) {
+        (Method::CrossValidation, Some(k)) => format!("{k}-fold stratified cross-validation over {} {unit}", s.n_judged),
+        (Method::Holdout, _) => format!("validation split ({} {unit})", s.n_judged),
+        _ => "none (nothing held out)".to_string(),
+    };
+    writeln!(out, "selection   {how}; {}", s.reason)?;
+    if s.refit {
+        writeln!(out, "refit       on all {} labelled {unit} (train + validation)", s.n_fit)?;
+    } else if s.method != Method::None {
+        writeln!(out, "refit       no: the head fitted on {} of {labelled} {unit} is kept", s.n_fit)?;
+    }
+    Ok(())
 }
 
 fn precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
@@ -802,9 +846,17 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 if let Some((e, b)) = o.resumed_from {
                     writeln!(out, "resumed     at epoch {}, batch {}", e + 1, b)?;
                 }
+                if let Some(s) = &o.selection {
+                    write_selection(out, s, unit, o.n_train + o.n_val)?;
+                }
                 writeln!(out, "train acc   {:.4}", o.train_accuracy)?;
                 if let Some(v) = &o.val {
-                    writeln!(out, "val acc     {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
+                    // After a refit the held-out figures describe the choice, not the refitted head.
+                    let label = match &o.selection {
+                        Some(s) if s.refit || s.method == Method::CrossValidation => format!("selection estimate ({}):", s.estimate_name()),
+                        _ => "val acc    ".to_string(),
+                    };
+                    writeln!(out, "{label} {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
                 }
                 if o.skipped > 0 {
                     writeln!(out, "skipped     {} {}, reasons in {}", o.skipped, if text_run { "rows" } else { "files" }, o.run_dir.join("errors.jsonl").display())?;

@@ -120,7 +120,7 @@ fn train_eval_predict_on_a_small_folder() {
     let (d, run, cache) = (data.to_str().unwrap(), tmp.path().join("run"), tmp.path().join("cache"));
     let o = headstart(&["train", "--data", d, "--out", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--progress", "json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("val acc") && stdout(&o).contains("bundle"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("selection estimate (5-fold CV acc before refit):") && stdout(&o).contains("bundle"), "{}", stdout(&o));
     assert!(stderr(&o).lines().any(|l| l.contains("\"stage\":\"features\"")), "{}", stderr(&o));
     let bundle = run.join("bundle");
     let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", d, "--json", "--no-cache"]);
@@ -140,4 +140,77 @@ fn train_eval_predict_on_a_small_folder() {
     // Predicting with other weights is refused.
     let o = headstart(&["predict", bundle.to_str().unwrap(), img.to_str().unwrap(), "--weights", fixture("mobilenet_v2_tiny.pth").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn train_refits_by_default_and_reports_the_selection_estimate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::sample_set(&data);
+    let cache = tmp.path().join("cache");
+    let train = |name: &str, extra: &[&str]| -> Output {
+        let run = tmp.path().join(name);
+        let mut args = vec!["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        headstart(&args)
+    };
+    let json = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // The number printed after `label`.
+    let figure = |o: &Output, label: &str| -> f64 {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        let out = stdout(o);
+        let line = out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no `{label}` in:\n{out}"));
+        line[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    // 24 images, 8 per class: a 20% split would hold 2 per class, so 5-fold cross-validation.
+    let v = json(&train("auto", &["--json"]));
+    let sel = &v["selection"];
+    assert_eq!((sel["method"].as_str(), sel["folds"].as_u64(), sel["refit"].as_bool(), sel["n_fit"].as_u64()), (Some("cross_validation"), Some(5), Some(true), Some(24)));
+    assert_eq!(v["val"]["accuracy"], sel["estimate"]);
+    assert!(sel["reason"].as_str().unwrap().contains("automatic"));
+
+    // On the validation split, with and without the refit: the same choice and estimate.
+    let with = train("split", &["--cv", "off"]);
+    let estimate = figure(&with, "selection estimate (val acc before refit):");
+    assert!(stdout(&with).contains("refit       on all 24 labelled images"), "{}", stdout(&with));
+    let without = train("split-kept", &["--cv", "off", "--no-refit"]);
+    assert_eq!(figure(&without, "val acc"), estimate);
+    assert!(stdout(&without).contains("refit       no: the head fitted on 18 of 24 images is kept"), "{}", stdout(&without));
+    let head_line = |o: &Output| stdout(o).lines().find(|l| l.starts_with("head")).unwrap().to_string();
+    assert_eq!(head_line(&with), head_line(&without));
+    let head = |name: &str| std::fs::read(tmp.path().join(name).join("bundle/head.safetensors")).unwrap();
+    assert_ne!(head("split"), head("split-kept"), "the refit should change the head");
+    // metrics.jsonl ends with the refit and its selection estimate.
+    let metrics = std::fs::read_to_string(tmp.path().join("split/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!((last["phase"].as_str(), last["n"].as_u64()), (Some("refit"), Some(24)));
+    assert!((last["selection_estimate"].as_f64().unwrap() - estimate).abs() < 5e-5);
+    // Both bundles evaluate.
+    for name in ["split", "split-kept"] {
+        let o = headstart(&["eval", tmp.path().join(name).join("bundle").to_str().unwrap(), "--data", data.to_str().unwrap(), "--json", "--no-cache"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    // Cross-validation without a refit is refused, naming the flags.
+    let o = train("refused", &["--cv", "3", "--no-refit"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--cv 3") && stderr(&o).contains("--no-refit"), "{}", stderr(&o));
+    // The same settings from a --config file; flags still win.
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "refit = false\ncv = \"off\"\n").unwrap();
+    let v = json(&train("config", &["--config", cfg.to_str().unwrap(), "--json"]));
+    assert_eq!((v["selection"]["refit"].as_bool(), v["selection"]["method"].as_str(), v["selection"]["n_fit"].as_u64()), (Some(false), Some("holdout"), Some(18)));
+    assert_eq!(head("config"), head("split-kept"));
+    std::fs::write(&cfg, "cv = 3\n").unwrap();
+    let v = json(&train("config3", &["--config", cfg.to_str().unwrap(), "--json"]));
+    assert_eq!((v["selection"]["folds"].as_u64(), v["selection"]["refit"].as_bool()), (Some(3), Some(true)));
+    let v = json(&train("config3-flag", &["--config", cfg.to_str().unwrap(), "--cv", "off", "--json"]));
+    assert_eq!(v["selection"]["method"].as_str(), Some("holdout"));
+    std::fs::write(&cfg, "cv = 1\n").unwrap();
+    let o = train("bad", &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--cv"), "{}", stderr(&o));
 }

@@ -17,7 +17,7 @@ use crate::models::{pretrained, unknown_model, HeadInit, Model};
 use crate::preprocess::DecodeOptions;
 use crate::progress::Progress;
 use crate::train::finetune::{finetune, latest_checkpoint, Examples, FinetuneConfig};
-use crate::train::{fit, EpochRecord, Head, HeadKind, Split, TrainConfig};
+use crate::train::{fit, Cv, EpochRecord, Fitted, Head, HeadKind, Selection, Split, TrainConfig};
 use crate::weights::Weights;
 
 /// Everything `train` needs; serialised as the run's resolved config (and read back by
@@ -64,8 +64,15 @@ pub struct TrainOutcome {
     pub head: HeadKind,
     pub best_epoch: usize,
     pub l2: Option<f64>,
+    /// Accuracy of the kept head on the examples it was fitted on (all of them after a refit).
     pub train_accuracy: f64,
+    /// Held-out report of the chosen head before any refit: on the validation rows, or (with
+    /// cross-validation) on every example out of fold. Its accuracy is the selection estimate;
+    /// after a refit it describes the setting, not the refitted weights.
     pub val: Option<Report>,
+    /// How a head on features was chosen and refitted (`None` for fine-tuning, which keeps the
+    /// best checkpoint on the validation split).
+    pub selection: Option<Selection>,
     pub backbone_computed: usize,
     pub backbone_reused: usize,
     /// Fine-tuning: the unfrozen stages, skipped non-finite steps, where a resume started.
@@ -135,6 +142,36 @@ impl MetricsLog {
     pub(crate) fn finish(self) -> Result<()> {
         self.error.map_or(Ok(()), Err)
     }
+}
+
+/// A head fitted on features: the head, its chosen epoch or candidate, L2, training accuracy,
+/// held-out report of the choice (before any refit) and how it was chosen.
+pub(crate) struct HeadFit {
+    pub head: Head,
+    pub best_epoch: usize,
+    pub l2: Option<f64>,
+    pub train_accuracy: f64,
+    pub val: Option<Report>,
+    pub selection: Selection,
+}
+
+/// Fits a head on features per `cfg` (selection, then refit) and scores it.
+pub(crate) fn fit_head(cfg: &TrainConfig, classes: &[String], train: Split, val: Split, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<HeadFit> {
+    let f: Fitted = fit(cfg, train, val, classes.len() as i64, on_epoch)?;
+    let val = match &f.judged {
+        Some((logits, y)) if logits.size()[0] > 0 => {
+            let truth: Vec<usize> = Vec::<i64>::try_from(y)?.into_iter().map(|l| l as usize).collect();
+            Some(metrics::report(classes, &truth, &ranked(logits)?, 5.min(classes.len())))
+        }
+        _ => None,
+    };
+    Ok(HeadFit { head: f.head, best_epoch: f.best_epoch, l2: f.l2, train_accuracy: f.train_accuracy, val, selection: f.selection })
+}
+
+/// A head-only phase before fine-tuning: chosen on the validation split and never refitted, so
+/// the validation rows stay unseen by the fine-tuning that follows.
+pub(crate) fn head_phase_config(base: &TrainConfig) -> TrainConfig {
+    TrainConfig { refit: false, cv: Cv::Off, ..base.clone() }
 }
 
 /// Training accuracy of the final model, and its report on the validation rows.
@@ -265,17 +302,16 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
     let mut tuned_stages = vec![];
     let (mut skipped_steps, mut resumed_from) = (0, None);
     let mut tuned_tensors = None;
-    let mut final_logits = None;
-    let (head, best_epoch, l2) = match &req.finetune {
+    let (head, best_epoch, l2, (train_accuracy, val, selection)) = match &req.finetune {
         None => {
-            let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
-            (fitted.head, fitted.best_epoch, fitted.l2)
+            let f = fit_head(&req.train, &classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            (f.head, f.best_epoch, f.l2, (f.train_accuracy, f.val, Some(f.selection)))
         }
         Some(ft) => {
             let lin = &model.head.as_ref().expect("head").linear;
             if ft.head_epochs > 0 && !resuming {
                 // Phase one: the new head alone, on the cached features.
-                let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, lr: ft.lr, batch_size: ft.batch_size, seed: ft.seed, ..req.train.clone() };
+                let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, lr: ft.lr, batch_size: ft.batch_size, seed: ft.seed, ..head_phase_config(&req.train) };
                 let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
                 fitted.head.copy_into(&lin)?;
             }
@@ -294,22 +330,17 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
             let o = finetune(&model, &input, &examples, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
             resumed_from = o.resumed_from;
-            final_logits = Some((o.train_logits.shallow_clone(), o.val_logits.shallow_clone()));
+            // Scores of the fine-tuned network.
+            let val_truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
+            let (train_accuracy, val) = final_scores(&classes, &o.train_logits, &ytr, &o.val_logits, &val_truth)?;
             let first = o.freeze.first_trainable;
             tuned_stages = model.backbone.stages()[first..].iter().map(|s| s.name.clone()).collect();
             let vars = model.vs.variables();
             tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
-            (Head::from_linear(lin)?, o.best_epoch, None)
+            (Head::from_linear(lin)?, o.best_epoch, None, (train_accuracy, val, None))
         }
     };
     log.finish()?;
-    // Logits of the final model: the head on frozen features, or the fine-tuned network.
-    let (train_logits, val_logits) = match final_logits {
-        Some(l) => l,
-        None => (head.forward(&xtr)?, head.forward(&xva)?),
-    };
-    let val_truth: Vec<usize> = va_rows.iter().map(|&r| labels[r]).collect();
-    let (train_accuracy, val) = final_scores(&classes, &train_logits, &ytr, &val_logits, &val_truth)?;
     let mut meta = BundleMeta::new(entry, &model.arch, &input, &sha, &weights.source.display().to_string(), classes.clone(), head.spec.clone());
     let bundle_dir = bundle::default_bundle_dir(&req.out);
     let tuned = tuned_tensors.as_deref().map(|t| (&tuned_stages[..], t));
@@ -331,6 +362,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
         l2,
         train_accuracy,
         val,
+        selection,
         backbone_computed: ex.computed,
         backbone_reused: ex.reused,
         tuned_stages,
@@ -361,11 +393,24 @@ fn decode_only(paths: &[PathBuf], opts: &DecodeOptions, progress: &dyn Progress)
 }
 
 
-/// One line of progress for an epoch.
+/// One line of progress for an epoch, an L2 candidate or the refit.
 pub(crate) fn epoch_line(r: &EpochRecord) -> String {
+    if r.phase.as_deref() == Some("refit") {
+        let mut s = format!("refit      on all {} examples: train loss {:.4} acc {:.4}", r.n.unwrap_or(0), r.train_loss, r.train_acc);
+        match r.l2 {
+            Some(l2) => s += &format!("  l2 {l2:.0e} ({} iterations)", r.iterations.unwrap_or(0)),
+            None => s += &format!("  {} epochs", r.epoch),
+        }
+        if let Some(e) = r.selection_estimate {
+            let what = r.folds.map_or("val acc".to_string(), |k| format!("{k}-fold CV acc"));
+            s += &format!("  (selection estimate, {what} before refit: {e:.4})");
+        }
+        return s;
+    }
     let mut s = format!("epoch {:>3}  train loss {:.4} acc {:.4}", r.epoch, r.train_loss, r.train_acc);
     if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
-        s += &format!("  val loss {l:.4} acc {a:.4}");
+        let what = r.folds.map_or("val".to_string(), |k| format!("{k}-fold CV"));
+        s += &format!("  {what} loss {l:.4} acc {a:.4}");
     }
     if let Some(l2) = r.l2 {
         s += &format!("  l2 {l2:.0e} ({} iterations)", r.iterations.unwrap_or(0));

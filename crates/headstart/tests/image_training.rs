@@ -82,11 +82,17 @@ fn feature_cache_runs_the_backbone_only_on_new_or_changed_images() {
         assert!(r1.join(f).is_file(), "{f} missing");
     }
     let lines = std::fs::read_to_string(tmp.path().join("r2/metrics.jsonl")).unwrap();
-    assert!(lines.lines().count() >= 1);
-    for l in lines.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.len() >= 2);
+    let (refit, epochs) = rows.split_last().unwrap();
+    for v in epochs {
         assert!(v["train_loss"].is_number() && v["val_acc"].is_number() && v["epoch"].is_number());
     }
+    // Last, the refit on all 18 images, with the selection estimate it was chosen at.
+    let sel = o2.selection.as_ref().unwrap();
+    assert_eq!((refit["phase"].as_str(), refit["n"].as_u64(), refit["epoch"].as_u64()), (Some("refit"), Some(18), Some(o2.best_epoch as u64)));
+    assert_eq!(refit["selection_estimate"].as_f64(), sel.estimate);
+    assert!(refit["val_acc"].is_null());
 }
 
 #[test]

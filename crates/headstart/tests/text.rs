@@ -216,6 +216,14 @@ fn text_feature_extraction_caches_embeddings_and_bundles_predict() {
     let req2 = headstart::text::TextTrainRequest { out: d.path().join("run2"), ..req.clone() };
     let o2 = headstart::text::train_text(&req2, false, &Silent).unwrap();
     assert_eq!((o2.backbone_computed, o2.backbone_reused), (0, 40));
+    // 40 examples: chosen by cross-validation, refitted on all of them; without the refit, on
+    // the validation split and fitted on the training part.
+    let sel = o.selection.as_ref().unwrap();
+    assert_eq!((sel.method, sel.refit, sel.n_fit), (headstart::train::Method::CrossValidation, true, 40));
+    let kept = headstart::train::TrainConfig { refit: false, ..Default::default() };
+    let o3 = headstart::text::train_text(&headstart::text::TextTrainRequest { out: d.path().join("run3"), train: kept, ..req.clone() }, false, &Silent).unwrap();
+    let sel = o3.selection.as_ref().unwrap();
+    assert_eq!((sel.method, sel.refit, sel.n_fit, sel.n_judged), (headstart::train::Method::Holdout, false, o3.n_train, o3.n_val));
     let p = headstart::text::TextPredictor::load(&o.bundle, None).unwrap();
     let (report, skipped) = p.evaluate(&data, false, None, &Silent).unwrap();
     assert!(skipped.is_empty());

@@ -20,7 +20,7 @@ use crate::metrics::{self, Report};
 use crate::models::text::{pool, sentence_config, Pooling, TextBatch, TextCfg, TextEncoder};
 use crate::models::{Mode, Stage};
 use crate::progress::Progress;
-use crate::run::{epoch_line, final_scores, ranked, write_config, write_errors, MetricsLog, TrainOutcome};
+use crate::run::{epoch_line, final_scores, fit_head, head_phase_config, ranked, write_config, write_errors, MetricsLog, TrainOutcome};
 use crate::train::finetune::{first_trainable, latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
 use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::weights::{LoadReport, Weights};
@@ -444,13 +444,13 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
     let take_x = |e: &Embedded, rows: &[usize]| e.features.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()));
 
     let (mut tuned_stages, mut skipped_steps, mut resumed_from, mut tuned_tensors) = (vec![], 0, None, None);
-    let (head, best_epoch, l2, train_logits, val_logits) = match &req.finetune {
+    let val_truth: Vec<usize> = p.va.iter().map(|&r| p.labels[r]).collect();
+    let (head, best_epoch, l2, (train_accuracy, val, selection)) = match &req.finetune {
         None => {
             let e = emb.as_ref().expect("embedded");
             let (xtr, xva) = (take_x(e, &p.tr), take_x(e, &p.va));
-            let fitted = fit(&req.train, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut on_epoch)?;
-            let (lt, lv) = (fitted.head.forward(&xtr)?, fitted.head.forward(&xva)?);
-            (fitted.head, fitted.best_epoch, fitted.l2, lt, lv)
+            let f = fit_head(&req.train, &classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            (f.head, f.best_epoch, f.l2, (f.train_accuracy, f.val, Some(f.selection)))
         }
         Some(ft) => {
             // The new head's initial weights come from the seed, like everything else.
@@ -460,7 +460,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
                 // Phase one: the new head alone on the cached embeddings, fitted as a logistic
                 // regression (L2 chosen on the validation split).
                 let (xtr, xva) = (take_x(e, &p.tr), take_x(e, &p.va));
-                let hc = TrainConfig { head: HeadKind::Logistic, seed: ft.seed, ..req.train.clone() };
+                let hc = TrainConfig { head: HeadKind::Logistic, seed: ft.seed, ..head_phase_config(&req.train) };
                 let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
                 fitted.head.copy_into(&lin)?;
             }
@@ -475,12 +475,11 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
             tuned_stages = model.encoder.stages()[first..].iter().map(|s| s.name.clone()).collect();
             let vars = model.encoder.vs.variables();
             tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
-            (Head::from_linear(&learner.head)?, o.best_epoch, None, o.train_logits, o.val_logits)
+            let scores = final_scores(&classes, &o.train_logits, &ytr, &o.val_logits, &val_truth)?;
+            (Head::from_linear(&learner.head)?, o.best_epoch, None, (scores.0, scores.1, None))
         }
     };
     log.finish()?;
-    let val_truth: Vec<usize> = p.va.iter().map(|&r| p.labels[r]).collect();
-    let (train_accuracy, val) = final_scores(&classes, &train_logits, &ytr, &val_logits, &val_truth)?;
     let mut meta = TextBundleMeta {
         format_version: bundle::FORMAT_VERSION,
         modality: "text".into(),
@@ -520,6 +519,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
         l2,
         train_accuracy,
         val,
+        selection,
         backbone_computed: computed,
         backbone_reused: reused,
         tuned_stages,

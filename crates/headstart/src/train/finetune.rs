@@ -656,8 +656,7 @@ pub fn train_learner<L: Learner>(
             train_acc: correct as f64 / seen.max(1) as f64,
             val_loss,
             val_acc,
-            l2: None,
-            iterations: None,
+            ..Default::default()
         };
         on_epoch(&rec);
         state.history.push(rec);

@@ -1,19 +1,23 @@
-//! Heads trained on features: multinomial logistic regression fit to convergence (L-BFGS,
-//! L2 chosen on the validation split: the linear-probe recipe), a linear layer trained with
-//! Adam/AdamW (the classic recipe) and an MLP. Every epoch is measured; the best epoch's head is
-//! the one kept; a non-finite loss stops the run before anything is saved.
+//! Heads trained on features: multinomial logistic regression fit to convergence (L-BFGS, the
+//! linear-probe recipe), a linear layer trained with Adam/AdamW (the classic recipe) and an MLP.
+//! The head's setting (L2 strength, epoch count) is chosen on held-out examples: the validation
+//! split, or k-fold cross-validation when the split is small ([`select`]); by default the chosen
+//! setting is then refitted on every labelled example. A non-finite loss stops the run before
+//! anything is saved.
 
 mod lbfgs;
 pub mod finetune;
+pub mod logistic;
 pub mod optim;
 pub mod schedule;
+pub mod select;
+mod sgd;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, OptimizerConfig};
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
-use crate::data::Rng;
 use crate::error::{Error, Result};
+pub use select::{stratified_folds, Cv, Method, Selection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,8 +149,19 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     pub class_weights: ClassWeights,
     pub seed: u64,
-    /// Fixed L2 strength for the logistic head; `None` chooses it on the validation split.
+    /// Fixed L2 strength for the logistic head; `None` chooses it on held-out examples.
     pub l2: Option<f64>,
+    /// After the choice, refit the chosen setting on every labelled example (train +
+    /// validation); `false` keeps the head fitted on the training split.
+    #[serde(default = "refit_default")]
+    pub refit: bool,
+    /// Which examples judge the candidate settings (the split, or cross-validation).
+    #[serde(default)]
+    pub cv: Cv,
+}
+
+fn refit_default() -> bool {
+    true
 }
 
 impl Default for TrainConfig {
@@ -164,30 +179,54 @@ impl Default for TrainConfig {
             class_weights: ClassWeights::Auto,
             seed: 0,
             l2: None,
+            refit: true,
+            cv: Cv::Auto,
         }
     }
 }
 
-/// One line of `metrics.jsonl`: an epoch (linear, MLP) or an L2 candidate (logistic).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One line of `metrics.jsonl`: an epoch (linear, MLP) or an L2 candidate (logistic), and last
+/// the refit of the chosen setting on every labelled example (`phase: "refit"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub train_loss: f64,
     pub train_acc: f64,
     pub val_loss: Option<f64>,
     pub val_acc: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterations: Option<usize>,
+    /// Cross-validation folds whose out-of-fold predictions give `val_loss` and `val_acc`
+    /// (training figures: the mean over the folds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
+    /// `refit`: the chosen setting fitted again on every labelled example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Examples the refit saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// On the refit line: held-out accuracy of the chosen setting before the refit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_estimate: Option<f64>,
 }
 
 pub struct Fitted {
+    /// The kept head: refitted on every labelled example, or the chosen one on the training split.
     pub head: Head,
     pub history: Vec<EpochRecord>,
+    /// The chosen epoch (linear, MLP) or L2 candidate (logistic, 1-based).
     pub best_epoch: usize,
     pub l2: Option<f64>,
     pub class_weights: Option<Vec<f64>>,
+    pub selection: Selection,
+    /// Accuracy of the kept head on the examples it was fitted on.
+    pub train_accuracy: f64,
+    /// Logits of the chosen setting before any refit on the held-out examples, and their labels:
+    /// the validation rows, or every example out of fold.
+    pub judged: Option<(Tensor, Tensor)>,
 }
 
 /// Features and integer labels.
@@ -200,6 +239,10 @@ fn loss_acc(logits: &Tensor, y: &Tensor) -> (f64, f64) {
     let loss = logits.cross_entropy_for_logits(y).double_value(&[]);
     let acc = logits.argmax(-1, false).eq_tensor(y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
     (loss, acc)
+}
+
+fn accuracy(logits: &Tensor, y: &Tensor) -> f64 {
+    logits.argmax(-1, false).eq_tensor(y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
 fn finite(v: f64, what: &str) -> Result<f64> {
@@ -234,179 +277,42 @@ impl TrainConfig {
                 return bad(format!("l2 must be ≥ 0, not {l2}"));
             }
         }
+        match self.cv {
+            Cv::Folds(k) if k < 2 => return bad(format!("cross-validation needs at least 2 folds, not {k}")),
+            Cv::Folds(k) if !self.refit => {
+                return bad(format!("--cv {k} chooses a setting to refit on every example; with --no-refit the head fitted on the training split is kept, which needs the validation split (--cv off)"))
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
 
-/// Fits a head on `train`, measuring `val` (may be empty) every epoch.
+/// Fits a head: chooses its setting on held-out examples (`val`, or folds over `train` + `val`
+/// per `cfg.cv`), then, per `cfg.refit`, refits it on `train` + `val`.
 pub fn fit(cfg: &TrainConfig, train: Split, val: Split, num_classes: i64, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Fitted> {
     cfg.validate()?;
     let n = train.x.size()[0];
     if n == 0 {
         return Err(Error::Model("no training examples".into()));
     }
-    if !bool::try_from(train.x.isfinite().all()).unwrap_or(false) {
-        return Err(Error::Model("training features contain non-finite values".into()));
-    }
-    let counts: Vec<usize> = {
-        let y: Vec<i64> = Vec::try_from(train.y).map_err(Error::from)?;
-        let mut c = vec![0; num_classes as usize];
-        for l in y {
-            c[l as usize] += 1;
+    for (what, x) in [("training", train.x), ("validation", val.x)] {
+        if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+            return Err(Error::Model(format!("{what} features contain non-finite values")));
         }
-        c
-    };
-    let weights = cfg.class_weights.resolve(&counts)?;
+    }
+    let k = num_classes as usize;
+    let val_counts = select::class_counts(&Vec::<i64>::try_from(val.y)?, k);
+    let mut all_counts = select::class_counts(&Vec::<i64>::try_from(train.y)?, k);
+    for (a, v) in all_counts.iter_mut().zip(&val_counts) {
+        *a += v;
+    }
+    let (plan, reason) = select::plan(cfg.cv, cfg.refit, &val_counts, &all_counts)?;
     tch::manual_seed(cfg.seed as i64);
-    match cfg.head {
-        HeadKind::Logistic => fit_logistic(cfg, train, val, num_classes, weights, on_epoch),
-        HeadKind::Linear | HeadKind::Mlp => fit_sgd(cfg, train, val, num_classes, weights, on_epoch),
-    }
-}
-
-const L2_GRID: [f64; 8] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
-
-fn fit_logistic(
-    cfg: &TrainConfig,
-    train: Split,
-    val: Split,
-    k: i64,
-    weights: Option<Vec<f64>>,
-    on_epoch: &mut dyn FnMut(&EpochRecord),
-) -> Result<Fitted> {
-    let x = train.x.to_kind(Kind::Double);
-    let mu = x.mean_dim(&[0i64][..], true, Kind::Double);
-    let sd = x.std_dim(&[0i64][..], false, true) + 1e-6;
-    let z = (&x - &mu) / &sd;
-    let zv = (val.x.to_kind(Kind::Double) - &mu) / &sd;
-    let d = z.size()[1];
-    let w = weights.as_ref().map(|w| Tensor::from_slice(w).to_kind(Kind::Double));
-    let grid: Vec<f64> = match cfg.l2 {
-        Some(l) => vec![l],
-        None if val.x.size()[0] == 0 => vec![1e-4],
-        // Strongest regularisation first, each fit warm-started from the previous one.
-        None => L2_GRID.iter().rev().copied().collect(),
+    let mut fitted = match cfg.head {
+        HeadKind::Logistic => logistic::fit_logistic(cfg, train, val, num_classes, plan, on_epoch)?,
+        HeadKind::Linear | HeadKind::Mlp => sgd::fit_sgd(cfg, train, val, num_classes, plan, on_epoch)?,
     };
-    let mut theta = Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu));
-    let mut history = vec![];
-    let mut best: Option<(f64, f64, usize, Tensor, f64)> = None; // (acc, loss, epoch, theta, l2)
-    let logits_of = |theta: &Tensor, z: &Tensor| {
-        let wm = theta.narrow(0, 0, d * k).view([k, d]);
-        let b = theta.narrow(0, d * k, k);
-        z.matmul(&wm.tr()) + b
-    };
-    for (i, &l2) in grid.iter().enumerate() {
-        let objective = |t: &Tensor| {
-            let logits = logits_of(t, &z);
-            let ce = logits.cross_entropy_loss::<&Tensor>(train.y, w.as_ref(), Reduction::Mean, -100, cfg.label_smoothing);
-            ce + t.narrow(0, 0, d * k).square().sum(Kind::Double) * (l2 / 2.0)
-        };
-        let (t, iterations) = lbfgs::minimize(&objective, &theta, 500, 1e-7)?;
-        theta = t;
-        let (train_loss, train_acc) = loss_acc(&logits_of(&theta, &z), train.y);
-        finite(train_loss, "training loss")?;
-        let (val_loss, val_acc) = if val.x.size()[0] > 0 {
-            let (l, a) = loss_acc(&logits_of(&theta, &zv), val.y);
-            (Some(l), Some(a))
-        } else {
-            (None, None)
-        };
-        let rec = EpochRecord { epoch: i + 1, train_loss, train_acc, val_loss, val_acc, l2: Some(l2), iterations: Some(iterations) };
-        on_epoch(&rec);
-        history.push(rec);
-        let (acc, loss) = (val_acc.unwrap_or(train_acc), val_loss.unwrap_or(train_loss));
-        let better = match &best {
-            None => true,
-            Some((ba, bl, ..)) => acc > *ba + 1e-12 || ((acc - ba).abs() <= 1e-12 && loss < *bl),
-        };
-        if better {
-            best = Some((acc, loss, i + 1, theta.copy(), l2));
-        }
-    }
-    let (_, _, best_epoch, theta, l2) = best.expect("at least one candidate");
-    // Fold the standardisation into the weights: W' = W / sd, b' = b − W'·mu.
-    let wm = theta.narrow(0, 0, d * k).view([k, d]) / sd.view([1, d]);
-    let b = theta.narrow(0, d * k, k) - wm.matmul(&mu.view([d]));
-    let spec = HeadSpec { kind: HeadKind::Logistic, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
-    let head = Head { spec, tensors: vec![("weight".into(), wm.to_kind(Kind::Float)), ("bias".into(), b.to_kind(Kind::Float))] };
-    head.validate()?;
-    Ok(Fitted { head, history, best_epoch, l2: Some(l2), class_weights: weights })
-}
-
-fn fit_sgd(
-    cfg: &TrainConfig,
-    train: Split,
-    val: Split,
-    k: i64,
-    weights: Option<Vec<f64>>,
-    on_epoch: &mut dyn FnMut(&EpochRecord),
-) -> Result<Fitted> {
-    let d = train.x.size()[1];
-    let vs = nn::VarStore::new(tch::Device::Cpu);
-    let root = vs.root();
-    let (spec, model): (HeadSpec, Box<dyn Fn(&Tensor, bool) -> Tensor>) = match cfg.head {
-        HeadKind::Mlp => {
-            let fc1 = nn::linear(&root / "fc1", d, cfg.hidden, Default::default());
-            let fc2 = nn::linear(&root / "fc2", cfg.hidden, k, Default::default());
-            let p = cfg.dropout;
-            let spec = HeadSpec { kind: HeadKind::Mlp, in_features: d, num_classes: k, hidden: Some(cfg.hidden), dropout: p };
-            (spec, Box::new(move |x: &Tensor, train: bool| fc2.forward(&fc1.forward(x).relu().dropout(p, train))))
-        }
-        _ => {
-            let lin = nn::linear(&root, d, k, Default::default());
-            let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
-            (spec, Box::new(move |x: &Tensor, _| lin.forward(x)))
-        }
-    };
-    let mut opt = if cfg.weight_decay > 0.0 {
-        nn::AdamW { wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr)?
-    } else {
-        nn::Adam::default().build(&vs, cfg.lr)?
-    };
-    let w = weights.as_ref().map(|w| Tensor::from_slice(w).to_kind(Kind::Float));
-    let x = train.x.to_kind(Kind::Float);
-    let xv = val.x.to_kind(Kind::Float);
-    let n = x.size()[0] as usize;
-    let mut rng = Rng(cfg.seed ^ 0x5eed);
-    let mut history = vec![];
-    let mut best: Option<(f64, usize, Vec<(String, Tensor)>)> = None;
-    let mut since_best = 0;
-    let snapshot = crate::models::snapshot;
-    for epoch in 1..=cfg.epochs.max(1) {
-        let mut order: Vec<i64> = (0..n as i64).collect();
-        rng.shuffle(&mut order);
-        for (step, chunk) in order.chunks(cfg.batch_size.max(1)).enumerate() {
-            let idx = Tensor::from_slice(chunk);
-            let (xb, yb) = (x.index_select(0, &idx), train.y.index_select(0, &idx));
-            let logits = model(&xb, true);
-            let loss = logits.cross_entropy_loss::<&Tensor>(&yb, w.as_ref(), Reduction::Mean, -100, cfg.label_smoothing);
-            finite(loss.double_value(&[]), &format!("training loss at epoch {epoch}, step {}", step + 1))?;
-            opt.backward_step(&loss);
-        }
-        let (train_loss, train_acc) = tch::no_grad(|| loss_acc(&model(&x, false), train.y));
-        finite(train_loss, &format!("training loss after epoch {epoch}"))?;
-        let (val_loss, val_acc) = if xv.size()[0] > 0 {
-            let (l, a) = tch::no_grad(|| loss_acc(&model(&xv, false), val.y));
-            (Some(l), Some(a))
-        } else {
-            (None, None)
-        };
-        let rec = EpochRecord { epoch, train_loss, train_acc, val_loss, val_acc, l2: None, iterations: None };
-        on_epoch(&rec);
-        history.push(rec);
-        let score = val_loss.unwrap_or(train_loss);
-        if best.as_ref().is_none_or(|(b, ..)| score < *b) {
-            best = Some((score, epoch, snapshot(&vs)));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if val_loss.is_some() && since_best >= cfg.patience {
-                break;
-            }
-        }
-    }
-    let (_, best_epoch, tensors) = best.expect("at least one epoch");
-    let head = Head { spec, tensors };
-    head.validate()?;
-    Ok(Fitted { head, history, best_epoch, l2: None, class_weights: weights })
+    fitted.selection.reason = reason;
+    Ok(fitted)
 }
