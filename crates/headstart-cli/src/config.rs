@@ -56,6 +56,13 @@ pub struct RunConfig {
     pub pooling: Option<String>,
     pub lossy: Option<bool>,
     pub cache_dir: Option<PathBuf>,
+    /// `truncate` or `chunks`.
+    pub long_text: Option<String>,
+    pub chunk_overlap: Option<usize>,
+    pub max_chunks: Option<usize>,
+    /// `mean` or `max`.
+    pub chunk_pooling: Option<String>,
+    pub chunk_batch: Option<usize>,
 }
 
 impl RunConfig {
