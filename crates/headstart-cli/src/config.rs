@@ -60,6 +60,13 @@ pub struct RunConfig {
     pub refit: Option<bool>,
     /// Folds of the cross-validation that chooses the head's setting, `"auto"` or `"off"`.
     pub cv: Option<toml::Value>,
+    /// `truncate` or `chunks`.
+    pub long_text: Option<String>,
+    pub chunk_overlap: Option<usize>,
+    pub max_chunks: Option<usize>,
+    /// `mean` or `max`.
+    pub chunk_pooling: Option<String>,
+    pub chunk_batch: Option<usize>,
 }
 
 impl RunConfig {

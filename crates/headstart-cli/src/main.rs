@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use headstart::models::{self, registry, Mode};
 use headstart::run::{self, TrainRequest};
+use headstart::text::chunks::{ChunkPooling, LongText};
 use headstart::preprocess::Augment;
 use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
@@ -366,11 +367,41 @@ struct TrainArgs {
     /// GPT-2 last).
     #[arg(long)]
     pooling: Option<String>,
+    /// Text longer than --max-length: `chunks` reads it whole as consecutive windows whose
+    /// embeddings are pooled, `truncate` cuts it (default: chunks for feature extraction,
+    /// truncate for fine-tuning). Sentence pairs are always truncated.
+    #[arg(long, value_enum)]
+    long_text: Option<LongTextArg>,
+    /// Chunks: tokens each window repeats from the one before (default 0).
+    #[arg(long)]
+    chunk_overlap: Option<usize>,
+    /// Chunks: windows read per text at most, the first ones (default 16).
+    #[arg(long)]
+    max_chunks: Option<usize>,
+    /// Chunks: how a text's chunk embeddings become one (default mean).
+    #[arg(long, value_enum)]
+    chunk_pooling: Option<ChunkPoolingArg>,
+    /// Fine-tuning: at most this many chunks in one forward pass; a batch holding more runs in
+    /// parts with gradients accumulated (default: the batch size, at least --max-chunks).
+    #[arg(long)]
+    chunk_batch: Option<usize>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum LongTextArg {
+    Truncate,
+    Chunks,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChunkPoolingArg {
+    Mean,
+    Max,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -428,6 +459,15 @@ impl TrainArgs {
         if !self.refit && !self.no_refit {
             self.no_refit = f.refit == Some(false);
         }
+        take!(chunk_overlap, f.chunk_overlap);
+        take!(max_chunks, f.max_chunks);
+        take!(chunk_batch, f.chunk_batch);
+        if self.long_text.is_none() {
+            self.long_text = config_choice("long_text", f.long_text.as_deref())?;
+        }
+        if self.chunk_pooling.is_none() {
+            self.chunk_pooling = config_choice("chunk_pooling", f.chunk_pooling.as_deref())?;
+        }
         if self.common.cache_dir.is_none() {
             self.common.cache_dir = f.cache_dir;
         }
@@ -475,6 +515,7 @@ impl TrainArgs {
     /// Whether this is a text run: a text model, text columns, or a text data format.
     fn is_text(&self) -> bool {
         let text_flags = self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
+        let text_flags = text_flags || self.long_text.is_some() || self.chunk_overlap.is_some() || self.max_chunks.is_some() || self.chunk_pooling.is_some() || self.chunk_batch.is_some();
         match &self.data {
             Some(d) => is_text_run(d, self.model.as_deref(), text_flags),
             None => false,
@@ -552,6 +593,29 @@ fn input_override(a: &TrainArgs, model: &str) -> Result<Option<registry::ImageIn
         input.std = triple("--std", s)?;
     }
     Ok(Some(input))
+}
+
+/// The long-text settings given: `None` leaves the mode's default. A chunk setting without
+/// `--long-text` asks for chunks.
+fn long_text(a: &TrainArgs) -> Result<Option<LongText>> {
+    let chunk_flags = a.chunk_overlap.is_some() || a.max_chunks.is_some() || a.chunk_pooling.is_some();
+    match a.long_text {
+        Some(LongTextArg::Truncate) if chunk_flags => bail!("--chunk-overlap, --max-chunks and --chunk-pooling need --long-text chunks"),
+        Some(LongTextArg::Truncate) => Ok(Some(LongText::truncate())),
+        None if !chunk_flags => Ok(None),
+        _ => {
+            let d = LongText::chunks();
+            Ok(Some(LongText {
+                overlap: a.chunk_overlap.unwrap_or(d.overlap),
+                max_chunks: a.max_chunks.unwrap_or(d.max_chunks),
+                pooling: match a.chunk_pooling {
+                    Some(ChunkPoolingArg::Max) => ChunkPooling::Max,
+                    _ => ChunkPooling::Mean,
+                },
+                ..d
+            }))
+        }
+    }
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -797,6 +861,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                             model_options: headstart::text::TextModelOptions {
                                 max_length: a.max_length,
                                 pooling: a.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?,
+                                long_text: long_text(&a)?,
+                                chunk_batch: a.chunk_batch,
                             },
                             out,
                             cache: a.common.cache(),

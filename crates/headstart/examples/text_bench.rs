@@ -31,12 +31,12 @@ fn main() {
         "step" => {
             let precision = if args[4] == "bf16" { Precision::Bf16 } else { Precision::Fp32 };
             let steps: usize = args[5].parse().unwrap();
-            let m = TextModel::load(dir, &TextModelOptions { max_length: Some(128), pooling: None }).unwrap();
+            let m = TextModel::load(dir, &TextModelOptions { max_length: Some(128), ..Default::default() }).unwrap();
             // (steps + 1) batches of 16, cycling over the texts.
             let n = (steps + 1) * 16;
             let texts: Vec<String> = (0..n).map(|i| ds.texts[i % ds.len()].clone()).collect();
-            let enc = m.tokenizer.encode_all(&texts, None).unwrap();
-            assert!(enc.iter().all(|e| e.ids.len() == 128), "texts shorter than 128 tokens");
+            let enc: Vec<Vec<_>> = m.tokenizer.encode_all(&texts, None).unwrap().into_iter().map(|e| vec![e]).collect();
+            assert!(enc.iter().all(|e| e[0].ids.len() == 128), "texts shorter than 128 tokens");
             let labels: Vec<i64> = (0..n).map(|i| ds.labels[i % ds.len()] as i64).collect();
             let learner = TextLearner::new(&m, 2, &enc, &labels, Unfreeze::All, precision).unwrap();
             let cfg = FinetuneConfig { lr: 5e-5, weight_decay: 0.01, stage_lr_decay: 1.0, ..Default::default() };

@@ -195,7 +195,7 @@ fn request(data: &Path, out: &Path, cache: &Path) -> headstart::text::TextTrainR
         columns: headstart::text::data::Columns { text: "review".into(), label: "sentiment".into(), pair: None },
         lossy: false,
         model: fixture("bert_tiny").display().to_string(),
-        model_options: TextModelOptions { max_length: None, pooling: Some(Pooling::Mean) },
+        model_options: TextModelOptions { pooling: Some(Pooling::Mean), ..Default::default() },
         out: out.to_path_buf(),
         cache: Some(cache.to_path_buf()),
         eval_batch_size: 8,

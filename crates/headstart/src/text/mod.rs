@@ -2,6 +2,7 @@
 //! Face model directory (or the hub cache), labelled text, and either a head on cached sentence
 //! embeddings (feature extraction) or fine-tuning through the shared learner.
 
+pub mod chunks;
 pub mod data;
 pub mod tokenizer;
 
@@ -24,6 +25,7 @@ use crate::run::{epoch_line, final_scores, fit_head, head_phase_config, ranked, 
 use crate::train::finetune::{first_trainable, latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
 use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::weights::{LoadReport, Weights};
+use chunks::{ChunkBatch, ChunkPooling, LongText};
 use data::{Columns, TextDataset};
 use tokenizer::{Encoded, TextTokenizer};
 
@@ -80,6 +82,8 @@ pub struct TextModel {
     pub dir: PathBuf,
     pub weights_sha256: String,
     pub report: LoadReport,
+    /// How texts longer than the window are read.
+    pub long_text: LongText,
 }
 
 /// How to set up a text model beyond its own files.
@@ -90,6 +94,15 @@ pub struct TextModelOptions {
     pub max_length: Option<usize>,
     /// Pooling; default: the sentence-transformers config, else CLS (GPT-2: last token).
     pub pooling: Option<Pooling>,
+    /// Texts longer than the window; default: chunks for feature extraction, truncation for
+    /// fine-tuning ([`LongText::default_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_text: Option<LongText>,
+    /// Fine-tuning: at most this many chunks (windows) in one forward pass; a batch holding
+    /// more runs in parts, gradients accumulated. Default: the batch size, at least
+    /// `max_chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_batch: Option<usize>,
 }
 
 impl TextModel {
@@ -111,7 +124,10 @@ impl TextModel {
         report.require_exact()?;
         let tokenizer = TextTokenizer::load(dir, cfg.family, max_length, cfg.pad_token_id)?;
         let pooling = opts.pooling.or(st.pooling).unwrap_or(cfg.default_pooling());
-        Ok(TextModel { weights_sha256: weights.sha256()?, encoder, tokenizer, pooling, normalize: st.normalize && opts.pooling.is_none(), dir: dir.to_path_buf(), report })
+        let long_text = opts.long_text.unwrap_or_default();
+        long_text.validate(tokenizer.window())?;
+        let normalize = st.normalize && opts.pooling.is_none();
+        Ok(TextModel { weights_sha256: weights.sha256()?, encoder, tokenizer, pooling, normalize, dir: dir.to_path_buf(), report, long_text })
     }
 
     pub fn dim(&self) -> i64 {
@@ -123,22 +139,33 @@ impl TextModel {
         tch::no_grad(|| autocast_cpu(precision, || pool(&self.encoder.forward(b, Mode::Eval), &b.mask, self.pooling, self.normalize)).to_kind(Kind::Float))
     }
 
-    /// Key of the feature cache: everything the embeddings depend on.
-    fn cache_key(&self, precision: Precision) -> serde_json::Value {
-        serde_json::json!({
+    /// Key of the feature cache: everything the embeddings depend on (the long-text policy
+    /// `lt` as applied).
+    fn cache_key(&self, lt: &LongText, precision: Precision) -> serde_json::Value {
+        let mut key = serde_json::json!({
             "text_encoder": self.weights_sha256, "tokenizer": self.tokenizer.sha256, "max_length": self.tokenizer.max_length,
             "pooling": self.pooling, "normalize": self.normalize, "precision": precision, "dim": self.dim(),
-        })
+        });
+        if let Some(c) = lt.cache_fields() {
+            key["chunks"] = c;
+        }
+        key
     }
 }
 
-/// Embeddings of every example in order, from the cache where possible. Examples run through
-/// the encoder in length order so batches carry little padding.
+/// Embeddings of every example in order, from the cache where possible. Long texts are read
+/// as the model's [`LongText`] policy says; the chunks of many texts run through the encoder
+/// together in length order, so batches carry little padding.
 pub struct Embedded {
     pub features: Tensor,
     pub computed: usize,
     pub reused: usize,
+    /// Windows run through the encoder (one per computed text when nothing is chunked).
+    pub chunks: usize,
 }
+
+/// Texts tokenised and embedded at a time (bounds the memory of their chunks).
+const EMBED_GROUP: usize = 2048;
 
 fn example_key(text: &str, pair: Option<&str>) -> String {
     let mut h = text.as_bytes().to_vec();
@@ -159,7 +186,8 @@ pub fn embed(
     progress: &dyn Progress,
 ) -> Result<Embedded> {
     let dim = model.dim() as usize;
-    let cache = cache_root.map(|r| FeatureCache::keyed(r, &model.cache_key(precision), dim)).transpose()?;
+    let lt = model.long_text.for_inputs(pairs.is_some());
+    let cache = cache_root.map(|r| FeatureCache::keyed(r, &model.cache_key(&lt, precision), dim)).transpose()?;
     let keys: Vec<String> = (0..texts.len()).map(|i| example_key(&texts[i], pairs.map(|p| p[i].as_str()))).collect();
     let mut out = vec![0f32; texts.len() * dim];
     let mut todo = vec![];
@@ -170,28 +198,23 @@ pub fn embed(
         }
     }
     let reused = texts.len() - todo.len();
+    let mut chunks = 0;
     progress.start("embed", todo.len() as u64);
-    let todo_texts: Vec<String> = todo.iter().map(|&i| texts[i].clone()).collect();
-    let todo_pairs: Option<Vec<String>> = pairs.map(|p| todo.iter().map(|&i| p[i].clone()).collect());
-    let enc = model.tokenizer.encode_all(&todo_texts, todo_pairs.as_deref())?;
-    let mut order: Vec<usize> = (0..enc.len()).collect();
-    order.sort_by_key(|&j| std::cmp::Reverse(enc[j].ids.len()));
-    for chunk in order.chunks(batch_size.max(1)) {
-        let b = model.tokenizer.pad(&chunk.iter().map(|&j| &enc[j]).collect::<Vec<_>>());
-        let e = model.embed_batch(&b, precision);
-        let flat: Vec<f32> = Vec::try_from(e.flatten(0, -1))?;
-        for (r, &j) in chunk.iter().enumerate() {
-            let i = todo[j];
-            let v = &flat[r * dim..(r + 1) * dim];
+    for group in todo.chunks(EMBED_GROUP) {
+        let group_texts: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
+        let group_pairs: Option<Vec<String>> = pairs.map(|p| group.iter().map(|&i| p[i].clone()).collect());
+        let docs = chunks::encode_docs(&model.tokenizer, &group_texts, group_pairs.as_deref(), &lt)?;
+        chunks += docs.iter().map(Vec::len).sum::<usize>();
+        let embed_batch = |rows: &[&Encoded]| -> Result<Vec<f32>> { Ok(Vec::try_from(model.embed_batch(&model.tokenizer.pad(rows), precision).flatten(0, -1))?) };
+        chunks::embed_docs(&docs, dim, batch_size, lt.pooling, embed_batch, |j, v| {
+            let i = group[j];
             out[i * dim..(i + 1) * dim].copy_from_slice(v);
-            if let Some(c) = &cache {
-                c.put(&keys[i], v)?;
-            }
-        }
-        progress.inc(chunk.len() as u64);
+            progress.inc(1);
+            cache.as_ref().map_or(Ok(()), |c| c.put(&keys[i], v))
+        })?;
     }
     progress.finish();
-    Ok(Embedded { features: Tensor::from_slice(&out).view([texts.len() as i64, dim as i64]), computed: todo.len(), reused })
+    Ok(Embedded { features: Tensor::from_slice(&out).view([texts.len() as i64, dim as i64]), computed: todo.len(), reused, chunks })
 }
 
 /// Everything a text `train` needs; saved as the run's resolved config.
@@ -244,6 +267,9 @@ pub struct EncoderRef {
     pub max_length: usize,
     pub pooling: Pooling,
     pub normalize: bool,
+    /// How long texts are read; bundles made before chunks existed truncated.
+    #[serde(default)]
+    pub long_text: LongText,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,35 +288,47 @@ pub struct TextBundleMeta {
 /// Fine-tuning text through the shared learner: the encoder and a new linear head in one
 /// variable store; inputs are tokenised once, batches padded per batch. It pools as the model
 /// does but never normalises: unit-length embeddings suit similarity search, not a fresh
-/// classifier trained at fine-tuning rates.
+/// classifier trained at fine-tuning rates. A document read as several chunks goes into the
+/// head as the mean (or max) of its chunks' pooled representations, with gradients through
+/// every chunk; a training batch runs in parts of at most `chunk_budget` chunks.
 pub struct TextLearner<'a> {
     model: &'a TextModel,
     head: nn::Linear,
     dropout: f64,
-    enc: &'a [Encoded],
+    docs: &'a [Vec<Encoded>],
     labels: Tensor,
     first: usize,
     precision: Precision,
     num_classes: i64,
+    chunk_pooling: ChunkPooling,
+    chunk_budget: usize,
 }
 
 impl<'a> TextLearner<'a> {
-    /// A learner over tokenised examples `enc` with `labels`, a fresh `num_classes`-way head,
-    /// and the stages `unfreeze` names trainable.
-    pub fn new(model: &'a TextModel, num_classes: i64, enc: &'a [Encoded], labels: &[i64], unfreeze: crate::train::finetune::Unfreeze, precision: Precision) -> Result<TextLearner<'a>> {
-        if enc.len() != labels.len() {
-            return Err(Error::Model(format!("{} examples but {} labels", enc.len(), labels.len())));
+    /// A learner over tokenised documents `docs` (the windows of each, from
+    /// [`chunks::encode_docs`]) with `labels`, a fresh `num_classes`-way head, and the stages
+    /// `unfreeze` names trainable. No chunk budget until [`with_chunk_budget`](Self::with_chunk_budget).
+    pub fn new(model: &'a TextModel, num_classes: i64, docs: &'a [Vec<Encoded>], labels: &[i64], unfreeze: crate::train::finetune::Unfreeze, precision: Precision) -> Result<TextLearner<'a>> {
+        if docs.len() != labels.len() {
+            return Err(Error::Model(format!("{} examples but {} labels", docs.len(), labels.len())));
         }
         Ok(TextLearner {
             model,
             dropout: model.encoder.cfg.hidden_dropout,
             head: new_head(model, num_classes),
-            enc,
+            docs,
             labels: Tensor::from_slice(labels),
             first: first_trainable(unfreeze, model.encoder.stages().len())?,
             precision,
             num_classes,
+            chunk_pooling: model.long_text.pooling,
+            chunk_budget: usize::MAX,
         })
+    }
+
+    /// At most `n` chunks in one forward pass of training (a document's chunks stay together).
+    pub fn with_chunk_budget(self, n: usize) -> TextLearner<'a> {
+        TextLearner { chunk_budget: n.max(1), ..self }
     }
 
     /// The classifier head.
@@ -300,7 +338,7 @@ impl<'a> TextLearner<'a> {
 }
 
 impl Learner for TextLearner<'_> {
-    type Batch = TextBatch;
+    type Batch = ChunkBatch;
     fn vs(&self) -> &nn::VarStore {
         &self.model.encoder.vs
     }
@@ -316,16 +354,25 @@ impl Learner for TextLearner<'_> {
     fn num_classes(&self) -> i64 {
         self.num_classes
     }
-    fn batch(&self, rows: &[usize], _epoch: Option<usize>) -> Result<TextBatch> {
-        Ok(self.model.tokenizer.pad(&rows.iter().map(|&i| &self.enc[i]).collect::<Vec<_>>()))
+    fn batch(&self, rows: &[usize], _epoch: Option<usize>) -> Result<ChunkBatch> {
+        Ok(ChunkBatch::new(&self.model.tokenizer, &rows.iter().map(|&i| &self.docs[i]).collect::<Vec<_>>()))
     }
-    /// Evaluation in length order (little padding), results put back in row order.
+    fn parts(&self, rows: &[usize]) -> Vec<std::ops::Range<usize>> {
+        chunks::split_by_budget(&rows.iter().map(|&i| self.docs[i].len()).collect::<Vec<_>>(), self.chunk_budget)
+    }
+    /// Evaluation in length order (little padding), at most `batch_size` (≥ 32) chunks a pass
+    /// unless one document has more; results put back in row order.
     fn eval_logits(&self, rows: &[usize], batch_size: usize) -> Result<Tensor> {
+        let key = |i: usize| {
+            let d = &self.docs[rows[i]];
+            std::cmp::Reverse((d.len(), d.iter().map(|e| e.ids.len()).max().unwrap_or(0)))
+        };
         let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(self.enc[rows[i]].ids.len()));
+        order.sort_by_key(|&i| key(i));
+        let sizes: Vec<usize> = order.iter().map(|&i| self.docs[rows[i]].len()).collect();
         let mut out = vec![];
-        for chunk in order.chunks(batch_size.max(32)) {
-            let b = self.batch(&chunk.iter().map(|&i| rows[i]).collect::<Vec<_>>(), None)?;
+        for part in chunks::split_by_budget(&sizes, batch_size.max(32)) {
+            let b = self.batch(&order[part].iter().map(|&i| rows[i]).collect::<Vec<_>>(), None)?;
             out.push(tch::no_grad(|| self.logits(&b, false)));
         }
         if out.is_empty() {
@@ -339,11 +386,12 @@ impl Learner for TextLearner<'_> {
         Ok(sorted.index_select(0, &Tensor::from_slice(&inverse)))
     }
 
-    fn logits(&self, b: &TextBatch, train: bool) -> Tensor {
+    fn logits(&self, b: &ChunkBatch, train: bool) -> Tensor {
         let mode = if train { Mode::Train } else { Mode::Eval };
         autocast_cpu(self.precision, || {
-            let h = self.model.encoder.forward_from(b, self.first, mode);
-            pool(&h, &b.mask, self.model.pooling, false).dropout(self.dropout, train).apply(&self.head)
+            let h = self.model.encoder.forward_from(&b.tokens, self.first, mode);
+            let reps = pool(&h, &b.tokens.mask, self.model.pooling, false);
+            chunks::combine(&reps, &b.counts, self.chunk_pooling).dropout(self.dropout, train).apply(&self.head)
         })
         .to_kind(Kind::Float)
     }
@@ -416,9 +464,10 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
     if let Some(ft) = &req.finetune {
         ft.validate()?;
     }
-    let p = prepare(req)?;
+    let mut p = prepare(req)?;
     let dir = resolve_model_dir(&req.model)?;
     let mut model = TextModel::load(&dir, &req.model_options)?;
+    model.long_text = chunks::resolve(req.model_options.long_text, req.finetune.is_some(), p.pairs.is_some(), model.tokenizer.window(), &mut p.warnings)?;
     if req.finetune.is_some() {
         // The head phase's embeddings and the bundle pool as the learner does.
         model.normalize = false;
@@ -465,10 +514,11 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
                 fitted.head.copy_into(&lin)?;
             }
             progress.message("tokenising");
-            let enc = model.tokenizer.encode_all(&p.texts, p.pairs.as_deref())?;
+            let docs = chunks::encode_docs(&model.tokenizer, &p.texts, p.pairs.as_deref(), &model.long_text)?;
+            let budget = chunks::chunk_budget(req.model_options.chunk_batch, ft.batch_size, &model.long_text)?;
             let first = first_trainable(ft.unfreeze, model.encoder.stages().len())?;
             let labels: Vec<i64> = p.labels.iter().map(|&l| l as i64).collect();
-            let learner = TextLearner { head: lin, ..TextLearner::new(&model, k, &enc, &labels, ft.unfreeze, ft.precision)? };
+            let learner = TextLearner { head: lin, ..TextLearner::new(&model, k, &docs, &labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget) };
             let o = train_learner(&learner, &p.tr, &p.va, ft, &req.out, resume, progress, &mut on_epoch)?;
             skipped_steps = o.skipped_steps;
             resumed_from = o.resumed_from;
@@ -492,6 +542,7 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
             max_length: model.tokenizer.max_length,
             pooling: model.pooling,
             normalize: model.normalize,
+            long_text: model.long_text,
         },
         columns: req.columns.clone(),
         labels: classes.clone(),
@@ -532,12 +583,14 @@ pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress)
 pub fn lr_find_text(req: &TextTrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     let ft = req.finetune.clone().unwrap_or_else(text_finetune_defaults);
     let ds = TextDataset::open(&req.data, &req.columns, None, req.lossy)?;
-    let model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
+    let mut model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
+    model.long_text = chunks::resolve(req.model_options.long_text, true, ds.pairs.is_some(), model.tokenizer.window(), &mut vec![])?;
     let k = ds.classes.len() as i64;
-    let enc = model.tokenizer.encode_all(&ds.texts, ds.pairs.as_deref())?;
+    let docs = chunks::encode_docs(&model.tokenizer, &ds.texts, ds.pairs.as_deref(), &model.long_text)?;
     let labels: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();
     tch::manual_seed(ft.seed as i64);
-    let learner = TextLearner::new(&model, k, &enc, &labels, ft.unfreeze, ft.precision)?;
+    let budget = chunks::chunk_budget(req.model_options.chunk_batch, ft.batch_size, &model.long_text)?;
+    let learner = TextLearner::new(&model, k, &docs, &labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget);
     lr_find_learner(&learner, &(0..ds.len()).collect::<Vec<_>>(), &ft, min_lr, max_lr, steps, progress)
 }
 
@@ -561,7 +614,7 @@ impl TextPredictor {
         let head = bundle::read_head(dir, &meta.head)?;
         let spec = model.unwrap_or(&meta.encoder.model);
         let mdir = resolve_model_dir(spec).map_err(|e| Error::Model(format!("{e} (needed by the bundle {})", dir.display())))?;
-        let opts = TextModelOptions { max_length: Some(meta.encoder.max_length), pooling: Some(meta.encoder.pooling) };
+        let opts = TextModelOptions { max_length: Some(meta.encoder.max_length), pooling: Some(meta.encoder.pooling), long_text: Some(meta.encoder.long_text), chunk_batch: None };
         let mut m = TextModel::load(&mdir, &opts)?;
         m.normalize = meta.encoder.normalize;
         if m.weights_sha256 != meta.encoder.weights_sha256 {

@@ -13,7 +13,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{EncodeInput, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{EncodeInput, PostProcessor, Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
 use crate::models::text::{Family, TextBatch};
@@ -120,6 +120,43 @@ impl TextTokenizer {
             };
             for e in self.tk.encode_batch(inputs, true).map_err(|e| tk_err(&self.source, e))? {
                 out.push(Encoded { ids: e.get_ids().to_vec(), types: e.get_type_ids().to_vec() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Special tokens the tokenizer wraps one text in (`[CLS]`/`[SEP]`: 2, `<s>`/`</s>`: 2,
+    /// GPT-2: 0).
+    pub fn special_tokens(&self) -> usize {
+        self.tk.get_post_processor().map_or(0, |p| p.added_tokens(false))
+    }
+
+    /// Text tokens one window holds: the maximum length less the special tokens.
+    pub fn window(&self) -> usize {
+        self.max_length.saturating_sub(self.special_tokens())
+    }
+
+    /// Every text cut into consecutive windows of [`window`](Self::window) tokens, each window
+    /// starting `overlap` tokens before the previous one ended and wrapped in the special tokens
+    /// (Hugging Face's `return_overflowing_tokens` with `stride = overlap`); at most
+    /// `max_chunks` windows per text, the first ones. A text that fits is one window, the same
+    /// ids as [`encode_all`](Self::encode_all).
+    pub fn encode_windows(&self, texts: &[String], overlap: usize, max_chunks: usize) -> Result<Vec<Vec<Encoded>>> {
+        let window = self.window();
+        if overlap >= window || max_chunks == 0 {
+            return Err(Error::Model(format!("chunks of {window} tokens (max length {} less {} special tokens) need an overlap below {window} (got {overlap}) and at least one chunk (got {max_chunks})", self.max_length, self.special_tokens())));
+        }
+        let mut tk = self.tk.clone();
+        tk.with_truncation(Some(TruncationParams { max_length: self.max_length, strategy: TruncationStrategy::LongestFirst, stride: overlap, ..Default::default() }))
+            .map_err(|e| tk_err(&self.source, e))?;
+        let mut out = Vec::with_capacity(texts.len());
+        for start in (0..texts.len()).step_by(256) {
+            let end = (start + 256).min(texts.len());
+            let inputs: Vec<EncodeInput> = (start..end).map(|i| texts[i].as_str().into()).collect();
+            for mut e in tk.encode_batch(inputs, true).map_err(|e| tk_err(&self.source, e))? {
+                let rest = e.take_overflowing();
+                let chunks = std::iter::once(e).chain(rest).take(max_chunks);
+                out.push(chunks.map(|c| Encoded { ids: c.get_ids().to_vec(), types: c.get_type_ids().to_vec() }).collect());
             }
         }
         Ok(out)

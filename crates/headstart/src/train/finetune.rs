@@ -235,6 +235,11 @@ pub trait Learner {
     fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<Self::Batch>;
     /// Logits `[B, classes]` (fp32); frozen stages run without autograd.
     fn logits(&self, b: &Self::Batch, train: bool) -> Tensor;
+    /// Consecutive parts of a training batch that run forward and backward one after another,
+    /// to bound memory; their gradients add up to the whole batch's. Default: one part.
+    fn parts(&self, rows: &[usize]) -> Vec<std::ops::Range<usize>> {
+        vec![0..rows.len()]
+    }
 
     /// Eval-mode logits for `rows` (no augmentation, no autograd), in row order.
     fn eval_logits(&self, rows: &[usize], batch_size: usize) -> Result<Tensor> {
@@ -504,6 +509,32 @@ pub fn finetune(
     train_learner(&learner, &ex.train, &ex.val, cfg, run, resume, progress, on_epoch)
 }
 
+/// Forward and backward over the training rows `rows`, part by part as the learner splits
+/// them: each part's mean loss weighted by its share of the rows (times `scale`), so the
+/// gradients held add up to the whole batch's. Returns the batch's mean loss (non-finite as
+/// soon as one part's is, and then the rest is skipped) and how many rows were right.
+fn forward_backward<L: Learner>(sess: &L, rows: &[usize], epoch: Option<usize>, label_smoothing: f64, scale: f64, opt: &mut Optimizer) -> Result<(f64, i64)> {
+    let (mut loss_sum, mut correct) = (0.0, 0);
+    let parts = sess.parts(rows);
+    let whole = parts.len() == 1;
+    for part in parts {
+        let r = &rows[part];
+        let h = sess.batch(r, epoch)?;
+        let y = sess.labels().index_select(0, &rows_tensor(r));
+        let logits = sess.logits(&h, true);
+        let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, label_smoothing);
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            return Ok((lv, correct));
+        }
+        let share = r.len() as f64 / rows.len() as f64;
+        opt.backward(&(loss * share * scale))?;
+        loss_sum += if whole { lv } else { lv * r.len() as f64 / rows.len() as f64 };
+        correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+    }
+    Ok((loss_sum, correct))
+}
+
 /// The fine-tuning loop for any [`Learner`]: trains on rows `train`, measures on rows `val`
 /// after every epoch, checkpoints into `run`, and ends with the best epoch's weights.
 #[allow(clippy::too_many_arguments)]
@@ -585,19 +616,14 @@ pub fn train_learner<L: Learner>(
         progress.inc(state.batch as u64);
         while state.batch < batches.len() {
             let b = batches[state.batch];
-            let h = sess.batch(b, Some(epoch))?;
-            let y = sess.labels().index_select(0, &rows_tensor(b));
             set_dropout_seed(cfg.seed, state.global_step * cfg.accumulate + state.micro);
             if state.micro == 0 {
                 saved_buffers = buffers.iter().map(|b| b.copy()).collect();
             }
-            let logits = sess.logits(&h, true);
-            let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
-            let lv = loss.double_value(&[]);
+            let (lv, correct) = forward_backward(sess, b, Some(epoch), cfg.label_smoothing, 1.0 / cfg.accumulate as f64, &mut opt)?;
             if lv.is_finite() {
-                opt.backward(&(loss / cfg.accumulate as f64))?;
                 state.epoch_sums.0 += lv * b.len() as f64;
-                state.epoch_sums.1 += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                state.epoch_sums.1 += correct;
                 state.epoch_sums.2 += b.len();
             }
             state.micro += 1;
@@ -743,16 +769,12 @@ pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConf
     for i in 0..steps {
         let lr = min_lr * (max_lr / min_lr).powf(i as f64 / (steps - 1) as f64);
         let rows = batches[i % batches.len()];
-        let h = sess.batch(rows, Some(i / batches.len()))?;
-        let y = sess.labels().index_select(0, &rows_tensor(rows));
         set_dropout_seed(cfg.seed, i);
-        let loss = sess.logits(&h, true).cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
-        let lv = loss.double_value(&[]);
+        opt.zero_grad();
+        let (lv, _) = forward_backward(sess, rows, Some(i / batches.len()), cfg.label_smoothing, 1.0, &mut opt)?;
         if !lv.is_finite() {
             break;
         }
-        opt.zero_grad();
-        opt.backward(&loss)?;
         opt.step(lr)?;
         avg = 0.98 * avg + 0.02 * lv;
         let smooth = avg / (1.0 - 0.98f64.powi(i as i32 + 1));
