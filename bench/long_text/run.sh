@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Long-text benchmark, headstart vs sentence-transformers + scikit-learn, side by side in one
+# run: Reuters-21578 articles longer than all-MiniLM-L6-v2's 256-token window (prepare.py),
+# classified by topic from frozen sentence embeddings.
+#   - headstart: `train` (feature extraction, logistic head) on train.csv, then `eval` of the
+#     bundle on test.csv; --long-text chunks (the default) and --long-text truncate; cold cache.
+#     The timed run fits the same logistic regression as the reference (all training texts,
+#     standardised features, L2 1/(C·n) with scikit-learn's C = 1: --val-split 0 --l2); then
+#     headstart's default head (L2 chosen on a 20% validation split) runs on the cached
+#     embeddings, for its accuracy.
+#   - reference.py: sentence-transformers embeds the same chunks (the model's own tokenizer with
+#     return_overflowing_tokens) or the truncated texts (`encode`), then StandardScaler +
+#     LogisticRegression.
+# Each configuration runs ROUNDS times (default 2), the tools alternating; wall and CPU time of
+# every process are recorded (/usr/bin/time), the summary takes each one's fastest round.
+# Needs: scripts/setup, scripts/setup --reference, scripts/fetch-assets all_minilm_l6_v2 reuters21578.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=$here/out
+threads=${THREADS:-2}
+rounds=${ROUNDS:-2}
+assets=${HEADSTART_ASSETS:-$root/.cache/assets}
+mkdir -p "$out"
+cd "$root"
+export OMP_NUM_THREADS=$threads
+model=$assets/all-minilm-l6-v2
+data=$out/data
+py=$root/.venv-ref/bin/python
+"$py" "$here/prepare.py" "$assets/reuters21578" "$model/tokenizer.json" "$data" | tee "$out/prepare.json"
+cargo build -q --release -p headstart-cli
+hs=$root/target/release/headstart
+timed() { local name=$1; shift; /usr/bin/time -f "%e %U %S %M" -o "$out/$name.time" "$@" > "$out/$name.json"; }
+rm -rf "$out"/*.time "$out"/hs_*.json "$out"/pt_*.json "$out"/run-*
+n_train=$(($(wc -l < "$data/train.csv") - 1))
+l2=$(python3 -c "print(1 / $n_train)")
+for r in $(seq 1 "$rounds"); do
+  for policy in chunks truncate; do
+    rm -rf "$out/cache"
+    timed "hs_${policy}_train_$r" "$hs" train --data "$data/train.csv" --model "$model" --long-text "$policy" \
+      --val-split 0 --l2 "$l2" --out "$out/run-$policy-$r" --cache-dir "$out/cache" --progress none --json
+    timed "hs_${policy}_eval_$r" "$hs" eval "$out/run-$policy-$r/bundle" --data "$data/test.csv" --cache-dir "$out/cache" --progress none --json
+    timed "pt_${policy}_$r" "$py" "$here/reference.py" "$policy" "$model" "$data/train.csv" "$data/test.csv"
+    # headstart's default head, on the cached embeddings.
+    timed "hsdef_${policy}_train_$r" "$hs" train --data "$data/train.csv" --model "$model" --long-text "$policy" \
+      --out "$out/run-default-$policy-$r" --cache-dir "$out/cache" --progress none --json
+    timed "hsdef_${policy}_eval_$r" "$hs" eval "$out/run-default-$policy-$r/bundle" --data "$data/test.csv" --cache-dir "$out/cache" --progress none --json
+  done
+done
+python3 "$here/summary.py" "$out" | tee "$out/summary.json"

@@ -1,0 +1,44 @@
+"""Reads bench/long_text/out and prints the side-by-side figures as JSON: per tool and policy,
+test accuracy and the fastest round's wall and CPU seconds (headstart: train + eval, cold
+cache, the reference's logistic regression), and headstart's default head on the cached
+embeddings."""
+import glob, json, re, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+
+
+def times(name):
+    wall, user, sys_, rss = open(out / f"{name}.time").read().split()[-4:]
+    return float(wall), float(user) + float(sys_), int(rss)
+
+
+rounds = sorted({int(m.group(1)) for f in glob.glob(str(out / "pt_*_*.time")) if (m := re.search(r"_(\d+)\.time$", f))})
+rows = []
+for policy in ["chunks", "truncate"]:
+    hs, pt = [], []
+    for r in rounds:
+        tw, tc, trss = times(f"hs_{policy}_train_{r}")
+        ew, ec, erss = times(f"hs_{policy}_eval_{r}")
+        acc = json.loads((out / f"hs_{policy}_eval_{r}.json").read_text())["accuracy"]
+        train = json.loads((out / f"hs_{policy}_train_{r}.json").read_text())
+        hs.append({"wall_s": tw + ew, "cpu_s": tc + ec, "peak_rss_mib": max(trss, erss) // 1024, "test_accuracy": acc,
+                   "l2": train["l2"], "embedded": train["backbone_computed"]})
+        pw, pc, prss = times(f"pt_{policy}_{r}")
+        ref = json.loads((out / f"pt_{policy}_{r}.json").read_text().strip().splitlines()[-1])
+        pt.append({"wall_s": pw, "cpu_s": pc, "peak_rss_mib": prss // 1024, "test_accuracy": ref["test_accuracy"],
+                   "encode_s": ref["encode_seconds"], "chunks": ref["chunks"]})
+    default = []
+    for r in rounds:
+        tw, tc, _ = times(f"hsdef_{policy}_train_{r}")
+        ew, ec, _ = times(f"hsdef_{policy}_eval_{r}")
+        train = json.loads((out / f"hsdef_{policy}_train_{r}.json").read_text())
+        acc = json.loads((out / f"hsdef_{policy}_eval_{r}.json").read_text())["accuracy"]
+        default.append({"wall_s_cached": tw + ew, "test_accuracy": acc, "l2": train["l2"], "val_accuracy": train["val"]["accuracy"]})
+    best = lambda xs: min(xs, key=lambda x: x["wall_s"])
+    h, p = best(hs), best(pt)
+    rows.append({"policy": policy, "headstart": h, "reference": p, "headstart_default_head": default,
+                 "all_rounds": {"headstart": hs, "reference": pt},
+                 "accuracy_points": round(100 * (h["test_accuracy"] - p["test_accuracy"]), 2),
+                 "wall_ratio": round(h["wall_s"] / p["wall_s"], 3), "cpu_ratio": round(h["cpu_s"] / p["cpu_s"], 3)})
+print(json.dumps({"rounds": len(rounds), "results": rows}, indent=1))
