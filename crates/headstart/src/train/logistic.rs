@@ -9,7 +9,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::select::{stratified_folds, Method, Plan};
+use super::select::{stratified_folds, Plan};
 use super::{finite, lbfgs, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::error::Result;
 
@@ -281,11 +281,7 @@ pub(super) fn fit_logistic(cfg: &TrainConfig, train: Split, val: Split, k: i64, 
     let train_accuracy = super::accuracy(&head.forward(fit_x)?, fit_y);
     let counts = super::select::class_counts(&Vec::<i64>::try_from(fit_y)?, k as usize);
     let selection = super::Selection {
-        method: match plan {
-            Plan::None => Method::None,
-            Plan::Holdout => Method::Holdout,
-            Plan::Folds(_) => Method::CrossValidation,
-        },
+        method: plan.method(),
         folds: chosen.rec.folds,
         reason: String::new(),
         n_judged: judged.as_ref().map_or(0, |(l, _)| l.size()[0] as usize),

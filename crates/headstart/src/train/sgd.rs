@@ -6,7 +6,7 @@
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Kind, Reduction, Tensor};
 
-use super::select::{class_counts, stratified_folds, Method, Plan};
+use super::select::{class_counts, stratified_folds, Plan};
 use super::{accuracy, finite, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
 use crate::data::Rng;
 use crate::error::Result;
@@ -211,11 +211,7 @@ pub(super) fn fit_sgd(cfg: &TrainConfig, train: Split, val: Split, k: i64, plan:
     let train_accuracy = accuracy(&head.forward(fit_x)?, fit_y);
     let counts = class_counts(&Vec::<i64>::try_from(fit_y)?, k as usize);
     let selection = Selection {
-        method: match plan {
-            Plan::None => Method::None,
-            Plan::Holdout => Method::Holdout,
-            Plan::Folds(_) => Method::CrossValidation,
-        },
+        method: plan.method(),
         folds,
         reason: String::new(),
         n_judged: judged.as_ref().map_or(0, |(l, _)| l.size()[0] as usize),
