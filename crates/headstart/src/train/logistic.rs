@@ -171,7 +171,16 @@ fn candidates(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64
                 .enumerate()
                 .map(|(i, p)| {
                     let (val_loss, val_acc) = p.judged.as_ref().map(|l| loss_acc(l, val.y)).unzip();
-                    let rec = EpochRecord { epoch: i + 1, train_loss: p.train_loss, train_acc: p.train_acc, val_loss, val_acc, l2: Some(grid[i]), iterations: Some(p.iterations), ..Default::default() };
+                    let rec = EpochRecord {
+                        epoch: i + 1,
+                        train_loss: p.train_loss,
+                        train_acc: p.train_acc,
+                        val_loss,
+                        val_acc,
+                        l2: Some(grid[i]),
+                        iterations: Some(p.iterations),
+                        ..Default::default()
+                    };
                     Ok(Candidate { rec, judged: p.judged, solutions: vec![(p.w, p.b)] })
                 })
                 .collect();

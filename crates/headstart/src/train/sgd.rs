@@ -112,7 +112,14 @@ fn lanes(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64, pla
 
 /// Trains one epoch of every lane; the record pools their training and held-out figures, and
 /// the held-out logits come back in row order (validation rows, or every example).
-fn lockstep_epoch(cfg: &TrainConfig, lanes: &mut [Lane], all: &Split, val: &Split, epoch: usize, folds: Option<usize>) -> Result<(EpochRecord, Option<Tensor>)> {
+fn lockstep_epoch(
+    cfg: &TrainConfig,
+    lanes: &mut [Lane],
+    all: &Split,
+    val: &Split,
+    epoch: usize,
+    folds: Option<usize>,
+) -> Result<(EpochRecord, Option<Tensor>)> {
     let mut per_lane = vec![];
     for lane in lanes.iter_mut() {
         lane.net.epoch(cfg, &lane.x, &lane.y, epoch)?;
