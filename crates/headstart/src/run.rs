@@ -283,7 +283,7 @@ pub fn train_image_resumable(req: &TrainRequest, resume: bool, progress: &dyn Pr
             return Err(Error::input(&req.data, format!("class `{}` has no usable training images", classes[c])));
         }
     }
-    if va_rows.is_empty() {
+    if va_rows.is_empty() && !matches!(req.train.cv, Cv::Folds(_)) {
         warnings.push("no validation images: the head is chosen on training loss".into());
     }
     let take = |rows: &[usize]| -> (Tensor, Tensor) {

@@ -450,7 +450,7 @@ fn prepare(req: &TextTrainRequest) -> Result<Prepared> {
     if let Some(c) = present.iter().position(|&n| n == 0) {
         return Err(Error::input(&req.data, format!("class `{}` has no usable training examples", train_ds.classes[c])));
     }
-    if va.is_empty() {
+    if va.is_empty() && !matches!(req.train.cv, crate::train::Cv::Folds(_)) {
         warnings.push("no validation examples: the head is chosen on training loss".into());
     }
     write_config(&req.out, req)?;

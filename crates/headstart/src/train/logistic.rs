@@ -9,7 +9,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::select::{stratified_folds, Method, Plan};
+use super::select::{stratified_folds, Plan};
 use super::{finite, lbfgs, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Split, TrainConfig};
 use crate::error::Result;
 
@@ -171,7 +171,16 @@ fn candidates(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64
                 .enumerate()
                 .map(|(i, p)| {
                     let (val_loss, val_acc) = p.judged.as_ref().map(|l| loss_acc(l, val.y)).unzip();
-                    let rec = EpochRecord { epoch: i + 1, train_loss: p.train_loss, train_acc: p.train_acc, val_loss, val_acc, l2: Some(grid[i]), iterations: Some(p.iterations), ..Default::default() };
+                    let rec = EpochRecord {
+                        epoch: i + 1,
+                        train_loss: p.train_loss,
+                        train_acc: p.train_acc,
+                        val_loss,
+                        val_acc,
+                        l2: Some(grid[i]),
+                        iterations: Some(p.iterations),
+                        ..Default::default()
+                    };
                     Ok(Candidate { rec, judged: p.judged, solutions: vec![(p.w, p.b)] })
                 })
                 .collect();
@@ -281,11 +290,7 @@ pub(super) fn fit_logistic(cfg: &TrainConfig, train: Split, val: Split, k: i64, 
     let train_accuracy = super::accuracy(&head.forward(fit_x)?, fit_y);
     let counts = super::select::class_counts(&Vec::<i64>::try_from(fit_y)?, k as usize);
     let selection = super::Selection {
-        method: match plan {
-            Plan::None => Method::None,
-            Plan::Holdout => Method::Holdout,
-            Plan::Folds(_) => Method::CrossValidation,
-        },
+        method: plan.method(),
         folds: chosen.rec.folds,
         reason: String::new(),
         n_judged: judged.as_ref().map_or(0, |(l, _)| l.size()[0] as usize),

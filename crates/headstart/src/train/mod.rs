@@ -196,6 +196,7 @@ pub struct EpochRecord {
     pub val_acc: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
+    /// L-BFGS iterations (summed over the folds of a cross-validation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterations: Option<usize>,
     /// Cross-validation folds whose out-of-fold predictions give `val_loss` and `val_acc`

@@ -102,6 +102,16 @@ pub(crate) enum Plan {
     Folds(usize),
 }
 
+impl Plan {
+    pub(crate) fn method(self) -> Method {
+        match self {
+            Plan::None => Method::None,
+            Plan::Holdout => Method::Holdout,
+            Plan::Folds(_) => Method::CrossValidation,
+        }
+    }
+}
+
 /// Decides the selection from the setting, whether a refit follows, and the examples per class
 /// in the validation split and in all labelled data.
 pub(crate) fn plan(cv: Cv, refit: bool, val_counts: &[usize], all_counts: &[usize]) -> Result<(Plan, String)> {

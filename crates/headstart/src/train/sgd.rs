@@ -6,7 +6,7 @@
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Kind, Reduction, Tensor};
 
-use super::select::{class_counts, stratified_folds, Method, Plan};
+use super::select::{class_counts, stratified_folds, Plan};
 use super::{accuracy, finite, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
 use crate::data::Rng;
 use crate::error::Result;
@@ -112,7 +112,14 @@ fn lanes(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64, pla
 
 /// Trains one epoch of every lane; the record pools their training and held-out figures, and
 /// the held-out logits come back in row order (validation rows, or every example).
-fn lockstep_epoch(cfg: &TrainConfig, lanes: &mut [Lane], all: &Split, val: &Split, epoch: usize, folds: Option<usize>) -> Result<(EpochRecord, Option<Tensor>)> {
+fn lockstep_epoch(
+    cfg: &TrainConfig,
+    lanes: &mut [Lane],
+    all: &Split,
+    val: &Split,
+    epoch: usize,
+    folds: Option<usize>,
+) -> Result<(EpochRecord, Option<Tensor>)> {
     let mut per_lane = vec![];
     for lane in lanes.iter_mut() {
         lane.net.epoch(cfg, &lane.x, &lane.y, epoch)?;
@@ -211,11 +218,7 @@ pub(super) fn fit_sgd(cfg: &TrainConfig, train: Split, val: Split, k: i64, plan:
     let train_accuracy = accuracy(&head.forward(fit_x)?, fit_y);
     let counts = class_counts(&Vec::<i64>::try_from(fit_y)?, k as usize);
     let selection = Selection {
-        method: match plan {
-            Plan::None => Method::None,
-            Plan::Holdout => Method::Holdout,
-            Plan::Folds(_) => Method::CrossValidation,
-        },
+        method: plan.method(),
         folds,
         reason: String::new(),
         n_judged: judged.as_ref().map_or(0, |(l, _)| l.size()[0] as usize),
