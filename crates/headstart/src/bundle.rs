@@ -1,18 +1,28 @@
-//! The trained-model artifact: data only. `bundle.toml` (format version, backbone name and
-//! weight sha256, the full pretrained config with its preprocessing, label names, head spec)
-//! and `head.safetensors`. Written to a staging directory, synced, then renamed into place.
+//! The trained-model artifact: data only, one format for every modality. `bundle.toml`
+//! (format version, modality, label names, a tagged reference to the encoder with everything
+//! its inputs need: registry name, weight sha256 and preprocessing for images; model, weight
+//! and tokenizer sha256, pooling and long-text policy for text; the data columns for text;
+//! head spec; tuned stages) and `head.safetensors` (+ `backbone.safetensors`). Written to a
+//! staging directory, synced, then renamed into place.
+//!
+//! Format 1 (one layout per modality: `[backbone]` + `[pretrained_cfg]` for images, an
+//! untagged `[encoder]` for text) is still read.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::registry::{self, Entry, ImageInput};
+use crate::models::registry::{self, Entry, ImageInput, Modality};
+use crate::models::text::{Pooling, TextCfg};
 use crate::models::vision::Arch;
+use crate::text::chunks::LongText;
+use crate::text::data::Columns;
 use crate::train::{Head, HeadSpec};
 use crate::weights::{save_safetensors, Weights};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format written; [`read_bundle`] also reads format 1.
+pub const FORMAT_VERSION: u32 = 2;
 pub const META: &str = "bundle.toml";
 const HEAD: &str = "head.safetensors";
 
@@ -39,6 +49,58 @@ pub struct Tuned {
     pub sha256: String,
 }
 
+/// `bundle.toml`: every modality, one layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub format_version: u32,
+    pub modality: Modality,
+    pub created_by: String,
+    pub labels: Vec<String>,
+    pub encoder: EncoderRef,
+    /// Text: the columns the training data was read with (eval and predict default to them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Columns>,
+    pub head: HeadSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<Tuned>,
+}
+
+/// Which encoder a bundle runs on, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EncoderRef {
+    /// An image model of the registry, with its weights and preprocessing.
+    Vision(VisionRef),
+    /// A transformer text encoder (BERT family, GPT-2) from a model directory or the hub.
+    Text(TextEncoderRef),
+}
+
+/// An image backbone: registry name, weights, architecture and preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisionRef {
+    pub name: String,
+    pub weights_sha256: String,
+    pub weights_source: String,
+    pub pretrained_cfg: PretrainedCfg,
+}
+
+/// A text encoder and how its inputs are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextEncoderRef {
+    /// As given to `train` (directory, short name or hub id).
+    pub model: String,
+    pub weights_sha256: String,
+    pub tokenizer_sha256: String,
+    pub config: TextCfg,
+    pub max_length: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    /// How long texts are read; bundles made before chunks existed truncated.
+    #[serde(default)]
+    pub long_text: LongText,
+}
+
+/// An image bundle's metadata as image code reads it (and format 1 stored it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleMeta {
     pub format_version: u32,
@@ -49,6 +111,86 @@ pub struct BundleMeta {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+}
+
+/// A text bundle's metadata as text code reads it (and format 1 stored it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextBundleMeta {
+    pub format_version: u32,
+    pub modality: String,
+    pub created_by: String,
+    pub encoder: TextEncoderRef,
+    pub columns: Columns,
+    pub labels: Vec<String>,
+    pub head: HeadSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<Tuned>,
+}
+
+impl From<BundleMeta> for Bundle {
+    fn from(m: BundleMeta) -> Bundle {
+        let BackboneRef { name, weights_sha256, weights_source } = m.backbone;
+        Bundle {
+            format_version: FORMAT_VERSION,
+            modality: Modality::Image,
+            created_by: m.created_by,
+            labels: m.labels,
+            encoder: EncoderRef::Vision(VisionRef { name, weights_sha256, weights_source, pretrained_cfg: m.pretrained_cfg }),
+            columns: None,
+            head: m.head,
+            tuned: m.tuned,
+        }
+    }
+}
+
+impl From<TextBundleMeta> for Bundle {
+    fn from(m: TextBundleMeta) -> Bundle {
+        Bundle {
+            format_version: FORMAT_VERSION,
+            modality: Modality::Text,
+            created_by: m.created_by,
+            labels: m.labels,
+            encoder: EncoderRef::Text(m.encoder),
+            columns: Some(m.columns),
+            head: m.head,
+            tuned: m.tuned,
+        }
+    }
+}
+
+impl Bundle {
+    /// The image view; an error naming `dir` for a bundle of another modality.
+    pub fn image(&self, dir: &Path) -> Result<BundleMeta> {
+        match &self.encoder {
+            EncoderRef::Vision(v) => Ok(BundleMeta {
+                format_version: self.format_version,
+                created_by: self.created_by.clone(),
+                backbone: BackboneRef { name: v.name.clone(), weights_sha256: v.weights_sha256.clone(), weights_source: v.weights_source.clone() },
+                pretrained_cfg: v.pretrained_cfg.clone(),
+                labels: self.labels.clone(),
+                head: self.head.clone(),
+                tuned: self.tuned.clone(),
+            }),
+            _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not an image bundle", self.modality.name()) }),
+        }
+    }
+
+    /// The text view; an error naming `dir` for a bundle of another modality.
+    pub fn text(&self, dir: &Path) -> Result<TextBundleMeta> {
+        match &self.encoder {
+            EncoderRef::Text(e) => Ok(TextBundleMeta {
+                format_version: self.format_version,
+                modality: "text".into(),
+                created_by: self.created_by.clone(),
+                encoder: e.clone(),
+                columns: self.columns.clone().unwrap_or_default(),
+                labels: self.labels.clone(),
+                head: self.head.clone(),
+                tuned: self.tuned.clone(),
+            }),
+            _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not a text bundle", self.modality.name()) }),
+        }
+    }
 }
 
 pub const TUNED: &str = "backbone.safetensors";
@@ -183,12 +325,57 @@ fn fill(staging: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Opti
     Ok(())
 }
 
-/// `text` for a text bundle, `image` otherwise.
+/// The modality of the bundle in `dir` (`image`, `text`); format 1 image bundles carry none.
 pub fn modality(dir: &Path) -> Result<String> {
+    Ok(read_meta(dir)?.modality.name().to_string())
+}
+
+/// Reads `bundle.toml` in either format and checks it (labels against the head).
+pub fn read_meta(dir: &Path) -> Result<Bundle> {
     let mp = dir.join(META);
     let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-    let v: toml::Value = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
-    Ok(v.get("modality").and_then(|m| m.as_str()).unwrap_or("image").to_string())
+    let bad = |m: String| Error::Bundle { path: mp.clone(), message: m };
+    let v: toml::Value = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let meta: Bundle = match v.get("format_version").and_then(|f| f.as_integer()) {
+        Some(1) if v.get("modality").and_then(|m| m.as_str()) == Some("text") => toml::from_str::<TextBundleMeta>(&text).map_err(|e| bad(e.to_string()))?.into(),
+        Some(1) => toml::from_str::<BundleMeta>(&text).map_err(|e| bad(e.to_string()))?.into(),
+        Some(2) => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
+        Some(n) => return Err(bad(format!("bundle format {n} is not supported (this build reads 1 and {FORMAT_VERSION})"))),
+        None => return Err(bad("no format_version".into())),
+    };
+    let modality_of_encoder = match meta.encoder {
+        EncoderRef::Vision(_) => Modality::Image,
+        EncoderRef::Text(_) => Modality::Text,
+    };
+    if meta.modality != modality_of_encoder {
+        return Err(bad(format!("modality `{}` with a {} encoder", meta.modality.name(), modality_of_encoder.name())));
+    }
+    if meta.labels.len() as i64 != meta.head.num_classes {
+        return Err(bad(format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));
+    }
+    Ok(meta)
+}
+
+/// Reads and checks a bundle of any modality: metadata and head.
+pub fn read_bundle(dir: &Path) -> Result<(Bundle, Head)> {
+    let meta = read_meta(dir)?;
+    let head = read_head(dir, &meta.head)?;
+    Ok((meta, head))
+}
+
+/// Loads a bundle's retrained stages (`backbone.safetensors`, checked against its recorded
+/// sha256) into `vs`. Returns the cache key of the encoder's weights after them.
+pub fn load_tuned(dir: &Path, tuned: Option<&Tuned>, vs: &tch::nn::VarStore, weights_sha256: &str) -> Result<String> {
+    let Some(t) = tuned else { return Ok(weights_sha256.to_string()) };
+    let p = dir.join(TUNED);
+    let sha = crate::weights::file_sha256(&p)?;
+    if sha != t.sha256 {
+        return Err(Error::Bundle { path: p, message: "does not match the sha256 recorded in bundle.toml".into() });
+    }
+    let tw = Weights::open(&p)?;
+    let tensors: Vec<(String, tch::Tensor)> = tw.names().iter().map(|n| Ok((n.clone(), tw.tensor(n)?))).collect::<Result<_>>()?;
+    crate::models::assign(vs, &tensors).map_err(|e| Error::Bundle { path: p.clone(), message: e.to_string() })?;
+    Ok(crate::cache::sha256_hex(format!("{weights_sha256}+{sha}").as_bytes()))
 }
 
 /// The head tensors of a bundle, checked against `spec`.
@@ -204,22 +391,10 @@ pub fn read_head(dir: &Path, spec: &HeadSpec) -> Result<Head> {
     Ok(head)
 }
 
-/// Reads and checks a bundle (format version, head shapes).
+/// Reads and checks an image bundle (format 1 or 2, head shapes).
 pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
-    let mp = dir.join(META);
-    let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-    if modality(dir)? != "image" {
-        return Err(Error::input(&mp, "this is a text bundle"));
-    }
-    let meta: BundleMeta = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
-    if meta.format_version != FORMAT_VERSION {
-        return Err(Error::input(&mp, format!("bundle format {} is not supported (this build reads {FORMAT_VERSION})", meta.format_version)));
-    }
-    if meta.labels.len() as i64 != meta.head.num_classes {
-        return Err(Error::input(&mp, format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));
-    }
-    let head = read_head(dir, &meta.head)?;
-    Ok((meta, head))
+    let (meta, head) = read_bundle(dir)?;
+    Ok((meta.image(dir)?, head))
 }
 
 /// Checks that the backbone built for a bundle has the architecture it was trained with.

@@ -3,13 +3,16 @@
 //! The library does the work and prints nothing; the `headstart` binary is glue.
 
 pub mod assets;
+pub mod blocks;
 pub mod bundle;
+pub mod cache;
 pub mod data;
 pub mod engine;
 pub mod error;
 pub mod features;
 pub mod fetch;
 pub mod fsx;
+pub mod learn;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;

@@ -8,7 +8,8 @@ use headstart::models::vision::mobilenet::MobileNetV2Cfg;
 use headstart::models::vision::Arch;
 use headstart::models::Model;
 use headstart::progress::Silent;
-use headstart::train::finetune::{finetune, BnPolicy, Examples, FinetuneConfig, Unfreeze};
+use headstart::blocks::image::{finetune, Examples};
+use headstart::train::finetune::{BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::{Group, OptimKind, Optimizer};
 use headstart::train::schedule::Schedule;
 use headstart::weights::Weights;
@@ -156,7 +157,7 @@ fn lr_find_records_a_curve_and_restores_every_weight() {
     let m = tiny_model();
     let before = values(&m);
     let cfg = FinetuneConfig { unfreeze: Unfreeze::All, batch_size: 4, ..Default::default() };
-    let r = headstart::train::finetune::lr_find(&m, &tiny_input(), &examples(16, 3), &cfg, 1e-6, 1.0, 30, &Silent).unwrap();
+    let r = headstart::blocks::image::lr_find(&m, &tiny_input(), &examples(16, 3), &cfg, 1e-6, 1.0, 30, &Silent).unwrap();
     assert!(r.lrs.len() >= 10);
     assert!(r.lrs.windows(2).all(|w| w[1] > w[0]));
     assert!(r.losses.iter().all(|l| l.is_finite()));

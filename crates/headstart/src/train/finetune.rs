@@ -27,9 +27,8 @@ use super::schedule::{Schedule, Scheduler};
 use super::EpochRecord;
 use crate::data::Rng;
 use crate::error::{Error, Result};
-use crate::models::registry::ImageInput;
-use crate::models::{Mode, Model};
-use crate::preprocess::{augment, prepare, Augment};
+use crate::models::Model;
+use crate::preprocess::Augment;
 use crate::progress::Progress;
 use crate::weights::{save_safetensors, Weights};
 
@@ -231,6 +230,8 @@ pub trait Learner {
     /// Labels of every row.
     fn labels(&self) -> &Tensor;
     fn num_classes(&self) -> i64;
+    /// The classifier head (a head-only phase fills it before the loop).
+    fn head(&self) -> &tch::nn::Linear;
     /// Inputs for `rows`; `epoch` is given for training batches (augmentation, when on).
     fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<Self::Batch>;
     /// Logits `[B, classes]` (fp32); frozen stages run without autograd.
@@ -270,19 +271,6 @@ pub fn optimizer<L: Learner>(l: &L, cfg: &FinetuneConfig) -> (Optimizer, FreezeS
         }
     }
     (Optimizer::new(cfg.optim, groups), freeze)
-}
-
-fn to_float(u8_img: &Tensor) -> Tensor {
-    u8_img.to_kind(Kind::Float) / 255.0
-}
-
-/// The examples: decoded RGB images in memory (`u8`, `[3, H, W]`), labels, and the train /
-/// validation indices.
-pub struct Examples {
-    pub images: Vec<Tensor>,
-    pub labels: Vec<i64>,
-    pub train: Vec<usize>,
-    pub val: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -391,122 +379,6 @@ fn rows_tensor(rows: &[usize]) -> Tensor {
 
 fn set_dropout_seed(seed: u64, step: usize) {
     tch::manual_seed((seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64);
-}
-
-/// Images as a [`Learner`]: frozen stages, cached activations, augmentation.
-struct ImageLearner<'a> {
-    model: &'a Model,
-    input: &'a ImageInput,
-    ex: &'a Examples,
-    cfg: &'a FinetuneConfig,
-    head: &'a crate::models::Head,
-    first: usize,
-    n_stages: usize,
-    trainable_mode: Mode,
-    /// Activations entering the first trainable stage, when inputs do not change per epoch.
-    cached: Option<Vec<Tensor>>,
-    labels: Tensor,
-}
-
-impl<'a> ImageLearner<'a> {
-    fn new(model: &'a Model, input: &'a ImageInput, ex: &'a Examples, cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<ImageLearner<'a>> {
-        cfg.validate()?;
-        let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
-        let n_stages = model.backbone.stages().len();
-        let first = first_trainable(cfg.unfreeze, n_stages)?;
-        let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
-        let mut s = ImageLearner { model, input, ex, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(&ex.labels) };
-        // Worth it only when there are frozen stages to skip; unfreezing everything would just
-        // hold every preprocessed image in memory.
-        if cfg.augment.is_none() && first > 0 {
-            progress.start("prepare", ex.images.len() as u64);
-            let mut acts = Vec::with_capacity(ex.images.len());
-            for chunk in (0..ex.images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
-                let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&ex.images[i], input)).collect::<Result<_>>()?;
-                let a = s.prefix(&Tensor::stack(&xs, 0));
-                for k in 0..chunk.len() as i64 {
-                    acts.push(a.get(k));
-                }
-                progress.inc(chunk.len() as u64);
-            }
-            progress.finish();
-            s.cached = Some(acts);
-        }
-        Ok(s)
-    }
-
-    /// Frozen stages: eval mode, no autograd.
-    fn prefix(&self, x: &Tensor) -> Tensor {
-        crate::engine::autocast_cpu(self.cfg.precision, || tch::no_grad(|| self.model.backbone.forward_range(0..self.first, x, Mode::Eval)))
-    }
-}
-
-impl Learner for ImageLearner<'_> {
-    /// Inputs of the first trainable stage.
-    type Batch = Tensor;
-
-    fn vs(&self) -> &tch::nn::VarStore {
-        &self.model.vs
-    }
-    fn stages(&self) -> &[crate::models::Stage] {
-        self.model.backbone.stages()
-    }
-    fn first_trainable(&self) -> usize {
-        self.first
-    }
-    fn labels(&self) -> &Tensor {
-        &self.labels
-    }
-    fn num_classes(&self) -> i64 {
-        self.head.linear.ws.size()[0]
-    }
-
-    fn batch(&self, rows: &[usize], epoch: Option<usize>) -> Result<Tensor> {
-        if let Some(c) = &self.cached {
-            let xs: Vec<Tensor> = rows.iter().map(|&i| c[i].shallow_clone()).collect();
-            return Ok(Tensor::stack(&xs, 0));
-        }
-        let xs: Vec<Tensor> = rows
-            .iter()
-            .map(|&i| {
-                let img = to_float(&self.ex.images[i]);
-                match (&self.cfg.augment, epoch) {
-                    (Some(a), Some(e)) => {
-                        let mut rng = Rng(self.cfg.seed ^ ((e as u64) << 32) ^ (i as u64).wrapping_mul(0x9e37_79b9));
-                        augment(&img, self.input, a, &mut rng)
-                    }
-                    _ => prepare(&img, self.input),
-                }
-            })
-            .collect::<Result<_>>()?;
-        Ok(self.prefix(&Tensor::stack(&xs, 0)))
-    }
-
-    /// Trainable stages, pooling and head.
-    fn logits(&self, h: &Tensor, train: bool) -> Tensor {
-        let mode = if train { self.trainable_mode } else { Mode::Eval };
-        crate::engine::autocast_cpu(self.cfg.precision, || {
-            let f = self.model.backbone.pool(&self.model.backbone.forward_range(self.first..self.n_stages, h, mode));
-            f.dropout(self.head.dropout, mode.is_train()).apply(&self.head.linear)
-        })
-        .to_kind(Kind::Float)
-    }
-}
-
-/// Fine-tunes `model` (which has a head) on `ex`.
-#[allow(clippy::too_many_arguments)]
-pub fn finetune(
-    model: &Model,
-    input: &ImageInput,
-    ex: &Examples,
-    cfg: &FinetuneConfig,
-    run: &Path,
-    resume: bool,
-    progress: &dyn Progress,
-    on_epoch: &mut dyn FnMut(&EpochRecord),
-) -> Result<Outcome> {
-    let learner = ImageLearner::new(model, input, ex, cfg, progress)?;
-    train_learner(&learner, &ex.train, &ex.val, cfg, run, resume, progress, on_epoch)
 }
 
 /// Forward and backward over the training rows `rows`, part by part as the learner splits
@@ -733,24 +605,9 @@ pub struct LrFind {
     pub suggestion: f64,
 }
 
-/// Trains with the rate growing exponentially from `min_lr` to `max_lr` over `steps` steps
-/// (stopping early once the loss diverges), records the loss, then puts every weight back.
-#[allow(clippy::too_many_arguments)]
-pub fn lr_find(
-    model: &Model,
-    input: &ImageInput,
-    ex: &Examples,
-    cfg: &FinetuneConfig,
-    min_lr: f64,
-    max_lr: f64,
-    steps: usize,
-    progress: &dyn Progress,
-) -> Result<LrFind> {
-    let learner = ImageLearner::new(model, input, ex, cfg, progress)?;
-    lr_find_learner(&learner, &ex.train, cfg, min_lr, max_lr, steps, progress)
-}
-
-/// [`lr_find`] for any [`Learner`], over rows `train`.
+/// The learning-rate range test for any [`Learner`], over rows `train`: trains with the rate
+/// growing exponentially from `min_lr` to `max_lr` over `steps` steps (stopping early once the
+/// loss diverges), records the loss, then puts every weight back.
 pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConfig, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     if !(min_lr > 0.0 && max_lr > min_lr && steps >= 10) {
         return Err(Error::Model("lr-find needs 0 < min < max and at least 10 steps".into()));

@@ -1,0 +1,164 @@
+//! The text block: CSV, TSV or JSONL files (or class folders of `.txt` files) read by column,
+//! embedded by a transformer encoder through the feature cache, tokenised into windows for
+//! fine-tuning by [`TextLearner`].
+
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{Bundle, TextBundleMeta, TextEncoderRef};
+use crate::engine::Precision;
+use crate::error::Result;
+use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
+use crate::progress::Progress;
+use crate::text::chunks::{self, chunk_budget, encode_docs};
+use crate::text::data::{Columns, TextDataset};
+use crate::text::tokenizer::Encoded;
+use crate::text::{embed, resolve_model_dir, TextLearner, TextModel, TextTrainRequest};
+use crate::train::finetune::FinetuneConfig;
+use crate::train::HeadSpec;
+
+/// Texts of a data set in order, with their pair texts for sentence-pair data.
+#[derive(Debug, Clone, Default)]
+pub struct TextData {
+    pub texts: Vec<String>,
+    pub pairs: Option<Vec<String>>,
+}
+
+/// How text data is read and embedded; with a request, how a run trains.
+pub struct TextBlock<'a> {
+    pub req: Option<&'a TextTrainRequest>,
+    pub columns: Columns,
+    /// Replace invalid UTF-8 instead of failing.
+    pub lossy: bool,
+    pub cache: Option<PathBuf>,
+    /// Batch size for embedding.
+    pub batch_size: usize,
+    /// Precision of the frozen-encoder pass.
+    pub precision: Precision,
+    /// Fine-tuning: at most this many chunks in one forward pass.
+    pub chunk_batch: Option<usize>,
+}
+
+impl<'a> TextBlock<'a> {
+    /// The block of a training request.
+    pub fn for_request(req: &'a TextTrainRequest) -> TextBlock<'a> {
+        TextBlock {
+            req: Some(req),
+            columns: req.columns.clone(),
+            lossy: req.lossy,
+            cache: req.cache.clone(),
+            batch_size: req.eval_batch_size.max(1),
+            precision: req.precision,
+            chunk_batch: req.model_options.chunk_batch,
+        }
+    }
+
+    /// The block of a bundle's evaluation or prediction.
+    pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>) -> TextBlock<'static> {
+        TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision: Precision::Fp32, chunk_batch: None }
+    }
+
+    fn req(&self) -> &'a TextTrainRequest {
+        self.req.expect("a training block has a request")
+    }
+}
+
+impl<'a> Block for TextBlock<'a> {
+    type Data = TextData;
+    type Model = TextModel;
+    type Inputs = Vec<Vec<Encoded>>;
+    type Learner<'l>
+        = TextLearner<'l>
+    where
+        Self: 'l;
+    const NOUN: &'static str = "examples";
+
+    fn open(&self, path: &Path, classes: Option<&[String]>) -> Result<Opened<TextData>> {
+        let ds = TextDataset::open(path, &self.columns, classes, self.lossy)?;
+        Ok(Opened { data: TextData { texts: ds.texts, pairs: ds.pairs }, labels: ds.labels, classes: ds.classes, skipped: ds.skipped, warnings: ds.warnings })
+    }
+
+    fn append(&self, data: &mut TextData, more: TextData) {
+        data.texts.extend(more.texts);
+        if let (Some(p), Some(vp)) = (data.pairs.as_mut(), more.pairs) {
+            p.extend(vp);
+        }
+    }
+
+    fn featurise(&self, model: &TextModel, data: &TextData, progress: &dyn Progress) -> Result<Featurised> {
+        let e = embed(model, &data.texts, data.pairs.as_deref(), self.cache.as_deref(), self.batch_size, self.precision, progress)?;
+        let mut f = Featurised::all(data.texts.len());
+        (f.features, f.computed, f.reused) = (e.features, e.computed, e.reused);
+        Ok(f)
+    }
+
+    fn screen(&self, model: &TextModel, data: &TextData, progress: &dyn Progress) -> Result<(Featurised, Self::Inputs)> {
+        let f = Featurised::all(data.texts.len());
+        let docs = self.inputs(model, data, &f.ok, progress)?;
+        Ok((f, docs))
+    }
+
+    fn inputs(&self, model: &TextModel, data: &TextData, ok: &[usize], progress: &dyn Progress) -> Result<Self::Inputs> {
+        progress.message("tokenising");
+        let texts: Vec<String> = ok.iter().map(|&i| data.texts[i].clone()).collect();
+        let pairs: Option<Vec<String>> = data.pairs.as_ref().map(|p| ok.iter().map(|&i| p[i].clone()).collect());
+        encode_docs(&model.tokenizer, &texts, pairs.as_deref(), &model.long_text)
+    }
+
+    fn learner<'l>(&'l self, model: &'l TextModel, docs: &'l Self::Inputs, labels: &[i64], num_classes: i64, ft: &'l FinetuneConfig, _: &dyn Progress) -> Result<TextLearner<'l>> {
+        let budget = chunk_budget(self.chunk_batch, ft.batch_size, &model.long_text)?;
+        // The new head's initial weights come from the seed, like everything else.
+        tch::manual_seed(ft.seed as i64);
+        Ok(TextLearner::new(model, num_classes, docs, labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget))
+    }
+}
+
+impl TrainBlock for TextBlock<'_> {
+    fn spec(&self) -> RunSpec<'_> {
+        let r = self.req();
+        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
+    }
+
+    fn write_config(&self) -> Result<()> {
+        crate::learn::run_dir::write_config(&self.req().out, self.req())
+    }
+
+    fn model_name(&self) -> String {
+        self.req().model.clone()
+    }
+
+    fn load(&self, _: &[String], data: &TextData, warnings: &mut Vec<String>) -> Result<TextModel> {
+        let req = self.req();
+        let mut model = TextModel::load(&resolve_model_dir(&req.model)?, &req.model_options)?;
+        let finetune = req.finetune.is_some();
+        model.long_text = chunks::resolve(req.model_options.long_text, finetune, data.pairs.is_some(), model.tokenizer.window(), warnings)?;
+        if finetune {
+            // The head phase's embeddings and the bundle pool as the learner does.
+            model.normalize = false;
+        }
+        Ok(model)
+    }
+
+    fn bundle_meta(&self, model: &TextModel, labels: Vec<String>, head: HeadSpec) -> Result<Bundle> {
+        let encoder = TextEncoderRef {
+            model: self.req().model.clone(),
+            weights_sha256: model.weights_sha256.clone(),
+            tokenizer_sha256: model.tokenizer.sha256.clone(),
+            config: model.encoder.cfg.clone(),
+            max_length: model.tokenizer.max_length,
+            pooling: model.pooling,
+            normalize: model.normalize,
+            long_text: model.long_text,
+        };
+        let meta = TextBundleMeta {
+            format_version: crate::bundle::FORMAT_VERSION,
+            modality: "text".into(),
+            created_by: format!("headstart {}", env!("CARGO_PKG_VERSION")),
+            encoder,
+            columns: self.columns.clone(),
+            labels,
+            head,
+            tuned: None,
+        };
+        Ok(meta.into())
+    }
+}

@@ -1,0 +1,8 @@
+//! The task layer, the same for every modality: the run written once ([`task`]), the run
+//! directory ([`run_dir`]), heads on features ([`heads`]), the shared data helpers
+//! ([`split`]), modality detection ([`detect`]) and resume decisions ([`resume`]).
+
+pub mod heads;
+pub mod run_dir;
+pub mod split;
+pub mod task;

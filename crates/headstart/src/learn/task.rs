@@ -1,0 +1,402 @@
+//! The run, written once for every modality: train (a head on frozen features, or
+//! fine-tuning after an optional head-only phase), resume, evaluate, predict and lr-find.
+//!
+//! A modality supplies a [`Block`]: it opens a data set into examples and skipped files,
+//! featurises examples with its encoder (through the feature cache), screens them without the
+//! encoder, turns usable examples into fine-tuning inputs, and builds a [`Learner`] over them.
+//! For training it also loads its encoder and describes it for the bundle ([`TrainBlock`]).
+//! Everything else (validation split, class checks, merging a validation set, the metrics
+//! log, the head phase, tuned tensors, the bundle, the outcome) lives here.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::bundle::{self, Bundle};
+use crate::error::{Error, Result};
+use crate::learn::heads::{final_scores, fit_head, head_phase_config, ranked};
+use crate::learn::run_dir::{epoch_line, write_errors, MetricsLog};
+use crate::learn::split::{stratified_split, Skip};
+use crate::metrics::{self, Report};
+use crate::models::Encoder;
+use crate::progress::Progress;
+use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
+use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
+
+/// A labelled data set as a block opened it.
+pub struct Opened<D> {
+    /// The examples, in order (paths, texts).
+    pub data: D,
+    /// Class index of each example.
+    pub labels: Vec<usize>,
+    pub classes: Vec<String>,
+    pub skipped: Vec<Skip>,
+    pub warnings: Vec<String>,
+}
+
+/// Examples after the encoder (or after a screen without it).
+pub struct Featurised {
+    /// `[n_ok, dim]` pooled features (`[n_ok, 0]` after a screen).
+    pub features: Tensor,
+    /// Indices of the usable examples, in order: the rows of `features`.
+    pub ok: Vec<usize>,
+    pub skipped: Vec<Skip>,
+    /// Encoder passes run / feature-cache hits.
+    pub computed: usize,
+    pub reused: usize,
+    pub warnings: Vec<String>,
+}
+
+impl Featurised {
+    /// Every example usable, no features: what a screen of data that cannot fail returns.
+    pub fn all(n: usize) -> Featurised {
+        Featurised { features: Tensor::zeros([n as i64, 0], tch::kind::FLOAT_CPU), ok: (0..n).collect(), skipped: vec![], computed: 0, reused: 0, warnings: vec![] }
+    }
+}
+
+/// What a modality supplies to train, evaluate, predict and lr-find.
+pub trait Block {
+    /// A data set's examples, in order.
+    type Data;
+    /// The encoder with everything its inputs need (preprocessing, tokenizer).
+    type Model: Encoder;
+    /// Fine-tuning inputs of the usable examples (decoded images, tokenised documents).
+    type Inputs;
+    type Learner<'a>: Learner
+    where
+        Self: 'a;
+    /// What the examples are called in messages (`images`, `examples`).
+    const NOUN: &'static str;
+
+    /// Opens labelled data; `classes` fixes the class list (validation and test sets).
+    fn open(&self, path: &Path, classes: Option<&[String]>) -> Result<Opened<Self::Data>>;
+    /// Appends `more` (a validation set) to `data`.
+    fn append(&self, data: &mut Self::Data, more: Self::Data);
+    /// Pooled features of every usable example (from the cache where possible).
+    fn featurise(&self, model: &Self::Model, data: &Self::Data, progress: &dyn Progress) -> Result<Featurised>;
+    /// Which examples are usable, without the encoder, and their fine-tuning inputs.
+    fn screen(&self, model: &Self::Model, data: &Self::Data, progress: &dyn Progress) -> Result<(Featurised, Self::Inputs)>;
+    /// Fine-tuning inputs of the examples `ok`.
+    fn inputs(&self, model: &Self::Model, data: &Self::Data, ok: &[usize], progress: &dyn Progress) -> Result<Self::Inputs>;
+    /// A learner over `inputs` with `labels`, a fresh `num_classes`-way head and the stages
+    /// `ft` unfreezes trainable.
+    fn learner<'a>(&'a self, model: &'a Self::Model, inputs: &'a Self::Inputs, labels: &[i64], num_classes: i64, ft: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Self::Learner<'a>>;
+}
+
+/// The settings every training run has, whatever the modality.
+pub struct RunSpec<'a> {
+    pub data: &'a Path,
+    pub val: Option<&'a Path>,
+    pub val_split: f64,
+    pub out: &'a Path,
+    pub train: &'a TrainConfig,
+    pub finetune: Option<&'a FinetuneConfig>,
+}
+
+/// A block that trains: its request, its encoder, and the encoder's record in a bundle.
+pub trait TrainBlock: Block {
+    fn spec(&self) -> RunSpec<'_>;
+    /// Writes the request as the run's `config.json` (read back to resume).
+    fn write_config(&self) -> Result<()>;
+    /// The model's name for the outcome.
+    fn model_name(&self) -> String;
+    /// Loads the encoder for `classes` (fine-tuning: with a fresh head where the encoder holds
+    /// one); warnings about the settings go to `warnings`.
+    fn load(&self, classes: &[String], data: &Self::Data, warnings: &mut Vec<String>) -> Result<Self::Model>;
+    /// The bundle's metadata (no tuned stages yet).
+    fn bundle_meta(&self, model: &Self::Model, labels: Vec<String>, head: HeadSpec) -> Result<Bundle>;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub bundle: PathBuf,
+    pub model: String,
+    pub classes: Vec<String>,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub skipped: usize,
+    pub warnings: Vec<String>,
+    pub head: HeadKind,
+    pub best_epoch: usize,
+    pub l2: Option<f64>,
+    /// Accuracy of the kept head on the examples it was fitted on (all of them after a refit).
+    pub train_accuracy: f64,
+    /// Held-out report of the chosen head before any refit: on the validation rows, or (with
+    /// cross-validation) on every example out of fold. Its accuracy is the selection estimate;
+    /// after a refit it describes the setting, not the refitted weights.
+    pub val: Option<Report>,
+    /// How a head on features was chosen and refitted (`None` for fine-tuning, which keeps the
+    /// best checkpoint on the validation split).
+    pub selection: Option<Selection>,
+    pub backbone_computed: usize,
+    pub backbone_reused: usize,
+    /// Fine-tuning: the unfrozen stages, skipped non-finite steps, where a resume started.
+    pub tuned_stages: Vec<String>,
+    pub skipped_steps: usize,
+    pub resumed_from: Option<(usize, usize)>,
+}
+
+/// The labelled examples of a run: train and validation merged, with the run's checks.
+struct Gathered<D> {
+    data: D,
+    labels: Vec<usize>,
+    classes: Vec<String>,
+    n_train: usize,
+    skipped: Vec<Skip>,
+    warnings: Vec<String>,
+}
+
+fn gather<B: TrainBlock>(block: &B) -> Result<Gathered<B::Data>> {
+    let spec = block.spec();
+    if !(0.0..1.0).contains(&spec.val_split) {
+        return Err(Error::Model(format!("the validation fraction must be in [0, 1), not {}", spec.val_split)));
+    }
+    spec.train.validate()?;
+    if let Some(ft) = spec.finetune {
+        ft.validate()?;
+    }
+    let train = block.open(spec.data, None)?;
+    if train.classes.len() < 2 {
+        return Err(Error::input(spec.data, format!("need at least two classes, found {}", train.classes.len())));
+    }
+    let Opened { mut data, mut labels, classes, mut skipped, mut warnings } = train;
+    let n_train = labels.len();
+    if let Some(v) = spec.val {
+        let val = block.open(v, Some(&classes))?;
+        block.append(&mut data, val.data);
+        labels.extend(val.labels);
+        skipped.extend(val.skipped);
+        warnings.extend(val.warnings);
+    }
+    Ok(Gathered { data, labels, classes, n_train, skipped, warnings })
+}
+
+/// What fitting produced, whichever way.
+struct Fit {
+    head: Head,
+    best_epoch: usize,
+    l2: Option<f64>,
+    train_accuracy: f64,
+    val: Option<Report>,
+    selection: Option<Selection>,
+    tuned: Option<(Vec<String>, Vec<(String, Tensor)>)>,
+    skipped_steps: usize,
+    resumed_from: Option<(usize, usize)>,
+}
+
+/// Rows of the usable examples, split into train and validation.
+struct Rows {
+    labels: Vec<usize>,
+    tr: Vec<usize>,
+    va: Vec<usize>,
+}
+
+impl Rows {
+    fn y(&self, rows: &[usize]) -> Tensor {
+        Tensor::from_slice(&rows.iter().map(|&r| self.labels[r] as i64).collect::<Vec<_>>())
+    }
+
+    fn take(&self, features: &Tensor, rows: &[usize]) -> (Tensor, Tensor) {
+        let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        (features.index_select(0, &idx), self.y(rows))
+    }
+}
+
+fn split_rows<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], warnings: &mut Vec<String>) -> Result<Rows> {
+    let spec = block.spec();
+    let labels: Vec<usize> = ok.iter().map(|&i| g.labels[i]).collect();
+    let (tr, va): (Vec<usize>, Vec<usize>) = if spec.val.is_some() {
+        (0..ok.len()).partition(|&r| ok[r] < g.n_train)
+    } else {
+        stratified_split(&labels, g.classes.len(), spec.val_split, spec.train.seed)
+    };
+    let mut present = vec![0usize; g.classes.len()];
+    for &r in &tr {
+        present[labels[r]] += 1;
+    }
+    if let Some(c) = present.iter().position(|&n| n == 0) {
+        return Err(Error::input(spec.data, format!("class `{}` has no usable training {}", g.classes[c], B::NOUN)));
+    }
+    if va.is_empty() && !matches!(spec.train.cv, Cv::Folds(_)) {
+        warnings.push(format!("no validation {}: the head is chosen on training loss", B::NOUN));
+    }
+    Ok(Rows { labels, tr, va })
+}
+
+/// Trains per the block's request; with `resume`, a fine-tuning run continues from its last
+/// checkpoint (a run without one starts afresh).
+pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
+    let spec = block.spec();
+    let g = gather(block)?;
+    let mut warnings = g.warnings.clone();
+    if let Some(ft) = spec.finetune {
+        // A new head's initial weights come from the seed (they matter without a head phase).
+        tch::manual_seed(ft.seed as i64);
+    }
+    let model = block.load(&g.classes, &g.data, &mut warnings)?;
+    block.write_config()?;
+    let resuming = resume && latest_checkpoint(spec.out).is_some();
+    let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
+    let (f, mut inputs) = if head_phase {
+        (block.featurise(&model, &g.data, progress)?, None)
+    } else {
+        let (f, inputs) = block.screen(&model, &g.data, progress)?;
+        (f, Some(inputs))
+    };
+    let mut skipped = g.skipped.clone();
+    skipped.extend(f.skipped.iter().cloned());
+    write_errors(spec.out, &skipped)?;
+    warnings.extend(f.warnings.iter().cloned());
+    let rows = split_rows(block, &g, &f.ok, &mut warnings)?;
+
+    let mut log = MetricsLog::open(spec.out, resuming)?;
+    let mut on_epoch = |r: &EpochRecord| {
+        progress.message(&epoch_line(r));
+        log.record(r);
+    };
+    let fitted = match spec.finetune {
+        None => {
+            let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
+            let h = fit_head(spec.train, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            Fit { head: h.head, best_epoch: h.best_epoch, l2: h.l2, train_accuracy: h.train_accuracy, val: h.val, selection: Some(h.selection), tuned: None, skipped_steps: 0, resumed_from: None }
+        }
+        Some(ft) => {
+            let inputs = match inputs.take() {
+                Some(i) => i,
+                None => block.inputs(&model, &g.data, &f.ok, progress)?,
+            };
+            let head_features = head_phase.then_some(&f.features);
+            fine_tune(block, &model, &inputs, &g.classes, &rows, head_features, ft, resume, progress, &mut on_epoch)?
+        }
+    };
+    log.finish()?;
+    let bundle_dir = write_bundle(block, &model, g.classes.clone(), &fitted)?;
+    Ok(TrainOutcome {
+        run_dir: spec.out.to_path_buf(),
+        bundle: bundle_dir,
+        model: block.model_name(),
+        classes: g.classes,
+        n_train: rows.tr.len(),
+        n_val: rows.va.len(),
+        skipped: skipped.len(),
+        warnings,
+        head: fitted.head.spec.kind,
+        best_epoch: fitted.best_epoch,
+        l2: fitted.l2,
+        train_accuracy: fitted.train_accuracy,
+        val: fitted.val,
+        selection: fitted.selection,
+        backbone_computed: f.computed,
+        backbone_reused: f.reused,
+        tuned_stages: fitted.tuned.map(|t| t.0).unwrap_or_default(),
+        skipped_steps: fitted.skipped_steps,
+        resumed_from: fitted.resumed_from,
+    })
+}
+
+/// Fine-tuning: the head phase on `head_features` (when given), then the learner's loop.
+///
+/// The head phase is the same for every modality: the new linear head alone, for
+/// `head_epochs` epochs, with the head settings of the request (learning rate, L2, patience:
+/// fine-tuning rates are far too small for a fresh head), chosen on the validation split and
+/// never refitted.
+#[allow(clippy::too_many_arguments)]
+fn fine_tune<B: TrainBlock>(
+    block: &B,
+    model: &B::Model,
+    inputs: &B::Inputs,
+    classes: &[String],
+    rows: &Rows,
+    head_features: Option<&Tensor>,
+    ft: &FinetuneConfig,
+    resume: bool,
+    progress: &dyn Progress,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Fit> {
+    let spec = block.spec();
+    let k = classes.len() as i64;
+    let labels: Vec<i64> = rows.labels.iter().map(|&l| l as i64).collect();
+    let learner = block.learner(model, inputs, &labels, k, ft, progress)?;
+    let (ytr, yva) = (rows.y(&rows.tr), rows.y(&rows.va));
+    if let Some(x) = head_features {
+        let ((xtr, _), (xva, _)) = (rows.take(x, &rows.tr), rows.take(x, &rows.va));
+        let hc = TrainConfig { head: HeadKind::Linear, epochs: ft.head_epochs, batch_size: ft.batch_size, seed: ft.seed, ..head_phase_config(spec.train) };
+        let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
+        fitted.head.copy_into(learner.head())?;
+    }
+    let o = train_learner(&learner, &rows.tr, &rows.va, ft, spec.out, resume, progress, on_epoch)?;
+    let val_truth: Vec<usize> = rows.va.iter().map(|&r| rows.labels[r]).collect();
+    let (train_accuracy, val) = final_scores(classes, &o.train_logits, &ytr, &o.val_logits, &val_truth)?;
+    let stages: Vec<String> = model.stages()[o.freeze.first_trainable..].iter().map(|s| s.name.clone()).collect();
+    let vars = learner.vs().variables();
+    let tensors = o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect();
+    Ok(Fit {
+        head: Head::from_linear(learner.head())?,
+        best_epoch: o.best_epoch,
+        l2: None,
+        train_accuracy,
+        val,
+        selection: None,
+        tuned: Some((stages, tensors)),
+        skipped_steps: o.skipped_steps,
+        resumed_from: o.resumed_from,
+    })
+}
+
+/// Writes the run's bundle: head, tuned stages, metadata.
+fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>, fitted: &Fit) -> Result<PathBuf> {
+    let mut meta = block.bundle_meta(model, classes, fitted.head.spec.clone())?;
+    let dir = bundle::default_bundle_dir(block.spec().out);
+    let tuned = fitted.tuned.as_ref().map(|(s, t)| (&s[..], &t[..]));
+    bundle::write(&dir, &fitted.head, tuned, |record| {
+        meta.tuned = record;
+        bundle::to_toml(&meta)
+    })?;
+    Ok(dir)
+}
+
+/// The learning-rate range test: fine-tuning settings `ft` on every usable example of the
+/// request's data, with a fresh head (weights are restored afterwards).
+pub fn lr_find<B: TrainBlock>(block: &B, ft: &FinetuneConfig, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
+    let spec = block.spec();
+    let opened = block.open(spec.data, None)?;
+    let k = opened.classes.len() as i64;
+    tch::manual_seed(ft.seed as i64);
+    let model = block.load(&opened.classes, &opened.data, &mut vec![])?;
+    let (f, inputs) = block.screen(&model, &opened.data, progress)?;
+    if f.ok.is_empty() {
+        return Err(Error::input(spec.data, format!("no readable {}", B::NOUN)));
+    }
+    let labels: Vec<i64> = f.ok.iter().map(|&i| opened.labels[i] as i64).collect();
+    let learner = block.learner(&model, &inputs, &labels, k, ft, progress)?;
+    lr_find_learner(&learner, &(0..labels.len()).collect::<Vec<_>>(), ft, min_lr, max_lr, steps, progress)
+}
+
+/// Class probabilities `[n_ok, classes]` of the usable examples of `data`, which rows they
+/// are, and the examples left out.
+pub fn probabilities<B: Block>(block: &B, model: &B::Model, head: &Head, data: &B::Data, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
+    let f = block.featurise(model, data, progress)?;
+    let probs = head.forward(&f.features)?.softmax(-1, Kind::Float);
+    Ok((probs, f.ok, f.skipped))
+}
+
+/// Scores a bundle's head and encoder on labelled data at `path` (its classes: `labels`).
+pub fn evaluate<B: Block>(block: &B, model: &B::Model, head: &Head, labels: &[String], path: &Path, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+    let opened = block.open(path, Some(labels))?;
+    let (probs, ok, mut skipped) = probabilities(block, model, head, &opened.data, progress)?;
+    skipped.extend(opened.skipped);
+    let truth: Vec<usize> = ok.iter().map(|&i| opened.labels[i]).collect();
+    let report = metrics::report(labels, &truth, &ranked(&probs)?, 5.min(labels.len()));
+    Ok((report, skipped))
+}
+
+/// The `top_k` most probable labels of each row, with their probabilities.
+pub fn top_k(probs: &Tensor, labels: &[String], top_k: usize) -> Result<Vec<Vec<(String, f64)>>> {
+    let k = top_k.clamp(1, labels.len());
+    let (vals, idx) = probs.topk(k as i64, -1, true, true);
+    let vals: Vec<f64> = Vec::try_from(vals.to_kind(Kind::Double).flatten(0, -1))?;
+    let idx: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
+    Ok((0..probs.size()[0] as usize).map(|r| (0..k).map(|j| (labels[idx[r * k + j] as usize].clone(), vals[r * k + j])).collect()).collect())
+}
