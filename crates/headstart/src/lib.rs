@@ -18,6 +18,7 @@ pub mod models;
 pub mod preprocess;
 pub mod progress;
 pub mod run;
+pub mod tabular;
 pub mod text;
 pub mod train;
 pub mod weights;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// Classes with fewer examples than this get a warning.
+pub const FEW_EXAMPLES: usize = 5;
+
 /// A file left out, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skip {

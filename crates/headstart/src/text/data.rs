@@ -120,15 +120,15 @@ fn column(path: &Path, headers: &[String], name: &str, flag: &str) -> Result<usi
 }
 
 fn read_delimited(path: &Path, text: &str, tsv: bool, cols: &Columns, want_label: bool, out: &mut Rows) -> Result<()> {
-    if let Some(line) = (!tsv).then(|| crate::data::unterminated_quote(text, b',')).flatten() {
-        return Err(crate::data::unterminated_quote_error(path, line));
+    if let Some(line) = (!tsv).then(|| crate::tabular::unterminated_quote(text, b',')).flatten() {
+        return Err(crate::tabular::unterminated_quote_error(path, line));
     }
     let mut rd = csv::ReaderBuilder::new().delimiter(if tsv { b'\t' } else { b',' }).quoting(!tsv).flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = rd.headers().map_err(|e| Error::input(path, format!("header: {e}")))?.iter().map(|h| h.trim().to_string()).collect();
     let ti = column(path, &headers, &cols.text, "--text-column")?;
     let li = if want_label { Some(column(path, &headers, &cols.label, "--label-column")?) } else { headers.iter().position(|h| *h == cols.label) };
     let pi = cols.pair.as_deref().map(|p| column(path, &headers, p, "--pair-column")).transpose()?;
-    let mut lines = crate::data::CsvLines::new(text);
+    let mut lines = crate::tabular::CsvLines::new(text);
     for rec in rd.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map_or(0, |p| lines.line(p.byte()));
@@ -273,7 +273,7 @@ impl TextDataset {
             counts[l] += 1;
         }
         for (c, &n) in counts.iter().enumerate() {
-            if n > 0 && n < crate::data::FEW_IMAGES {
+            if n > 0 && n < crate::learn::split::FEW_EXAMPLES {
                 warnings.push(format!("class `{}` has only {n} examples", classes[c]));
             }
         }

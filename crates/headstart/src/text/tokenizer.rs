@@ -95,7 +95,7 @@ impl TextTokenizer {
         tk.with_truncation(Some(TruncationParams { max_length, strategy: TruncationStrategy::LongestFirst, stride: 0, ..Default::default() }))
             .map_err(|e| tk_err(&source, e))?;
         let serialised = tk.to_string(false).map_err(|e| tk_err(&source, e))?;
-        let sha256 = crate::features::sha256_hex(serialised.as_bytes());
+        let sha256 = crate::cache::sha256_hex(serialised.as_bytes());
         Ok(TextTokenizer { tk, max_length, pad_id, source, sha256 })
     }
 
