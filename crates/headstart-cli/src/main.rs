@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use headstart::error::Cause;
 use clap::{Parser, Subcommand};
 use headstart::models::{self, registry, Mode};
 use headstart::run::{self, TrainRequest};
@@ -512,35 +513,17 @@ impl TrainArgs {
         Ok(warnings)
     }
 
-    /// Whether this is a text run: a text model, text columns, or a text data format.
-    fn is_text(&self) -> bool {
+    /// The run's modality: a text model, text settings, or the data's format.
+    fn detect(&self) -> Option<headstart::learn::detect::Detected> {
         let text_flags = self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
         let text_flags = text_flags || self.long_text.is_some() || self.chunk_overlap.is_some() || self.max_chunks.is_some() || self.chunk_pooling.is_some() || self.chunk_batch.is_some();
-        match &self.data {
-            Some(d) => is_text_run(d, self.model.as_deref(), text_flags),
-            None => false,
-        }
+        self.data.as_ref().map(|d| detect_run(d, self.model.as_deref(), text_flags))
     }
 }
 
-/// Whether a run on data `d` is text: a text model, text-only flags, or a text data format.
-fn is_text_run(d: &Path, model: Option<&str>, text_flags: bool) -> bool {
-    if let Some(m) = model {
-        return registry::find(m).is_none() && looks_like_text_model(m);
-    }
-    if text_flags {
-        return true;
-    }
-    if headstart::text::data::is_text_data(d) {
-        return true;
-    }
-    // A CSV whose header has a `text` column (image manifests are `path,label`).
-    if !d.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-        return false;
-    }
-    let mut header = String::new();
-    let read = std::fs::File::open(d).map(std::io::BufReader::new).and_then(|mut r| std::io::BufRead::read_line(&mut r, &mut header));
-    read.is_ok() && header.trim_start_matches('\u{feff}').split(',').any(|c| c.trim().trim_matches('"') == "text")
+/// The modality of a run on data `d` (decided by the library), with its reason.
+fn detect_run(d: &Path, model: Option<&str>, text_flags: bool) -> headstart::learn::detect::Detected {
+    headstart::learn::detect::detect(d, &headstart::learn::detect::Hints { model, text_settings: text_flags })
 }
 
 /// A config-file value for a flag with fixed choices, parsed as the flag would be.
@@ -550,18 +533,6 @@ fn config_choice<T: clap::ValueEnum>(key: &str, value: Option<&str>) -> Result<O
         let names: Vec<String> = T::value_variants().iter().filter_map(|x| x.to_possible_value()).map(|p| p.get_name().to_string()).collect();
         anyhow::anyhow!("config: {key} `{v}` is not one of {}", names.join(", "))
     })
-}
-
-fn looks_like_text_model(m: &str) -> bool {
-    let p = Path::new(m);
-    if p.is_dir() {
-        return std::fs::read_to_string(p.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(|t| matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert" | "distilbert" | "gpt2")))
-            .unwrap_or(false);
-    }
-    registry::find_text(m).is_some() || m.contains('/')
 }
 
 fn triple(flag: &str, s: &str) -> Result<[f64; 3]> {
@@ -704,7 +675,7 @@ fn write_selection(out: &mut impl Write, s: &headstart::train::Selection, unit: 
         (Method::Holdout, _) => format!("validation split ({} {unit})", s.n_judged),
         _ => "none (nothing held out)".to_string(),
     };
-    writeln!(out, "selection   {how}; {}", s.reason)?;
+    writeln!(out, "selection   {how}; {}", flags(&s.reason))?;
     if s.refit {
         writeln!(out, "refit       on all {} labelled {unit} (train + validation)", s.n_fit)?;
     } else if s.method != Method::None {
@@ -761,15 +732,97 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     match run(cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`headstart models | head -1`) ends the output quietly.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
-                return ExitCode::SUCCESS;
-            }
             let _ = out.flush();
-            eprintln!("error: {}", message(&e));
-            ExitCode::from(1)
+            eprintln!("error: {}", flags(&message(&e)));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// An error the binary itself raises whose cause is not a usage error (the default for its
+/// own errors, which are about arguments and settings).
+#[derive(Debug)]
+struct Failure {
+    cause: Cause,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn fail(cause: Cause, message: impl Into<String>) -> anyhow::Error {
+    Failure { cause, message: message.into() }.into()
+}
+
+/// The exit code of an error, by cause (the table is in the README): the library's typed
+/// errors carry theirs; I/O errors are 7; the binary's own errors are usage errors (2) unless
+/// raised with another cause.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        if let Some(h) = c.downcast_ref::<headstart::Error>() {
+            return h.cause().exit_code();
+        }
+        if let Some(f) = c.downcast_ref::<Failure>() {
+            return f.cause.exit_code();
+        }
+        if c.downcast_ref::<std::io::Error>().is_some() {
+            return Cause::Io.exit_code();
+        }
+    }
+    Cause::Usage.exit_code()
+}
+
+/// Whether writing the output failed because its reader closed the pipe.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let kind = if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            Some(io.kind())
+        } else if let Some(j) = c.downcast_ref::<serde_json::Error>() {
+            j.io_error_kind()
+        } else if let Some(headstart::Error::Io { source, .. }) = c.downcast_ref::<headstart::Error>() {
+            Some(source.kind())
+        } else {
+            None
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The library names settings as "setting `name`"; here they are the flags that set them
+/// (`--name`), where a command has such a flag.
+fn flags(text: &str) -> String {
+    use clap::CommandFactory;
+    fn longs(c: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        out.extend(c.get_arguments().filter_map(|a| a.get_long().map(str::to_string)));
+        for s in c.get_subcommands() {
+            longs(s, out);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    longs(&Cli::command(), &mut known);
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("setting `") {
+        let after = &rest[i + "setting `".len()..];
+        let Some(end) = after.find('`') else { break };
+        let flag = after[..end].replace('_', "-");
+        out += &rest[..i];
+        if known.contains(&flag) {
+            out += &format!("--{flag}");
+        } else {
+            out += &rest[i..i + "setting `".len() + end + 1];
+        }
+        rest = &after[end + 1..];
+    }
+    out + rest
 }
 
 /// An error and its causes, each once: library errors already end with their cause's text.
@@ -816,36 +869,27 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Train(mut a) => {
             if let Some(c) = a.config.clone() {
                 for w in a.merge(config::RunConfig::read(&c)?)? {
-                    eprintln!("warning: {w}");
+                    eprintln!("warning: {}", flags(&w));
                 }
             }
             let p = a.common.progress();
             let text_run;
             let o = match &a.resume {
                 Some(run) => {
-                    let path = run.join("config.json");
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not a run configuration", path.display()))?;
-                    text_run = v.get("columns").is_some();
-                    if v.get("finetune").is_none_or(|f| f.is_null()) {
-                        bail!("{} is a feature-extraction run; only fine-tuning runs have checkpoints to resume", run.display());
-                    }
-                    if text_run {
-                        let mut req: headstart::text::TextTrainRequest = serde_json::from_value(v).with_context(|| format!("{} is not a text run configuration", path.display()))?;
-                        req.out = run.clone();
-                        headstart::text::train_text(&req, true, &p)?
-                    } else {
-                        let mut req: TrainRequest = serde_json::from_value(v).with_context(|| format!("{} is not a run configuration", path.display()))?;
-                        req.out = run.clone();
-                        run::train_image_resumable(&req, true, &p)?
-                    }
+                    let (modality, o) = headstart::learn::resume::resume(run, &p)?;
+                    text_run = modality == registry::Modality::Text;
+                    o
                 }
                 None => {
                     let data = a.data.clone().context("--data is required (or `data` in the --config file)")?;
                     let out = a.out.clone().context("--out is required (or `output_dir` in the --config file)")?;
                     let finetuning = a.mode == Some(TrainMode::Finetune);
                     let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(0.2) };
-                    text_run = a.is_text();
+                    let detected = a.detect();
+                    text_run = detected.as_ref().is_some_and(|d| d.modality == registry::Modality::Text);
+                    if let Some(d) = &detected {
+                        eprintln!("note: read as {}: {}", d.modality.name(), d.reason);
+                    }
                     if text_run {
                         let req = headstart::text::TextTrainRequest {
                             data,
@@ -898,7 +942,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out)?;
             } else {
                 for w in &o.warnings {
-                    eprintln!("warning: {w}");
+                    eprintln!("warning: {}", flags(&w));
                 }
                 writeln!(out, "model       {}", o.model)?;
                 writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
@@ -955,7 +999,9 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
         }
         Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
-            let probe = is_text_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
+            let detected = detect_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
+            eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
+            let probe = detected.modality == registry::Modality::Text;
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
             let r = if probe {
                 let base = headstart::text::text_finetune_defaults();
@@ -1043,7 +1089,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 eprintln!("skipped {}: {}", s.path.display(), s.reason);
             }
             if texts.is_empty() {
-                bail!("nothing to classify");
+                return Err(fail(Cause::Data, "nothing to classify"));
             }
             let top = p.predict(&texts, pair_bundle.then_some(&pairs[..]), top_k, &common.progress())?;
             if json {
@@ -1078,7 +1124,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
             if preds.is_empty() {
-                bail!("none of the {} files could be read", files.len());
+                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
             }
         }
         Command::Models { json } => {
@@ -1145,7 +1191,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
             if !report.is_complete() {
-                bail!("load incomplete: {}", report.summary());
+                return Err(fail(Cause::Model, format!("load incomplete: {}", report.summary())));
             }
         }
         Command::Convert { input, output } => {
@@ -1167,7 +1213,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 let dir = headstart::assets::asset_dir();
                 let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
                 if !photos.iter().all(|p| p.is_file()) {
-                    bail!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display());
+                    return Err(fail(Cause::Model, format!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display())));
                 }
                 photos
             } else {

@@ -70,7 +70,7 @@ fn convert_legacy_pth_to_safetensors_keeps_every_tensor() {
 fn inspect_load_reports_mismatches_and_fails() {
     // Tiny MobileNetV2 weights into the full-size registry model: shapes differ.
     let o = headstart(&["inspect", "load", "mobilenet_v2", "--weights", fixture("mobilenet_v2_tiny.pth").to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4), "an incomplete load is a model error");
     assert!(stdout(&o).contains("mismatch    features.0.0.weight"), "{}", stdout(&o));
     assert!(stderr(&o).contains("load incomplete"), "{}", stderr(&o));
 }
@@ -100,16 +100,16 @@ fn classify_the_test_photos() {
 #[test]
 fn errors_name_the_file_or_suggest_a_model() {
     let o = headstart(&["inspect", "weights", "/nonexistent/w.pth"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(7), "a missing file is an I/O error");
     assert!(stderr(&o).contains("/nonexistent/w.pth"), "{}", stderr(&o));
     let o = headstart(&["classify", "--model", "mobilenet_v3"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4), "an unknown model");
     assert!(stderr(&o).contains("did you mean `mobilenet_v2.tv_in1k`"), "{}", stderr(&o));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let o = headstart(&["classify", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3), "an unreadable image is a data error");
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
 }
 
@@ -138,9 +138,9 @@ fn train_eval_predict_on_a_small_folder() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["predictions"][0]["top"].as_array().unwrap().len(), 3);
-    // Predicting with other weights is refused.
+    // Predicting with other weights is refused: the bundle does not match them.
     let o = headstart(&["predict", bundle.to_str().unwrap(), img.to_str().unwrap(), "--weights", fixture("mobilenet_v2_tiny.pth").to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(5));
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn train_refits_by_default_and_reports_the_selection_estimate() {
 
     // Cross-validation without a refit is refused, naming the flags.
     let o = train("refused", &["--cv", "3", "--no-refit"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--cv 3") && stderr(&o).contains("--no-refit"), "{}", stderr(&o));
     // The same settings from a --config file; flags still win.
     let cfg = tmp.path().join("run.toml");
@@ -212,6 +212,83 @@ fn train_refits_by_default_and_reports_the_selection_estimate() {
     assert_eq!(v["selection"]["method"].as_str(), Some("holdout"));
     std::fs::write(&cfg, "cv = 1\n").unwrap();
     let o = train("bad", &["--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--cv"), "{}", stderr(&o));
+}
+
+/// Two classes of four images each, with a stray `notes.txt` in one class folder.
+fn images_with_notes(dir: &std::path::Path) {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
+    for c in ["Bag", "Trouser"] {
+        std::fs::create_dir_all(dir.join(c)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(sample.join(c)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().take(4) {
+            std::fs::copy(f, dir.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.join("Bag/notes.txt"), "photographed on a grey background\n").unwrap();
+}
+
+/// A stray text file made an image class folder read as text ("need at least two classes").
+/// The folder is judged by what most of its files are, and the choice is said.
+#[test]
+fn a_stray_notes_file_in_an_image_folder_still_trains_as_images_and_feature_runs_do_not_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, run) = (d.path().join("data"), d.path().join("run"));
+    images_with_notes(&data);
+    // No model named: the data decides (the default model is MobileNetV2).
+    let o = headstart(&["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("read as image") && stderr(&o).contains("8 image files and 1 .txt files"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("classes     2 (Bag, Trouser)"), "{}", stdout(&o));
+
+    // A feature-extraction run has no checkpoints: resuming it is refused as a usage error.
+    let o = headstart(&["train", "--resume", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a feature-extraction run") && stderr(&o).contains("train it again"), "{}", stderr(&o));
+}
+
+/// `headstart models | head -1`: a reader that goes away ends the output quietly, exit 0.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    for args in [&["models"][..], &["models", "--json"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// Errors exit with the code of their cause: usage 2, data 3, model 4, bundle 5.
+#[test]
+fn exit_codes_follow_the_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let one = d.path().join("one");
+    std::fs::create_dir_all(one.join("only")).unwrap();
+    std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample/Bag/train_00105.png"), one.join("only/a.png")).unwrap();
+    let out = d.path().join("r");
+    let weights = fixture("vit_tiny");
+    let w = weights.to_str().unwrap();
+    // One class: the data.
+    let o = headstart(&["train", "--data", one.to_str().unwrap(), "--out", out.to_str().unwrap(), "--model", "vit_small_patch16_224", "--weights", w, "--no-cache"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // An unknown model.
+    let two = d.path().join("two");
+    images_with_notes(&two);
+    let o = headstart(&["train", "--data", two.to_str().unwrap(), "--out", out.to_str().unwrap(), "--model", "resnet19"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    // An argument out of range.
+    let o = headstart(&["train", "--data", two.to_str().unwrap(), "--out", out.to_str().unwrap(), "--input-size", "4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A bundle used with other weights.
+    let bundle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bundles_v1/image");
+    let o = headstart(&["predict", bundle.to_str().unwrap(), one.join("only/a.png").to_str().unwrap(), "--weights", fixture("convnext_tiny").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 }

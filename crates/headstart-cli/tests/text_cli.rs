@@ -91,7 +91,7 @@ fn unknown_config_keys_and_bad_values_are_named() {
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "output_dir = \"x\"\nlearnig_rate = 0.1\n").unwrap();
     let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a bad config file is a usage error");
     assert!(stderr(&o).contains("learnig_rate") && stderr(&o).contains("run.toml"), "{}", stderr(&o));
     std::fs::write(&cfg, "eval_strategy = \"steps\"\n").unwrap();
     let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
@@ -108,14 +108,14 @@ fn text_errors_name_file_line_and_column() {
     std::fs::write(&bad, b"text,label\nfine,a\nbroken \xc3\x28 bytes,b\n").unwrap();
     let run = tmp.path().join("run");
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3), "malformed data");
     assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("line 3") && stderr(&o).contains("--lossy"), "{}", stderr(&o));
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--text-column", "body", "--lossy", "--no-cache"]);
     assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
     // An unclosed quote swallowed every later row and surfaced as "need at least two classes".
     std::fs::write(&bad, b"text,label\nfine,a\n\"never closed,b\nmore,a\n").unwrap();
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3), "malformed data");
     let e = stderr(&o);
     assert!(e.contains(&format!("{}:3: unterminated quoted field", bad.display())) && !e.contains("two classes"), "{e}");
 }

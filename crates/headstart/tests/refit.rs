@@ -191,7 +191,7 @@ fn enough_validation_examples_keep_the_split_and_explicit_folds_override() {
     assert_eq!((b.selection.method, b.selection.folds, b.selection.n_judged), (Method::CrossValidation, Some(4), 200));
     // Cross-validation chooses a setting to refit; without the refit it is refused.
     let e = fit(&TrainConfig { cv: Cv::Folds(4), refit: false, ..Default::default() }, Split { x: &xt, y: &yt }, Split { x: &xv, y: &yv }, 2, &mut |_| {});
-    assert!(e.err().unwrap().to_string().contains("--cv 4"));
+    assert!(e.err().unwrap().to_string().contains("setting `cv` 4"));
     // Nothing held out: nothing to choose on, nothing to refit.
     let (ex, ey) = empty(4);
     let (c, seen) = run(&TrainConfig::default(), &x, &y, &ex, &ey, 2);

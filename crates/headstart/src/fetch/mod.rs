@@ -121,7 +121,7 @@ pub fn plan<S: AsRef<str>>(names: &[S]) -> Result<Vec<&'static Asset>> {
 }
 
 fn unknown(name: &str) -> Error {
-    Error::Fetch(format!("unknown asset `{name}`; known: {}", ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")))
+    Error::Usage(format!("unknown asset `{name}`; known: {}", ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")))
 }
 
 /// Whether `asset` is in `dir`: every file with its pinned sha256, every folder with the

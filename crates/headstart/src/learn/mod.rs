@@ -2,7 +2,9 @@
 //! directory ([`run_dir`]), heads on features ([`heads`]), the shared data helpers
 //! ([`split`]), modality detection ([`detect`]) and resume decisions ([`resume`]).
 
+pub mod detect;
 pub mod heads;
+pub mod resume;
 pub mod run_dir;
 pub mod split;
 pub mod task;

@@ -151,7 +151,7 @@ struct Gathered<D> {
 fn gather<B: TrainBlock>(block: &B) -> Result<Gathered<B::Data>> {
     let spec = block.spec();
     if !(0.0..1.0).contains(&spec.val_split) {
-        return Err(Error::Model(format!("the validation fraction must be in [0, 1), not {}", spec.val_split)));
+        return Err(Error::Usage(format!("setting `val_split` must be in [0, 1), not {}", spec.val_split)));
     }
     spec.train.validate()?;
     if let Some(ft) = spec.finetune {

@@ -136,10 +136,10 @@ impl LongText {
             return Ok(());
         }
         if self.max_chunks == 0 {
-            return Err(Error::Model("--max-chunks must be at least 1".into()));
+            return Err(Error::Usage("setting `max_chunks` must be at least 1".into()));
         }
         if window == 0 || self.overlap >= window {
-            return Err(Error::Model(format!("--chunk-overlap {} must be below the window of {window} text tokens (the max length less the special tokens)", self.overlap)));
+            return Err(Error::Usage(format!("setting `chunk_overlap` {} must be below the window of {window} text tokens (the max length less the special tokens)", self.overlap)));
         }
         Ok(())
     }
@@ -157,7 +157,7 @@ pub fn resolve(requested: Option<LongText>, finetune: bool, pairs: bool, window:
     let lt = requested.unwrap_or(LongText::default_for(finetune));
     lt.validate(window)?;
     if pairs && lt.is_chunks() && requested.is_some() {
-        warnings.push("sentence pairs are truncated at the max length: --long-text chunks applies to single texts".into());
+        warnings.push("sentence pairs are truncated at the max length: setting `long_text` chunks applies to single texts".into());
     }
     Ok(lt.for_inputs(pairs))
 }
@@ -167,7 +167,7 @@ pub fn resolve(requested: Option<LongText>, finetune: bool, pairs: bool, window:
 /// pass holds at most `max(budget, max_chunks)` chunks.
 pub fn chunk_budget(chunk_batch: Option<usize>, batch_size: usize, lt: &LongText) -> Result<usize> {
     match chunk_batch {
-        Some(0) => Err(Error::Model("--chunk-batch must be at least 1".into())),
+        Some(0) => Err(Error::Usage("setting `chunk_batch` must be at least 1".into())),
         Some(n) => Ok(n),
         None => Ok(batch_size.max(if lt.is_chunks() { lt.max_chunks } else { 1 })),
     }

@@ -65,17 +65,10 @@ pub struct TextDataset {
     pub warnings: Vec<String>,
 }
 
-/// Text formats by extension.
+/// Text data: a text table format, or a folder whose class folders hold mostly `.txt` files
+/// (see [`crate::learn::detect`]).
 pub fn is_text_data(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
-    matches!(ext.as_deref(), Some("tsv" | "jsonl" | "ndjson")) || (path.is_dir() && has_txt_classes(path))
-}
-
-fn has_txt_classes(dir: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir) else { return false };
-    rd.flatten().filter(|e| e.path().is_dir()).any(|e| {
-        std::fs::read_dir(e.path()).map(|r| r.flatten().any(|f| f.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("txt")))).unwrap_or(false)
-    })
+    crate::learn::detect::detect(path, &Default::default()).modality == crate::models::registry::Modality::Text
 }
 
 /// Decodes `bytes` as UTF-8 (BOM stripped). Strict: the first bad byte is an error with its
@@ -87,7 +80,7 @@ pub fn decode_utf8(path: &Path, bytes: &[u8], lossy: bool) -> Result<(String, us
         Err(e) if !lossy => {
             let at = e.valid_up_to();
             let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            Err(Error::input(path, format!("line {line}: invalid UTF-8 at byte {at}; fix the encoding or pass --lossy to replace bad bytes")))
+            Err(Error::input(path, format!("line {line}: invalid UTF-8 at byte {at}; fix the encoding or replace bad bytes (setting `lossy`)")))
         }
         Err(_) => {
             let replaced = bytes.utf8_chunks().filter(|c| !c.invalid().is_empty()).count();
@@ -115,7 +108,7 @@ fn push(out: &mut Rows, origin: String, text: String, pair: Option<String>, labe
 
 fn column(path: &Path, headers: &[String], name: &str, flag: &str) -> Result<usize> {
     headers.iter().position(|h| h == name).ok_or_else(|| {
-        Error::input(path, format!("no column `{name}` (set it with {flag}); the columns are: {}", headers.join(", ")))
+        Error::input(path, format!("no column `{name}` (setting `{flag}` names it); the columns are: {}", headers.join(", ")))
     })
 }
 
@@ -125,9 +118,9 @@ fn read_delimited(path: &Path, text: &str, tsv: bool, cols: &Columns, want_label
     }
     let mut rd = csv::ReaderBuilder::new().delimiter(if tsv { b'\t' } else { b',' }).quoting(!tsv).flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = rd.headers().map_err(|e| Error::input(path, format!("header: {e}")))?.iter().map(|h| h.trim().to_string()).collect();
-    let ti = column(path, &headers, &cols.text, "--text-column")?;
-    let li = if want_label { Some(column(path, &headers, &cols.label, "--label-column")?) } else { headers.iter().position(|h| *h == cols.label) };
-    let pi = cols.pair.as_deref().map(|p| column(path, &headers, p, "--pair-column")).transpose()?;
+    let ti = column(path, &headers, &cols.text, "text_column")?;
+    let li = if want_label { Some(column(path, &headers, &cols.label, "label_column")?) } else { headers.iter().position(|h| *h == cols.label) };
+    let pi = cols.pair.as_deref().map(|p| column(path, &headers, p, "pair_column")).transpose()?;
     let mut lines = crate::tabular::CsvLines::new(text);
     for rec in rd.records() {
         let rec = rec.map_err(|e| {
@@ -180,7 +173,7 @@ fn read_jsonl(path: &Path, text: &str, cols: &Columns, want_label: bool, out: &m
         push(out, origin, t, pair, string(&cols.label)?, want_label);
     }
     if objects > 0 && without_text == objects {
-        return Err(Error::input(path, format!("no line has a `{}` field (set it with --text-column)", cols.text)));
+        return Err(Error::input(path, format!("no line has a `{}` field (setting `text_column` names it)", cols.text)));
     }
     Ok(())
 }
@@ -358,7 +351,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "b.tsv", b"text\tlabel\ngood\t1\nbad \xff\xfe here\t0\n");
         let e = TextDataset::open(&p, &Columns::default(), None, false).unwrap_err().to_string();
-        assert!(e.contains("b.tsv") && e.contains("line 3") && e.contains("--lossy"), "{e}");
+        assert!(e.contains("b.tsv") && e.contains("line 3") && e.contains("setting `lossy`"), "{e}");
         let ds = TextDataset::open(&p, &Columns::default(), None, true).unwrap();
         assert_eq!(ds.texts[1], "bad \u{fffd}\u{fffd} here");
         assert!(ds.warnings.iter().any(|w| w.contains("2 invalid UTF-8")), "{:?}", ds.warnings);
@@ -376,7 +369,7 @@ mod tests {
         let ds = TextDataset::open(&p, &cols, None, false).unwrap();
         assert_eq!((ds.texts.len(), ds.skipped.len(), ds.labels.clone()), (2, 1, vec![1, 0]));
         let e = TextDataset::open(&p, &Columns::default(), None, false).unwrap_err().to_string();
-        assert!(e.contains("no line has a `text` field") && e.contains("--text-column"), "{e}");
+        assert!(e.contains("no line has a `text` field") && e.contains("setting `text_column`"), "{e}");
 
         let root = d.path().join("folder");
         for (c, name, body) in [("neg", "1.txt", "awful"), ("pos", "2.txt", "great"), ("pos", "3.txt", "   "), ("pos", "4.md", "x")] {
@@ -390,6 +383,6 @@ mod tests {
 
         let csv = write(d.path(), "d.csv", b"body,label\nx,1\n");
         let e = TextDataset::open(&csv, &Columns::default(), None, false).unwrap_err().to_string();
-        assert!(e.contains("no column `text`") && e.contains("--text-column") && e.contains("body, label"), "{e}");
+        assert!(e.contains("no column `text`") && e.contains("setting `text_column`") && e.contains("body, label"), "{e}");
     }
 }

@@ -111,7 +111,7 @@ impl TextModel {
         let st = sentence_config(dir)?;
         let limit = cfg.max_tokens();
         let max_length = match opts.max_length {
-            Some(n) if n > limit => return Err(Error::Model(format!("max_length {n} exceeds what {} allows ({limit} tokens)", dir.display()))),
+            Some(n) if n > limit => return Err(Error::Usage(format!("setting `max_length` {n} exceeds what {} allows ({limit} tokens)", dir.display()))),
             Some(n) => n,
             None => st.max_seq_length.unwrap_or(limit).min(limit),
         };

@@ -141,7 +141,7 @@ impl Default for FinetuneConfig {
 
 impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Model(m.to_string()));
+        let bad = |m: &str| Err(Error::Usage(m.to_string()));
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
             return bad("learning rate must be in (0, 10]");
         }
@@ -169,7 +169,7 @@ pub fn first_trainable(unfreeze: Unfreeze, num_stages: usize) -> Result<usize> {
     match unfreeze {
         Unfreeze::All => Ok(0),
         Unfreeze::Last(n) if n <= num_stages => Ok(num_stages - n),
-        Unfreeze::Last(n) => Err(Error::Model(format!("--unfreeze last:{n}, but the backbone has {num_stages} stages"))),
+        Unfreeze::Last(n) => Err(Error::Usage(format!("setting `unfreeze` last:{n}, but the backbone has {num_stages} stages"))),
     }
 }
 
@@ -345,7 +345,7 @@ impl Checkpointer {
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         let weights = crate::models::snapshot(vs);
         if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
-            return Err(Error::Model(format!("`{name}` holds non-finite values; no checkpoint written")));
+            return Err(Error::Diverged(format!("`{name}` holds non-finite values; no checkpoint written")));
         }
         save_safetensors(&staging.join("model.safetensors"), &weights)?;
         if fault_in_checkpoint(self.written) {
@@ -458,7 +458,7 @@ pub fn train_learner<L: Learner>(
             let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| Error::io(&dir.join("state.json"), e))?;
             let st: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::input(&dir.join("state.json"), e.to_string()))?;
             if st.config != config_json {
-                return Err(Error::Model(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
+                return Err(Error::Usage(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
             }
             restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
             opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
@@ -518,8 +518,8 @@ pub fn train_learner<L: Learner>(
                     state.skipped_steps += 1;
                     state.nonfinite_streak += 1;
                     if state.nonfinite_streak >= 3 {
-                        return Err(Error::Model(format!(
-                            "three optimiser steps in a row had a non-finite loss or gradient (epoch {}, step {}); stopping. Try a lower learning rate or --clip-grad",
+                        return Err(Error::Diverged(format!(
+                            "three optimiser steps in a row had a non-finite loss or gradient (epoch {}, step {}); stopping. Try a lower learning rate or clip gradients (setting `clip_grad`)",
                             epoch + 1,
                             state.global_step + 1
                         )));
@@ -610,10 +610,10 @@ pub struct LrFind {
 /// loss diverges), records the loss, then puts every weight back.
 pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConfig, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
     if !(min_lr > 0.0 && max_lr > min_lr && steps >= 10) {
-        return Err(Error::Model("lr-find needs 0 < min < max and at least 10 steps".into()));
+        return Err(Error::Usage("the range test needs 0 < min < max and at least 10 steps".into()));
     }
     if train.is_empty() {
-        return Err(Error::Model("lr-find needs training examples".into()));
+        return Err(Error::Usage("the range test needs training examples".into()));
     }
     let saved = crate::models::snapshot(sess.vs());
     let (mut opt, _) = optimizer(sess, cfg);
@@ -647,7 +647,7 @@ pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConf
     // Put everything back: parameters and BatchNorm statistics.
     crate::models::assign(sess.vs(), &saved)?;
     if lrs.len() < 3 {
-        return Err(Error::Model("the loss diverged at once; try a lower --min-lr".into()));
+        return Err(Error::Diverged("the loss diverged at once; try a lower starting rate (setting `min_lr`)".into()));
     }
     let imin = (0..losses.len()).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap_or(0);
     let skip = losses.len() / 10;

@@ -67,7 +67,7 @@ pub fn minimize_with(fg: &dyn Fn(&Tensor) -> Result<(f64, Tensor)>, x0: &Tensor,
     let mut x = x0.detach().copy();
     let (mut fx, mut g) = fg(&x)?;
     if !fx.is_finite() {
-        return Err(Error::Model(format!("loss is not finite at the start ({fx})")));
+        return Err(Error::Diverged(format!("loss is not finite at the start ({fx})")));
     }
     for it in 0..max_iter {
         let hist = &memory.hist;

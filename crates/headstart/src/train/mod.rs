@@ -127,7 +127,7 @@ impl ClassWeights {
             }
             ClassWeights::Manual(w) => {
                 if w.len() != counts.len() || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                    return Err(Error::Model(format!("{} class weights given for {} classes (non-negative numbers)", w.len(), counts.len())));
+                    return Err(Error::Usage(format!("{} class weights given for {} classes (non-negative numbers)", w.len(), counts.len())));
                 }
                 Some(w.clone())
             }
@@ -250,14 +250,14 @@ fn finite(v: f64, what: &str) -> Result<f64> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(Error::Model(format!("{what} is not finite ({v}); stopping before anything is saved (try a lower learning rate)")))
+        Err(Error::Diverged(format!("{what} is not finite ({v}); stopping before anything is saved (try a lower learning rate)")))
     }
 }
 
 impl TrainConfig {
     /// Rejects settings that cannot train, naming the option.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Model(m));
+        let bad = |m: String| Err(Error::Usage(m));
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
             return bad(format!("learning rate must be in (0, 10], not {}", self.lr));
         }
@@ -281,7 +281,7 @@ impl TrainConfig {
         match self.cv {
             Cv::Folds(k) if k < 2 => return bad(format!("cross-validation needs at least 2 folds, not {k}")),
             Cv::Folds(k) if !self.refit => {
-                return bad(format!("--cv {k} chooses a setting to refit on every example; with --no-refit the head fitted on the training split is kept, which needs the validation split (--cv off)"))
+                return bad(format!("setting `cv` {k} chooses a setting to refit on every example; without a refit (setting `no_refit`) the head fitted on the training split is kept, which needs the validation split (setting `cv` off)"))
             }
             _ => {}
         }
@@ -295,7 +295,7 @@ pub fn fit(cfg: &TrainConfig, train: Split, val: Split, num_classes: i64, on_epo
     cfg.validate()?;
     let n = train.x.size()[0];
     if n == 0 {
-        return Err(Error::Model("no training examples".into()));
+        return Err(Error::Usage("no training examples".into()));
     }
     for (what, x) in [("training", train.x), ("validation", val.x)] {
         if !bool::try_from(x.isfinite().all()).unwrap_or(false) {

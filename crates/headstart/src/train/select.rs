@@ -120,12 +120,12 @@ pub(crate) fn plan(cv: Cv, refit: bool, val_counts: &[usize], all_counts: &[usiz
     let smallest_val = val_counts.iter().copied().min().unwrap_or(0);
     Ok(match cv {
         Cv::Folds(k) if smallest < 2 => {
-            return Err(Error::Model(format!("--cv {k}: a class has a single example; cross-validation needs at least 2 per class")))
+            return Err(Error::Usage(format!("setting `cv` {k}: a class has a single example; cross-validation needs at least 2 per class")))
         }
-        Cv::Folds(k) if k > smallest => (Plan::Folds(smallest), format!("--cv {k}, reduced to {smallest} folds: the smallest class has {smallest} examples")),
-        Cv::Folds(k) => (Plan::Folds(k), format!("--cv {k}")),
+        Cv::Folds(k) if k > smallest => (Plan::Folds(smallest), format!("setting `cv` {k}, reduced to {smallest} folds: the smallest class has {smallest} examples")),
+        Cv::Folds(k) => (Plan::Folds(k), format!("setting `cv` {k}")),
         _ if n_val == 0 => (Plan::None, "no validation examples: chosen on training loss".into()),
-        Cv::Off => (Plan::Holdout, "--cv off".into()),
+        Cv::Off => (Plan::Holdout, "setting `cv` off".into()),
         Cv::Auto if !refit => (Plan::Holdout, "no refit: the head fitted on the training split is kept".into()),
         Cv::Auto if smallest_val >= CV_MIN_PER_CLASS => {
             (Plan::Holdout, format!("automatic: the validation split holds at least {CV_MIN_PER_CLASS} examples of every class"))
