@@ -8,14 +8,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use headstart::error::Cause;
 use clap::{Parser, Subcommand};
-use headstart::models::{self, registry, Mode};
+use headstart::models::{self, registry};
 use headstart::run::{self, TrainRequest};
 use headstart::text::chunks::{ChunkPooling, LongText};
 use headstart::preprocess::Augment;
 use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
 use headstart::train::schedule::Schedule;
-use headstart::train::{ClassWeights, Cv, HeadKind, Method, TrainConfig};
+use headstart::train::{ClassWeights, HeadKind, Method, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
@@ -45,6 +45,8 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        columns: ColumnArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -100,6 +102,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        columns: ColumnArgs,
+        #[command(flatten)]
         common: Common,
     },
     /// List the registered pre-trained models.
@@ -137,6 +141,30 @@ enum Command {
     /// and unpacked with `dpkg-deb -x`. The store is $HEADSTART_ASSETS, else
     /// $HEADSTART_HOME/assets (default ~/.cache/headstart/assets).
     Fetch(fetch::FetchArgs),
+}
+
+/// Text bundles: columns of a test file named differently from the training file's (default:
+/// the bundle's).
+#[derive(clap::Args)]
+struct ColumnArgs {
+    /// The column (CSV/TSV header or JSONL field) holding the text.
+    #[arg(long)]
+    text_column: Option<String>,
+    /// The column holding the label.
+    #[arg(long)]
+    label_column: Option<String>,
+    /// The column holding the second text of a sentence pair.
+    #[arg(long)]
+    pair_column: Option<String>,
+}
+
+impl ColumnArgs {
+    fn refuse_for_images(&self) -> Result<()> {
+        if self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() {
+            bail!("--text-column, --label-column and --pair-column apply to text bundles; this is an image bundle");
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -589,27 +617,30 @@ fn long_text(a: &TrainArgs) -> Result<Option<LongText>> {
     }
 }
 
+/// Head settings: the flags over the library's defaults.
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let d = TrainConfig::default();
     Ok(TrainConfig {
-        head: match a.head.unwrap_or(HeadArg::Logistic) {
-            HeadArg::Logistic => HeadKind::Logistic,
-            HeadArg::Linear => HeadKind::Linear,
-            HeadArg::Mlp => HeadKind::Mlp,
+        head: match a.head {
+            None => d.head,
+            Some(HeadArg::Logistic) => HeadKind::Logistic,
+            Some(HeadArg::Linear) => HeadKind::Linear,
+            Some(HeadArg::Mlp) => HeadKind::Mlp,
         },
-        epochs: a.epochs.unwrap_or(30),
-        batch_size: a.batch_size.unwrap_or(32),
-        lr: a.lr.unwrap_or(1e-3),
-        weight_decay: a.weight_decay.unwrap_or(0.0),
+        epochs: a.epochs.unwrap_or(d.epochs),
+        batch_size: a.batch_size.unwrap_or(d.batch_size),
+        lr: a.lr.unwrap_or(d.lr),
+        weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
         patience: a.patience,
         hidden: a.hidden,
         dropout: a.dropout,
-        label_smoothing: a.label_smoothing.unwrap_or(0.0),
+        label_smoothing: a.label_smoothing.unwrap_or(d.label_smoothing),
         class_weights: class_weights(&a.class_weights)?,
-        seed: a.seed.unwrap_or(0),
+        seed: a.seed.unwrap_or(d.seed),
         l2: a.l2,
         refit: !a.no_refit,
         cv: match &a.cv {
-            None => Cv::Auto,
+            None => d.cv,
             Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--cv {e}"))?,
         },
     })
@@ -619,17 +650,13 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig> {
     let warmup = a.warmup.unwrap_or(0);
     let schedule = match a.schedule {
-        None => match base.schedule {
-            Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup },
-            Schedule::Linear { .. } => Schedule::Linear { warmup },
-            other => other,
-        },
+        None => base.schedule.clone().with_warmup(warmup),
         Some(ScheduleArg::Constant) => Schedule::Constant,
         Some(ScheduleArg::Cosine) => Schedule::WarmupCosine { warmup },
         Some(ScheduleArg::Linear) => Schedule::Linear { warmup },
-        Some(ScheduleArg::Onecycle) => Schedule::OneCycle { pct_start: 0.25, div_factor: 25.0, final_div_factor: 1e4 },
-        Some(ScheduleArg::Step) => Schedule::Step { every: 2, gamma: 0.1 },
-        Some(ScheduleArg::Plateau) => Schedule::Plateau { patience: 1, factor: 0.1 },
+        Some(ScheduleArg::Onecycle) => Schedule::one_cycle(),
+        Some(ScheduleArg::Step) => Schedule::step(),
+        Some(ScheduleArg::Plateau) => Schedule::plateau(),
     };
     Ok(FinetuneConfig {
         unfreeze: match &a.unfreeze {
@@ -648,14 +675,14 @@ fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig
         },
         schedule,
         clip_grad_norm: a.clip_grad,
-        accumulate: a.accumulate.unwrap_or(1),
+        accumulate: a.accumulate.unwrap_or(base.accumulate),
         augment: a.augment.then(Augment::default),
         bn: match a.bn {
             BnArg::Train => BnPolicy::Train,
             BnArg::Frozen => BnPolicy::Frozen,
         },
-        label_smoothing: a.label_smoothing.unwrap_or(0.0),
-        seed: a.seed.unwrap_or(0),
+        label_smoothing: a.label_smoothing.unwrap_or(base.label_smoothing),
+        seed: a.seed.unwrap_or(base.seed),
         checkpoint_every: a.checkpoint_every,
         precision: precision(a.precision),
         warmup_ratio: a.warmup_ratio,
@@ -864,122 +891,152 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// `train`: a new run from the flags (and a config file), or a resumed one.
+fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
+    if let Some(c) = a.config.clone() {
+        for w in a.merge(config::RunConfig::read(&c)?)? {
+            eprintln!("warning: {}", flags(&w));
+        }
+    }
+    let p = a.common.progress();
+    let (modality, o) = match &a.resume {
+        Some(run) => headstart::learn::resume::resume(run, &p)?,
+        None => new_run(&a, &p)?,
+    };
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &o)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for w in &o.warnings {
+        eprintln!("warning: {}", flags(w));
+    }
+    write_outcome(out, &o, modality)
+}
+
+/// Trains per the flags, in the modality the library detects.
+fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, run::TrainOutcome)> {
+    let data = a.data.clone().context("--data is required (or `data` in the --config file)")?;
+    let out = a.out.clone().context("--out is required (or `output_dir` in the --config file)")?;
+    let detected = a.detect().expect("data is given");
+    eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
+    let finetuning = a.mode == Some(TrainMode::Finetune);
+    let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(headstart::learn::task::DEFAULT_VAL_SPLIT) };
+    let cache = a.common.cache();
+    let eval_batch = a.eval_batch_size.unwrap_or(headstart::learn::task::DEFAULT_EVAL_BATCH);
+    let o = match detected.modality {
+        registry::Modality::Text => {
+            let d = headstart::text::data::Columns::default();
+            let req = headstart::text::TextTrainRequest {
+                data,
+                val: a.val.clone(),
+                val_split,
+                columns: headstart::text::data::Columns {
+                    text: a.text_column.clone().unwrap_or(d.text),
+                    label: a.label_column.clone().unwrap_or(d.label),
+                    pair: a.pair_column.clone(),
+                },
+                lossy: a.lossy,
+                model: a.model.clone().unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
+                model_options: headstart::text::TextModelOptions {
+                    max_length: a.max_length,
+                    pooling: a.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?,
+                    long_text: long_text(a)?,
+                    chunk_batch: a.chunk_batch,
+                },
+                out,
+                cache,
+                eval_batch_size: eval_batch,
+                precision: if finetuning { headstart::engine::Precision::Fp32 } else { precision(a.precision) },
+                finetune: if finetuning { Some(finetune_config(a, headstart::text::text_finetune_defaults())?) } else { None },
+                train: train_config(a)?,
+            };
+            headstart::text::train_text(&req, false, p)?
+        }
+        registry::Modality::Image => {
+            let model = a.model.clone().unwrap_or_else(|| registry::DEFAULT_MODEL.into());
+            let req = TrainRequest {
+                data,
+                val: a.val.clone(),
+                val_split,
+                input_override: input_override(a, &model)?,
+                model,
+                weights: a.weights.clone(),
+                out,
+                cache,
+                extract_batch_size: eval_batch,
+                finetune: if finetuning { Some(finetune_config(a, FinetuneConfig::default())?) } else { None },
+                train: train_config(a)?,
+                allow_truncated: a.common.allow_truncated,
+            };
+            run::train_image(&req, p)?
+        }
+    };
+    Ok((detected.modality, o))
+}
+
+/// The range test's table and suggestion.
+fn write_lr_find(out: &mut impl Write, r: &headstart::train::finetune::LrFind, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:>12}  {:>9}", "lr", "loss")?;
+    let every = (r.lrs.len() / 20).max(1);
+    for i in (0..r.lrs.len()).step_by(every) {
+        writeln!(out, "{:>12.3e}  {:>9.4}", r.lrs[i], r.losses[i])?;
+    }
+    writeln!(out, "steepest descent at {:.2e}; suggested learning rate {:.2e} (a tenth of the minimum)", r.steepest, r.suggestion)?;
+    Ok(())
+}
+
+/// `train`'s summary.
+fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry::Modality) -> Result<()> {
+    let text_run = modality == registry::Modality::Text;
+    let unit = if text_run { "texts" } else { "images" };
+    writeln!(out, "model       {}", o.model)?;
+    writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
+    writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
+    writeln!(out, "backbone    {} {unit} run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
+    let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
+    writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
+    if !o.tuned_stages.is_empty() {
+        writeln!(out, "fine-tuned  {} ({} non-finite steps skipped)", o.tuned_stages.join(", "), o.skipped_steps)?;
+    }
+    if let Some((e, b)) = o.resumed_from {
+        writeln!(out, "resumed     at epoch {}, batch {}", e + 1, b)?;
+    }
+    if let Some(s) = &o.selection {
+        write_selection(out, s, unit, o.n_train + o.n_val)?;
+    }
+    writeln!(out, "train acc   {:.4}", o.train_accuracy)?;
+    if let Some(v) = &o.val {
+        // After a refit the held-out figures describe the choice, not the refitted head.
+        let label = match &o.selection {
+            Some(s) if s.refit || s.method == Method::CrossValidation => format!("selection estimate ({}):", s.estimate_name()),
+            _ => "val acc    ".to_string(),
+        };
+        writeln!(out, "{label} {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
+    }
+    if o.skipped > 0 {
+        writeln!(out, "skipped     {} {}, reasons in {}", o.skipped, if text_run { "rows" } else { "files" }, o.run_dir.join("errors.jsonl").display())?;
+    }
+    writeln!(out, "bundle      {}", o.bundle.display())?;
+    Ok(())
+}
+
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
-        Command::Train(mut a) => {
-            if let Some(c) = a.config.clone() {
-                for w in a.merge(config::RunConfig::read(&c)?)? {
-                    eprintln!("warning: {}", flags(&w));
-                }
-            }
-            let p = a.common.progress();
-            let text_run;
-            let o = match &a.resume {
-                Some(run) => {
-                    let (modality, o) = headstart::learn::resume::resume(run, &p)?;
-                    text_run = modality == registry::Modality::Text;
-                    o
-                }
-                None => {
-                    let data = a.data.clone().context("--data is required (or `data` in the --config file)")?;
-                    let out = a.out.clone().context("--out is required (or `output_dir` in the --config file)")?;
-                    let finetuning = a.mode == Some(TrainMode::Finetune);
-                    let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(0.2) };
-                    let detected = a.detect();
-                    text_run = detected.as_ref().is_some_and(|d| d.modality == registry::Modality::Text);
-                    if let Some(d) = &detected {
-                        eprintln!("note: read as {}: {}", d.modality.name(), d.reason);
-                    }
-                    if text_run {
-                        let req = headstart::text::TextTrainRequest {
-                            data,
-                            val: a.val.clone(),
-                            val_split,
-                            columns: headstart::text::data::Columns {
-                                text: a.text_column.clone().unwrap_or_else(|| "text".into()),
-                                label: a.label_column.clone().unwrap_or_else(|| "label".into()),
-                                pair: a.pair_column.clone(),
-                            },
-                            lossy: a.lossy,
-                            model: a.model.clone().unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
-                            model_options: headstart::text::TextModelOptions {
-                                max_length: a.max_length,
-                                pooling: a.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?,
-                                long_text: long_text(&a)?,
-                                chunk_batch: a.chunk_batch,
-                            },
-                            out,
-                            cache: a.common.cache(),
-                            eval_batch_size: a.eval_batch_size.unwrap_or(32),
-                            precision: if finetuning { headstart::engine::Precision::Fp32 } else { precision(a.precision) },
-                            finetune: if finetuning { Some(finetune_config(&a, headstart::text::text_finetune_defaults())?) } else { None },
-                            train: train_config(&a)?,
-                        };
-                        headstart::text::train_text(&req, false, &p)?
-                    } else {
-                        let model = a.model.clone().unwrap_or_else(|| registry::DEFAULT_MODEL.into());
-                        let req = TrainRequest {
-                            data,
-                            val: a.val.clone(),
-                            val_split,
-                            input_override: input_override(&a, &model)?,
-                            model,
-                            weights: a.weights.clone(),
-                            out,
-                            cache: a.common.cache(),
-                            extract_batch_size: a.eval_batch_size.unwrap_or(32),
-                            finetune: if finetuning { Some(finetune_config(&a, FinetuneConfig::default())?) } else { None },
-                            train: train_config(&a)?,
-                            allow_truncated: a.common.allow_truncated,
-                        };
-                        run::train_image_resumable(&req, false, &p)?
-                    }
-                }
-            };
-            let unit = if text_run { "texts" } else { "images" };
-            if a.json {
-                serde_json::to_writer_pretty(&mut *out, &o)?;
-                writeln!(out)?;
-            } else {
-                for w in &o.warnings {
-                    eprintln!("warning: {}", flags(&w));
-                }
-                writeln!(out, "model       {}", o.model)?;
-                writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
-                writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
-                writeln!(out, "backbone    {} {unit} run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
-                let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
-                writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
-                if !o.tuned_stages.is_empty() {
-                    writeln!(out, "fine-tuned  {} ({} non-finite steps skipped)", o.tuned_stages.join(", "), o.skipped_steps)?;
-                }
-                if let Some((e, b)) = o.resumed_from {
-                    writeln!(out, "resumed     at epoch {}, batch {}", e + 1, b)?;
-                }
-                if let Some(s) = &o.selection {
-                    write_selection(out, s, unit, o.n_train + o.n_val)?;
-                }
-                writeln!(out, "train acc   {:.4}", o.train_accuracy)?;
-                if let Some(v) = &o.val {
-                    // After a refit the held-out figures describe the choice, not the refitted head.
-                    let label = match &o.selection {
-                        Some(s) if s.refit || s.method == Method::CrossValidation => format!("selection estimate ({}):", s.estimate_name()),
-                        _ => "val acc    ".to_string(),
-                    };
-                    writeln!(out, "{label} {:.4}   macro-F1 {:.4}   top-{} {:.4}", v.accuracy, v.macro_f1, v.top_k, v.top_k_accuracy)?;
-                }
-                if o.skipped > 0 {
-                    writeln!(out, "skipped     {} {}, reasons in {}", o.skipped, if text_run { "rows" } else { "files" }, o.run_dir.join("errors.jsonl").display())?;
-                }
-                writeln!(out, "bundle      {}", o.bundle.display())?;
-            }
-        }
-        Command::Eval { bundle, data, lossy, weights, json, common } => {
+        Command::Train(a) => train(a, out)?,
+        Command::Eval { bundle, data, lossy, weights, json, columns, common } => {
             let (report, skipped) = if headstart::bundle::modality(&bundle)? == "text" {
                 let model = weights.as_ref().map(|w| w.display().to_string());
                 let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
-                p.evaluate(&data, lossy, common.cache().as_deref(), &common.progress())?
+                let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
+                p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
             } else {
+                columns.refuse_for_images()?;
                 let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
                 p.decode.allow_truncated = common.allow_truncated;
                 run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
@@ -1001,97 +1058,38 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
             let detected = detect_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
             eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
-            let probe = detected.modality == registry::Modality::Text;
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
-            let r = if probe {
-                let base = headstart::text::text_finetune_defaults();
-                let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
-                let req = headstart::text::TextTrainRequest {
-                    data,
-                    val: None,
-                    val_split: 0.0,
-                    columns: headstart::text::data::Columns { text: text_column.unwrap_or_else(|| "text".into()), label: label_column.unwrap_or_else(|| "label".into()), pair: None },
-                    lossy: false,
-                    model: model.unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
-                    model_options: Default::default(),
-                    out: PathBuf::new(),
-                    cache: None,
-                    eval_batch_size: 32,
-                    precision: headstart::engine::Precision::Fp32,
-                    train: TrainConfig::default(),
-                    finetune: Some(ft),
-                };
-                headstart::text::lr_find_text(&req, min_lr, max_lr, steps, &common.progress())?
-            } else {
-                let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(Unfreeze::Last(1)), batch_size, seed, ..Default::default() };
-                let req = TrainRequest {
-                    data,
-                    val: None,
-                    val_split: 0.0,
-                    model: model.unwrap_or_else(|| registry::DEFAULT_MODEL.into()),
-                    weights,
-                    out: PathBuf::new(),
-                    cache: None,
-                    extract_batch_size: 32,
-                    input_override: None,
-                    train: TrainConfig::default(),
-                    finetune: Some(ft),
-                    allow_truncated: common.allow_truncated,
-                };
-                run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?
-            };
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &r)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{:>12}  {:>9}", "lr", "loss")?;
-                let every = (r.lrs.len() / 20).max(1);
-                for i in (0..r.lrs.len()).step_by(every) {
-                    writeln!(out, "{:>12.3e}  {:>9.4}", r.lrs[i], r.losses[i])?;
+            let (p, val_split) = (common.progress(), 0.0);
+            let r = match detected.modality {
+                registry::Modality::Text => {
+                    let base = headstart::text::text_finetune_defaults();
+                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
+                    let d = headstart::text::TextTrainRequest::for_data(data);
+                    let columns = headstart::text::data::Columns { text: text_column.unwrap_or(d.columns.text.clone()), label: label_column.unwrap_or(d.columns.label.clone()), pair: None };
+                    let req = headstart::text::TextTrainRequest { columns, model: model.unwrap_or(d.model.clone()), val_split, finetune: Some(ft), ..d };
+                    headstart::text::lr_find_text(&req, min_lr, max_lr, steps, &p)?
                 }
-                writeln!(out, "steepest descent at {:.2e}; suggested learning rate {:.2e} (a tenth of the minimum)", r.steepest, r.suggestion)?;
-            }
+                registry::Modality::Image => {
+                    let base = FinetuneConfig::default();
+                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
+                    let d = TrainRequest::for_data(data);
+                    let req = TrainRequest { model: model.unwrap_or(d.model.clone()), weights, val_split, finetune: Some(ft), allow_truncated: common.allow_truncated, ..d };
+                    run::lr_find_image(&req, min_lr, max_lr, steps, &p)?
+                }
+            };
+            write_lr_find(out, &r, json)?;
         }
-        Command::Predict { bundle, files, text, lossy, top_k, weights, json, common } if headstart::bundle::modality(&bundle)? == "text" => {
+        Command::Predict { bundle, files, text, lossy, top_k, weights, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {
             let model = weights.as_ref().map(|w| w.display().to_string());
             let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
-            let pair_bundle = p.meta.columns.pair.is_some();
-            if pair_bundle && (!text.is_empty() || files.iter().any(|f| f.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")))) {
-                bail!("this bundle classifies sentence pairs: give CSV, TSV or JSONL files with both columns");
-            }
-            let (mut texts, mut pairs, mut origins) = (vec![], vec![], vec![]);
-            for (i, t) in text.iter().enumerate() {
-                texts.push(t.clone());
-                origins.push(format!("--text {}", i + 1));
-            }
-            let mut skipped = vec![];
-            for f in &files {
-                if f.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
-                    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    let (t, _) = headstart::text::data::decode_utf8(f, &bytes, lossy)?;
-                    if t.trim().is_empty() {
-                        skipped.push(headstart::data::Skip { path: f.clone(), reason: "empty text".into() });
-                        continue;
-                    }
-                    texts.push(t);
-                    origins.push(f.display().to_string());
-                } else {
-                    let rows = headstart::text::data::read_rows(f, &p.meta.columns, false, lossy)?;
-                    skipped.extend(rows.skipped);
-                    for r in rows.rows {
-                        texts.push(r.text);
-                        pairs.push(r.pair.unwrap_or_default());
-                        origins.push(r.origin);
-                    }
-                }
-            }
-            for s in &skipped {
+            let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();
+            let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
+            let inputs = headstart::blocks::text::predict_inputs(&given, &files, &cols, lossy)?;
+            let (texts, origins, skipped) = (&inputs.texts, &inputs.origins, &inputs.skipped);
+            for s in skipped {
                 eprintln!("skipped {}: {}", s.path.display(), s.reason);
             }
-            if texts.is_empty() {
-                return Err(fail(Cause::Data, "nothing to classify"));
-            }
-            let top = p.predict(&texts, pair_bundle.then_some(&pairs[..]), top_k, &common.progress())?;
+            let top = p.predict(texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
             if json {
                 let preds: Vec<_> = origins.iter().zip(&top).map(|(o, t)| serde_json::json!({"input": o, "top": t})).collect();
                 serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
@@ -1105,7 +1103,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
         }
-        Command::Predict { bundle, files, top_k, weights, json, common, .. } => {
+        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
+            columns.refuse_for_images()?;
             let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
             p.decode.allow_truncated = common.allow_truncated;
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
@@ -1205,69 +1204,20 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         }
         Command::Fetch(a) => fetch::run(a, out)?,
         Command::Classify { model, weights, top_k, json, files } => {
-            let e = entry(&model)?;
-            let w = open_weights(e, weights.as_deref())?;
-            let (m, report) = models::pretrained(e, &w, 3, models::HeadInit::Pretrained)?;
-            report.require_complete()?;
-            let files = if files.is_empty() {
-                let dir = headstart::assets::asset_dir();
-                let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
-                if !photos.iter().all(|p| p.is_file()) {
-                    return Err(fail(Cause::Model, format!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display())));
-                }
-                photos
+            let c = run::classify(&model, weights.as_deref(), &files, top_k)?;
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &c)?;
+                writeln!(out)?;
             } else {
-                files
-            };
-            let labels = load_labels();
-            let mut results = vec![];
-            for f in &files {
-                let img = headstart::preprocess::load_rgb(f)?;
-                let x = headstart::preprocess::prepare(&img, &e.input)?.unsqueeze(0);
-                let probs = tch::no_grad(|| m.forward(&x, Mode::Eval))?.softmax(-1, tch::Kind::Float).squeeze_dim(0);
-                let (p, idx) = probs.topk(top_k.min(e.num_classes), -1, true, true);
-                let p: Vec<f64> = Vec::try_from(&p.to_kind(tch::Kind::Double)).context("reading probabilities")?;
-                let idx: Vec<i64> = Vec::try_from(&idx).context("reading indices")?;
-                let top: Vec<_> = idx
-                    .iter()
-                    .zip(&p)
-                    .map(|(&i, &p)| serde_json::json!({"class": i, "label": labels.get(i as usize).cloned().unwrap_or_default(), "prob": p}))
-                    .collect();
-                if !json {
-                    writeln!(out, "{}", f.display())?;
-                    for t in &top {
-                        writeln!(out, "  {:>4}  {:>7.4}  {}", t["class"], t["prob"].as_f64().unwrap_or(0.0), t["label"].as_str().unwrap_or(""))?;
+                for r in &c.results {
+                    writeln!(out, "{}", r.file)?;
+                    for t in &r.top {
+                        writeln!(out, "  {:>4}  {:>7.4}  {}", t.class, t.prob, t.label)?;
                     }
                 }
-                results.push(serde_json::json!({"file": f.display().to_string(), "top": top}));
-            }
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"model": e.name, "results": results}))?;
-                writeln!(out)?;
             }
         }
     }
     Ok(())
 }
 
-/// ImageNet-1k class names from the asset cache, when fetched.
-fn load_labels() -> Vec<String> {
-    let p = headstart::assets::asset_dir().join("imagenet1k_label_to_names.json");
-    let Ok(text) = std::fs::read_to_string(p) else { return vec![] };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
-    match v {
-        serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect(),
-        serde_json::Value::Object(o) => {
-            let mut out = vec![String::new(); o.len()];
-            for (k, v) in o {
-                if let (Ok(i), Some(s)) = (k.parse::<usize>(), v.as_str()) {
-                    if i < out.len() {
-                        out[i] = s.to_string();
-                    }
-                }
-            }
-            out
-        }
-        _ => vec![],
-    }
-}

@@ -220,3 +220,40 @@ fn long_text_flags_config_keys_and_bundle_policy() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(bundle_toml(&run).contains("policy = \"truncate\""));
 }
+
+/// A test file whose columns are named differently from the training file's: `eval` and
+/// `predict` read it with `--text-column` / `--label-column`; without them the bundle's names
+/// apply and the missing column is named.
+#[test]
+fn eval_and_predict_take_other_column_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let run = tmp.path().join("run");
+    let o = headstart(&["train", "--data", data.to_str().unwrap(), "--model", &tiny_bert(), "--text-column", "review", "--label-column", "stars", "--out", run.to_str().unwrap(), "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bundle = run.join("bundle");
+    // The same rows under other names, as CSV.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&data).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let test = tmp.path().join("test.csv");
+    let mut csv = String::from("body,gold\n");
+    for r in rows.iter().skip(1) {
+        csv += &format!("{},{}\n", r["review"].as_str().unwrap(), r["stars"].as_str().unwrap());
+    }
+    std::fs::write(&test, csv).unwrap();
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--no-cache", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no column `review`") && stderr(&o).contains("--text-column"), "{}", stderr(&o));
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--text-column", "body", "--label-column", "gold", "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let same = headstart(&["eval", bundle.to_str().unwrap(), "--data", data.to_str().unwrap(), "--no-cache", "--json"]);
+    let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&o.stdout).unwrap(), serde_json::from_slice(&same.stdout).unwrap());
+    assert_eq!((a["n"].as_u64(), a["accuracy"].as_f64()), (b["n"].as_u64(), b["accuracy"].as_f64()), "the renamed file scores as the original");
+    let o = headstart(&["predict", bundle.to_str().unwrap(), test.to_str().unwrap(), "--text-column", "body", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 40);
+    // Column flags on an image bundle are a usage error.
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bundles_v1/image");
+    let o = headstart(&["eval", image.to_str().unwrap(), "--data", tmp.path().to_str().unwrap(), "--text-column", "body"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

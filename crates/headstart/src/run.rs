@@ -48,6 +48,25 @@ pub struct TrainRequest {
 }
 
 impl TrainRequest {
+    /// A request on `data` with the library's defaults: the default model and its weights, a
+    /// stratified validation split, no cache, no run directory, a head on frozen features.
+    pub fn for_data(data: PathBuf) -> TrainRequest {
+        TrainRequest {
+            data,
+            val: None,
+            val_split: crate::learn::task::DEFAULT_VAL_SPLIT,
+            model: crate::models::registry::DEFAULT_MODEL.into(),
+            weights: None,
+            out: PathBuf::new(),
+            cache: None,
+            extract_batch_size: crate::learn::task::DEFAULT_EVAL_BATCH,
+            input_override: None,
+            train: TrainConfig::default(),
+            finetune: None,
+            allow_truncated: false,
+        }
+    }
+
     pub fn decode_options(&self) -> DecodeOptions {
         DecodeOptions { allow_truncated: self.allow_truncated, ..DecodeOptions::default() }
     }
@@ -128,4 +147,80 @@ pub fn lr_find_image(req: &TrainRequest, min_lr: f64, max_lr: f64, steps: usize,
     let ft = req.finetune.clone().unwrap_or_default();
     let req = TrainRequest { finetune: Some(ft.clone()), ..req.clone() };
     task::lr_find(&ImageBlock::for_request(&req), &ft, min_lr, max_lr, steps, progress)
+}
+
+/// One class of a pre-trained classifier's prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassProb {
+    pub class: i64,
+    /// The ImageNet-1k name, when the label file is in the asset store (else empty).
+    pub label: String,
+    pub prob: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Classified {
+    pub file: String,
+    pub top: Vec<ClassProb>,
+}
+
+/// What a pre-trained ImageNet classifier says about images.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub model: String,
+    pub results: Vec<Classified>,
+}
+
+/// Classifies `files` (none: the test photos of the asset store) with the pre-trained
+/// classifier of registry model `model`: the `top_k` ImageNet classes of each.
+pub fn classify(model: &str, weights: Option<&Path>, files: &[PathBuf], top_k: i64) -> Result<Classification> {
+    let e = entry_of(model)?;
+    let w = open_weights(e, weights)?;
+    let (m, report) = pretrained(e, &w, 3, HeadInit::Pretrained)?;
+    report.require_complete()?;
+    let files = if files.is_empty() {
+        let dir = crate::assets::asset_dir();
+        let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
+        if !photos.iter().all(|p| p.is_file()) {
+            return Err(Error::Model(format!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display())));
+        }
+        photos
+    } else {
+        files.to_vec()
+    };
+    let labels = imagenet_labels();
+    let mut results = vec![];
+    for f in &files {
+        let img = crate::preprocess::load_rgb(f)?;
+        let x = crate::preprocess::prepare(&img, &e.input)?.unsqueeze(0);
+        let probs = tch::no_grad(|| m.forward(&x, crate::models::Mode::Eval))?.softmax(-1, tch::Kind::Float).squeeze_dim(0);
+        let (p, idx) = probs.topk(top_k.clamp(1, e.num_classes), -1, true, true);
+        let p: Vec<f64> = Vec::try_from(&p.to_kind(tch::Kind::Double))?;
+        let idx: Vec<i64> = Vec::try_from(&idx)?;
+        let top = idx.iter().zip(&p).map(|(&class, &prob)| ClassProb { class, label: labels.get(class as usize).cloned().unwrap_or_default(), prob }).collect();
+        results.push(Classified { file: f.display().to_string(), top });
+    }
+    Ok(Classification { model: e.name.to_string(), results })
+}
+
+/// ImageNet-1k class names from the asset cache, when fetched.
+fn imagenet_labels() -> Vec<String> {
+    let p = crate::assets::asset_dir().join("imagenet1k_label_to_names.json");
+    let Ok(text) = std::fs::read_to_string(p) else { return vec![] };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
+    match v {
+        serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect(),
+        serde_json::Value::Object(o) => {
+            let mut out = vec![String::new(); o.len()];
+            for (k, v) in o {
+                if let (Ok(i), Some(s)) = (k.parse::<usize>(), v.as_str()) {
+                    if i < out.len() {
+                        out[i] = s.to_string();
+                    }
+                }
+            }
+            out
+        }
+        _ => vec![],
+    }
 }

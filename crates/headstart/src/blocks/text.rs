@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::{Bundle, TextBundleMeta, TextEncoderRef};
 use crate::engine::Precision;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::learn::split::Skip;
 use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
 use crate::progress::Progress;
 use crate::text::chunks::{self, chunk_budget, encode_docs};
-use crate::text::data::{Columns, TextDataset};
+use crate::text::data::{decode_utf8, read_rows, Columns, TextDataset};
 use crate::text::tokenizer::Encoded;
 use crate::text::{embed, resolve_model_dir, TextLearner, TextModel, TextTrainRequest};
 use crate::train::finetune::FinetuneConfig;
@@ -160,5 +161,105 @@ impl TrainBlock for TextBlock<'_> {
             tuned: None,
         };
         Ok(meta.into())
+    }
+}
+
+/// Texts to classify, in order, each with where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct PredictInputs {
+    pub texts: Vec<String>,
+    /// Second texts of sentence pairs (for a bundle trained on pairs).
+    pub pairs: Option<Vec<String>>,
+    /// Where each text came from: as the caller named it, a `.txt` file, or `file:line`.
+    pub origins: Vec<String>,
+    pub skipped: Vec<Skip>,
+}
+
+fn is_txt(f: &Path) -> bool {
+    f.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+}
+
+/// Reads the texts a text bundle classifies: `given` (origin, text) pairs, `.txt` files (one
+/// text each; empty ones are skipped), and tables (CSV, TSV, JSONL) read by `columns`. A
+/// bundle of sentence pairs (`columns.pair`) takes tables with both columns only.
+pub fn predict_inputs(given: &[(String, String)], files: &[PathBuf], columns: &Columns, lossy: bool) -> Result<PredictInputs> {
+    let pair = columns.pair.is_some();
+    if pair && (!given.is_empty() || files.iter().any(|f| is_txt(f))) {
+        return Err(Error::Usage("this bundle classifies sentence pairs: give CSV, TSV or JSONL files with both columns".into()));
+    }
+    let mut out = PredictInputs { pairs: pair.then(Vec::new), ..Default::default() };
+    for (origin, t) in given {
+        out.texts.push(t.clone());
+        out.origins.push(origin.clone());
+    }
+    for f in files {
+        if is_txt(f) {
+            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            let (t, _) = decode_utf8(f, &bytes, lossy)?;
+            if t.trim().is_empty() {
+                out.skipped.push(Skip { path: f.clone(), reason: "empty text".into() });
+                continue;
+            }
+            out.texts.push(t);
+            out.origins.push(f.display().to_string());
+        } else {
+            let rows = read_rows(f, columns, false, lossy)?;
+            out.skipped.extend(rows.skipped);
+            for r in rows.rows {
+                out.texts.push(r.text);
+                if let Some(p) = out.pairs.as_mut() {
+                    p.push(r.pair.unwrap_or_default());
+                }
+                out.origins.push(r.origin);
+            }
+        }
+    }
+    if out.texts.is_empty() {
+        return Err(match files.first() {
+            Some(f) => Error::input(f, "nothing to classify: every text was skipped"),
+            None => Error::Usage("nothing to classify".into()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predict_inputs_read_given_texts_txt_files_and_tables_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, empty, table) = (d.path().join("a.txt"), d.path().join("empty.TXT"), d.path().join("t.csv"));
+        std::fs::write(&a, "\u{feff}a whole review\nover two lines\n").unwrap();
+        std::fs::write(&empty, " \n").unwrap();
+        std::fs::write(&table, "body,label\nfirst row,x\nsecond row,y\n").unwrap();
+        let cols = Columns { text: "body".into(), ..Columns::default() };
+        let given = vec![("given 1".to_string(), "typed in".to_string())];
+        let got = predict_inputs(&given, &[a.clone(), empty.clone(), table.clone()], &cols, false).unwrap();
+        assert_eq!(got.texts, vec!["typed in", "a whole review\nover two lines\n", "first row", "second row"]);
+        assert_eq!(got.origins[..2], ["given 1".to_string(), a.display().to_string()]);
+        assert!(got.origins[2].contains("t.csv"), "{:?}", got.origins);
+        assert_eq!(got.skipped.len(), 1);
+        assert_eq!((got.skipped[0].path.clone(), got.skipped[0].reason.as_str()), (empty, "empty text"));
+        assert!(got.pairs.is_none());
+        // Another column name than the bundle's: the table is read by it.
+        let e = predict_inputs(&[], std::slice::from_ref(&table), &Columns::default(), false).unwrap_err().to_string();
+        assert!(e.contains("no column `text`"), "{e}");
+    }
+
+    #[test]
+    fn pair_bundles_take_tables_with_both_columns_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, table) = (d.path().join("a.txt"), d.path().join("p.tsv"));
+        std::fs::write(&a, "one text").unwrap();
+        std::fs::write(&table, "q\tp\nis it?\tyes it is\n").unwrap();
+        let cols = Columns { text: "q".into(), label: "label".into(), pair: Some("p".into()) };
+        let e = predict_inputs(&[], &[a], &cols, false).unwrap_err();
+        assert_eq!(e.cause(), crate::error::Cause::Usage);
+        let got = predict_inputs(&[], &[table], &cols, false).unwrap();
+        assert_eq!((got.texts, got.pairs), (vec!["is it?".to_string()], Some(vec!["yes it is".to_string()])));
+        let e = predict_inputs(&[], &[], &Columns::default(), false).unwrap_err().to_string();
+        assert!(e.contains("nothing to classify"), "{e}");
     }
 }

@@ -84,6 +84,11 @@ pub trait Block {
     fn learner<'a>(&'a self, model: &'a Self::Model, inputs: &'a Self::Inputs, labels: &[i64], num_classes: i64, ft: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Self::Learner<'a>>;
 }
 
+/// The share of each class held out for validation when no validation set is given.
+pub const DEFAULT_VAL_SPLIT: f64 = 0.2;
+/// Batch size of feature extraction and evaluation.
+pub const DEFAULT_EVAL_BATCH: usize = 32;
+
 /// The settings every training run has, whatever the modality.
 pub struct RunSpec<'a> {
     pub data: &'a Path,

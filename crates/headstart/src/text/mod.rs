@@ -252,6 +252,29 @@ pub struct TextTrainRequest {
     pub finetune: Option<FinetuneConfig>,
 }
 
+impl TextTrainRequest {
+    /// A request on `data` with the library's defaults: the default text model, the `text`
+    /// and `label` columns, a stratified validation split, no cache, no run directory, a head
+    /// on frozen embeddings.
+    pub fn for_data(data: PathBuf) -> TextTrainRequest {
+        TextTrainRequest {
+            data,
+            val: None,
+            val_split: crate::learn::task::DEFAULT_VAL_SPLIT,
+            columns: Columns::default(),
+            lossy: false,
+            model: DEFAULT_TEXT_MODEL.into(),
+            model_options: TextModelOptions::default(),
+            out: PathBuf::new(),
+            cache: None,
+            eval_batch_size: crate::learn::task::DEFAULT_EVAL_BATCH,
+            precision: Precision::Fp32,
+            train: TrainConfig::default(),
+            finetune: None,
+        }
+    }
+}
+
 /// The defaults for fine-tuning text (Hugging Face `Trainer`'s): AdamW at 5e-5, weight decay
 /// 0.01 (not on biases and LayerNorm), linear decay after an optional warm-up, every layer
 /// unfrozen at the same rate, no head-only phase.
@@ -434,6 +457,17 @@ impl TextPredictor {
         }
         m.weights_sha256 = bundle::load_tuned(dir, meta.tuned.as_ref(), &m.encoder.vs, &m.weights_sha256)?;
         Ok(TextPredictor { meta, model: m, head })
+    }
+
+    /// The bundle's columns with the ones given in their place (a test file whose columns are
+    /// named differently from the training file's).
+    pub fn columns(&self, text: Option<&str>, label: Option<&str>, pair: Option<&str>) -> Columns {
+        let c = &self.meta.columns;
+        Columns {
+            text: text.unwrap_or(&c.text).to_string(),
+            label: label.unwrap_or(&c.label).to_string(),
+            pair: pair.map(str::to_string).or_else(|| c.pair.clone()),
+        }
     }
 
     /// The text block reading data as the bundle says (or with other `columns`).

@@ -19,6 +19,30 @@ pub enum Schedule {
     Plateau { patience: usize, factor: f64 },
 }
 
+impl Schedule {
+    /// One-cycle with its usual settings: a quarter of the steps rising, from a 25th of the
+    /// rate, ending at a 10⁴th of that.
+    pub fn one_cycle() -> Schedule {
+        Schedule::OneCycle { pct_start: 0.25, div_factor: 25.0, final_div_factor: 1e4 }
+    }
+    /// A tenth of the rate every second epoch.
+    pub fn step() -> Schedule {
+        Schedule::Step { every: 2, gamma: 0.1 }
+    }
+    /// A tenth of the rate after one epoch without improvement.
+    pub fn plateau() -> Schedule {
+        Schedule::Plateau { patience: 1, factor: 0.1 }
+    }
+    /// This schedule with `warmup` warm-up steps (schedules without a warm-up are unchanged).
+    pub fn with_warmup(self, warmup: usize) -> Schedule {
+        match self {
+            Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup },
+            Schedule::Linear { .. } => Schedule::Linear { warmup },
+            other => other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scheduler {
     pub schedule: Schedule,
