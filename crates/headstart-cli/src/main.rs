@@ -1028,11 +1028,10 @@ fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
-        Command::Train(a) => train(a, out)?,
+        Command::Train(a) => train(a, out),
         Command::Eval { bundle, data, lossy, weights, json, columns, common } => {
             let (report, skipped) = if headstart::bundle::modality(&bundle)? == "text" {
-                let model = weights.as_ref().map(|w| w.display().to_string());
-                let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
+                let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
                 p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
             } else {
@@ -1041,19 +1040,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 p.decode.allow_truncated = common.allow_truncated;
                 run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
             };
-            for s in &skipped {
-                eprintln!("skipped {}: {}", s.path.display(), s.reason);
-            }
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &report)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "n {}   accuracy {:.4}   macro-F1 {:.4}   top-{} {:.4}", report.n, report.accuracy, report.macro_f1, report.top_k, report.top_k_accuracy)?;
-                writeln!(out, "{:<20} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support")?;
-                for c in &report.per_class {
-                    writeln!(out, "{:<20} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support)?;
-                }
-            }
+            write_skipped(&skipped);
+            write_report(out, &report, json)
         }
         Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
             let detected = detect_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
@@ -1077,145 +1065,172 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     run::lr_find_image(&req, min_lr, max_lr, steps, &p)?
                 }
             };
-            write_lr_find(out, &r, json)?;
+            write_lr_find(out, &r, json)
         }
         Command::Predict { bundle, files, text, lossy, top_k, weights, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {
-            let model = weights.as_ref().map(|w| w.display().to_string());
-            let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
+            let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
             let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();
             let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
             let inputs = headstart::blocks::text::predict_inputs(&given, &files, &cols, lossy)?;
-            let (texts, origins, skipped) = (&inputs.texts, &inputs.origins, &inputs.skipped);
-            for s in skipped {
-                eprintln!("skipped {}: {}", s.path.display(), s.reason);
-            }
-            let top = p.predict(texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
-            if json {
-                let preds: Vec<_> = origins.iter().zip(&top).map(|(o, t)| serde_json::json!({"input": o, "top": t})).collect();
-                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
-                writeln!(out)?;
-            } else {
-                for (o, t) in origins.iter().zip(&top) {
-                    writeln!(out, "{o}")?;
-                    for (label, prob) in t {
-                        writeln!(out, "  {prob:>7.4}  {label}")?;
-                    }
-                }
-            }
+            write_skipped(&inputs.skipped);
+            let top = p.predict(&inputs.texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
+            write_predictions(out, inputs.origins.iter().cloned().zip(top), &inputs.skipped, json, "input")
         }
         Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
             columns.refuse_for_images()?;
             let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
             p.decode.allow_truncated = common.allow_truncated;
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
-            for s in &skipped {
-                eprintln!("skipped {}: {}", s.path.display(), s.reason);
-            }
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
-                writeln!(out)?;
-            } else {
-                for pr in &preds {
-                    writeln!(out, "{}", pr.file.display())?;
-                    for (label, prob) in &pr.top {
-                        writeln!(out, "  {prob:>7.4}  {label}")?;
-                    }
-                }
-            }
-            if preds.is_empty() {
+            write_skipped(&skipped);
+            let n = preds.len();
+            write_predictions(out, preds.into_iter().map(|pr| (pr.file.display().to_string(), pr.top)), &skipped, json, "file")?;
+            if n == 0 {
                 return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
             }
+            Ok(())
         }
-        Command::Models { json } => {
-            let all = registry::list();
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &all)?;
-                writeln!(out)?;
-            } else {
-                let w = all.iter().map(|e| e.name().len()).max().unwrap_or(4);
-                writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  source", "name", "modality", "family", "size", "crop")?;
-                for e in &all {
-                    let (size, crop) = match e {
-                        registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
-                        registry::Listed::Text(_) => ("-".into(), "-".into()),
-                    };
-                    writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;
-                }
-                writeln!(out, "(text: any BERT, RoBERTa, XLM-RoBERTa, DistilBERT or GPT-2 model directory or hub repo id also works)")?;
-            }
-        }
-        Command::Inspect { what: Inspect::Weights { path, json } } => {
-            let w = Weights::open(&path)?;
-            if json {
-                let infos: Vec<_> = w.infos().collect();
-                serde_json::to_writer_pretty(&mut *out, &infos)?;
-                writeln!(out)?;
-            } else {
-                let width = w.names().iter().map(|n| n.len()).max().unwrap_or(4).max(4);
-                writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", "name", "dtype", "shape", "size")?;
-                let mut total = 0;
-                for i in w.infos() {
-                    total += i.bytes();
-                    writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", i.name, i.dtype.name(), format!("{:?}", i.shape), human(i.bytes()))?;
-                }
-                let fmts: Vec<String> = w.files().iter().map(|f| format!("{:?}", f.format())).collect();
-                writeln!(out, "{} tensors, {} ({})", w.names().len(), human(total), fmts.join(", "))?;
-            }
-        }
+        Command::Models { json } => write_models(out, json),
+        Command::Inspect { what: Inspect::Weights { path, json } } => write_weights(out, &Weights::open(&path)?, json),
         Command::Inspect { what: Inspect::Load { model, weights, num_classes, in_channels, json } } => {
             let e = entry(&model)?;
             let w = open_weights(e, weights.as_deref())?;
             let (_m, report) = models::pretrained(e, &w, in_channels, num_classes.map_or(models::HeadInit::Pretrained, models::HeadInit::New))?;
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &report)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{} ← {}", e.name, report.source)?;
-                writeln!(out, "{}", report.summary())?;
-                for m in &report.missing {
-                    let near = m.nearest.as_ref().map(|n| format!(" (nearest in file: {n})")).unwrap_or_default();
-                    writeln!(out, "  missing     {} {:?}{near}", m.name, m.shape)?;
-                }
-                for n in &report.unexpected {
-                    writeln!(out, "  unexpected  {n}")?;
-                }
-                for m in &report.shape_mismatched {
-                    writeln!(out, "  mismatch    {}: model {:?}, file {:?}", m.name, m.expected, m.found)?;
-                }
-                for n in &report.dropped {
-                    writeln!(out, "  dropped     {}: {}", n.name, n.why)?;
-                }
-                for n in &report.adapted {
-                    writeln!(out, "  adapted     {}: {}", n.name, n.why)?;
-                }
-            }
+            write_load_report(out, e.name, &report, json)?;
             if !report.is_complete() {
                 return Err(fail(Cause::Model, format!("load incomplete: {}", report.summary())));
             }
+            Ok(())
         }
         Command::Convert { input, output } => {
             let w = Weights::open(&input)?;
-            let mut tensors = vec![];
-            for n in w.names() {
-                tensors.push((n.clone(), w.tensor(n)?));
-            }
+            let tensors: Vec<(String, tch::Tensor)> = w.names().iter().map(|n| Ok((n.clone(), w.tensor(n)?))).collect::<headstart::Result<_>>()?;
             weights::save_safetensors(&output, &tensors)?;
             writeln!(out, "wrote {} tensors to {}", tensors.len(), output.display())?;
+            Ok(())
         }
-        Command::Fetch(a) => fetch::run(a, out)?,
-        Command::Classify { model, weights, top_k, json, files } => {
-            let c = run::classify(&model, weights.as_deref(), &files, top_k)?;
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &c)?;
-                writeln!(out)?;
-            } else {
-                for r in &c.results {
-                    writeln!(out, "{}", r.file)?;
-                    for t in &r.top {
-                        writeln!(out, "  {:>4}  {:>7.4}  {}", t.class, t.prob, t.label)?;
-                    }
-                }
-            }
+        Command::Fetch(a) => fetch::run(a, out),
+        Command::Classify { model, weights, top_k, json, files } => write_classification(out, &run::classify(&model, weights.as_deref(), &files, top_k)?, json),
+    }
+}
+
+fn write_skipped(skipped: &[headstart::data::Skip]) {
+    for s in skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+}
+
+/// `eval`'s report: overall figures and a table per class.
+fn write_report(out: &mut impl Write, report: &headstart::metrics::Report, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "n {}   accuracy {:.4}   macro-F1 {:.4}   top-{} {:.4}", report.n, report.accuracy, report.macro_f1, report.top_k, report.top_k_accuracy)?;
+    writeln!(out, "{:<20} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support")?;
+    for c in &report.per_class {
+        writeln!(out, "{:<20} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support)?;
+    }
+    Ok(())
+}
+
+/// `predict`'s output: each input (named under `key` in JSON) with its top labels.
+fn write_predictions(out: &mut impl Write, preds: impl Iterator<Item = (String, Vec<(String, f64)>)>, skipped: &[headstart::data::Skip], json: bool, key: &str) -> Result<()> {
+    if json {
+        let preds: Vec<_> = preds.map(|(o, t)| serde_json::json!({key: o, "top": t})).collect();
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for (o, t) in preds {
+        writeln!(out, "{o}")?;
+        for (label, prob) in t {
+            writeln!(out, "  {prob:>7.4}  {label}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `models`: the registry, every modality, as a table or JSON.
+fn write_models(out: &mut impl Write, json: bool) -> Result<()> {
+    let all = registry::list();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &all)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let w = all.iter().map(|e| e.name().len()).max().unwrap_or(4);
+    writeln!(out, "{:<w$}  {:<8}  {:<17}  {:>4}  {:>5}  source", "name", "modality", "family", "size", "crop")?;
+    for e in &all {
+        let (size, crop) = match e {
+            registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
+            registry::Listed::Text(_) => ("-".into(), "-".into()),
+        };
+        writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;
+    }
+    writeln!(out, "(text: any BERT, RoBERTa, XLM-RoBERTa, DistilBERT or GPT-2 model directory or hub repo id also works)")?;
+    Ok(())
+}
+
+/// `inspect weights`: every tensor's name, dtype, shape and size.
+fn write_weights(out: &mut impl Write, w: &Weights, json: bool) -> Result<()> {
+    if json {
+        let infos: Vec<_> = w.infos().collect();
+        serde_json::to_writer_pretty(&mut *out, &infos)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let width = w.names().iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", "name", "dtype", "shape", "size")?;
+    let mut total = 0;
+    for i in w.infos() {
+        total += i.bytes();
+        writeln!(out, "{:<width$}  {:<5}  {:<20}  {:>10}", i.name, i.dtype.name(), format!("{:?}", i.shape), human(i.bytes()))?;
+    }
+    let fmts: Vec<String> = w.files().iter().map(|f| format!("{:?}", f.format())).collect();
+    writeln!(out, "{} tensors, {} ({})", w.names().len(), human(total), fmts.join(", "))?;
+    Ok(())
+}
+
+/// `inspect load`: what loading weights into a model matched, missed and dropped.
+fn write_load_report(out: &mut impl Write, model: &str, report: &headstart::weights::LoadReport, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{model} ← {}", report.source)?;
+    writeln!(out, "{}", report.summary())?;
+    for m in &report.missing {
+        let near = m.nearest.as_ref().map(|n| format!(" (nearest in file: {n})")).unwrap_or_default();
+        writeln!(out, "  missing     {} {:?}{near}", m.name, m.shape)?;
+    }
+    for n in &report.unexpected {
+        writeln!(out, "  unexpected  {n}")?;
+    }
+    for m in &report.shape_mismatched {
+        writeln!(out, "  mismatch    {}: model {:?}, file {:?}", m.name, m.expected, m.found)?;
+    }
+    for n in &report.dropped {
+        writeln!(out, "  dropped     {}: {}", n.name, n.why)?;
+    }
+    for n in &report.adapted {
+        writeln!(out, "  adapted     {}: {}", n.name, n.why)?;
+    }
+    Ok(())
+}
+
+/// `classify`: the top ImageNet classes of each file.
+fn write_classification(out: &mut impl Write, c: &run::Classification, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, c)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for r in &c.results {
+        writeln!(out, "{}", r.file)?;
+        for t in &r.top {
+            writeln!(out, "  {:>4}  {:>7.4}  {}", t.class, t.prob, t.label)?;
         }
     }
     Ok(())
