@@ -177,9 +177,18 @@ fn sentence_pairs_train_eval_and_predict() {
     let o = headstart(&["predict", bundle.to_str().unwrap(), data.to_str().unwrap(), "--json", "--top-k", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["predictions"].as_array().unwrap().len(), 30);
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 30);
+    // eval reads both columns of the same file: its accuracy is predict's agreement with the labels.
+    let correct = preds.iter().enumerate().filter(|(i, p)| p["top"][0][0] == if i % 2 == 0 { "same" } else { "different" }).count();
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json", "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n"], 30);
+    assert!((v["accuracy"].as_f64().unwrap() - correct as f64 / 30.0).abs() < 1e-9, "{v} vs {correct} of 30");
     // One text alone cannot be classified by a pair bundle.
     let o = headstart(&["predict", bundle.to_str().unwrap(), "--text", "the movie was great"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
     assert!(stderr(&o).contains("sentence pairs"), "{}", stderr(&o));
 }
 

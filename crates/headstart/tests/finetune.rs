@@ -149,7 +149,15 @@ fn schedules_and_settings_are_validated() {
     let cfg = FinetuneConfig { unfreeze: Unfreeze::Last(99), ..Default::default() };
     let e = finetune(&m, &tiny_input(), &examples(8, 3), &cfg, dir.path(), false, &Silent, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("last:99"), "{e}");
-    let _ = Schedule::Constant;
+    for bad in [
+        FinetuneConfig { accumulate: 0, ..Default::default() },
+        FinetuneConfig { warmup_ratio: Some(1.0), ..Default::default() },
+        FinetuneConfig { patience: Some(0), ..Default::default() },
+        FinetuneConfig { weight_decay: f64::NAN, ..Default::default() },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?} was accepted");
+    }
+    assert!(FinetuneConfig { schedule: Schedule::Constant, accumulate: 4, ..Default::default() }.validate().is_ok());
 }
 
 #[test]
@@ -158,10 +166,17 @@ fn lr_find_records_a_curve_and_restores_every_weight() {
     let before = values(&m);
     let cfg = FinetuneConfig { unfreeze: Unfreeze::All, batch_size: 4, ..Default::default() };
     let r = headstart::blocks::image::lr_find(&m, &tiny_input(), &examples(16, 3), &cfg, 1e-6, 1.0, 30, &Silent).unwrap();
-    assert!(r.lrs.len() >= 10);
-    assert!(r.lrs.windows(2).all(|w| w[1] > w[0]));
+    // The rates sweep geometrically from the minimum, one per step, until the loss runs away.
+    assert!((10..=30).contains(&r.lrs.len()), "{} rates", r.lrs.len());
+    assert_eq!(r.lrs.len(), r.losses.len());
+    let ratio = (1.0f64 / 1e-6).powf(1.0 / 29.0);
+    assert!((r.lrs[0] - 1e-6).abs() < 1e-18);
+    assert!(r.lrs.windows(2).all(|w| (w[1] / w[0] - ratio).abs() < 1e-9), "{:?}", r.lrs);
     assert!(r.losses.iter().all(|l| l.is_finite()));
-    assert!(r.suggestion > 0.0 && r.suggestion <= 0.1);
+    // The suggestion is a tenth of the rate at the lowest smoothed loss.
+    let imin = (0..r.losses.len()).min_by(|&a, &b| r.losses[a].total_cmp(&r.losses[b])).unwrap();
+    assert_eq!(r.suggestion, r.lrs[imin] / 10.0);
+    assert!(r.lrs.contains(&r.steepest));
     for ((n, b), (_, a)) in before.iter().zip(&values(&m)) {
         assert!(a.equal(b), "`{n}` not restored after lr-find");
     }

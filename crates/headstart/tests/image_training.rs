@@ -178,12 +178,37 @@ fn bundle_predicts_evaluates_and_refuses_other_weights() {
     assert_eq!(report.n, 24);
     assert_eq!(report.confusion.len(), 3);
     assert!(report.accuracy > 0.9, "training-set accuracy {}", report.accuracy);
-    let files: Vec<PathBuf> = ["Bag", "Trouser"].iter().map(|c| std::fs::read_dir(data.join(c)).unwrap().next().unwrap().unwrap().path()).collect();
-    let (preds, _) = predict(&p, &files, 2, None, &Silent).unwrap();
-    assert_eq!(preds.len(), 2);
-    assert_eq!(preds[0].top.len(), 2);
-    let s: f64 = preds[0].top.iter().map(|(_, p)| p).sum();
-    assert!(s <= 1.0 + 1e-6);
+    // predict agrees with eval file by file: its top-1 over every file gives eval's accuracy
+    // and confusion matrix.
+    let mut files: Vec<(PathBuf, usize)> = vec![];
+    for (label, class) in p.meta.labels.iter().enumerate() {
+        files.extend(std::fs::read_dir(data.join(class)).unwrap().map(|e| (e.unwrap().path(), label)));
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|(f, _)| f.clone()).collect();
+    let (preds, skipped) = predict(&p, &paths, 3, None, &Silent).unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(preds.len(), 24);
+    let mut confusion = vec![vec![0usize; 3]; 3];
+    for (pred, (file, truth)) in preds.iter().zip(&files) {
+        assert_eq!(&pred.file, file);
+        // All three classes: probabilities sorted, summing to one.
+        assert_eq!(pred.top.len(), 3);
+        assert!(pred.top.windows(2).all(|w| w[0].1 >= w[1].1), "{:?}", pred.top);
+        let sum: f64 = pred.top.iter().map(|(_, q)| q).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+        confusion[*truth][p.meta.labels.iter().position(|l| *l == pred.top[0].0).unwrap()] += 1;
+    }
+    assert_eq!(confusion, report.confusion);
+    let correct: usize = (0..3).map(|i| confusion[i][i]).sum();
+    assert!((report.accuracy - correct as f64 / 24.0).abs() < 1e-12);
+    // top-k = 2 keeps the first two of those, with the same probabilities.
+    let (two, _) = predict(&p, &paths[..2], 2, None, &Silent).unwrap();
+    for (a, b) in two.iter().zip(&preds) {
+        assert_eq!(a.top.len(), 2);
+        for ((la, qa), (lb, qb)) in a.top.iter().zip(&b.top) {
+            assert!(la == lb && (qa - qb).abs() < 1e-6, "{:?} vs {:?}", a.top, b.top);
+        }
+    }
     // Other backbone weights than those the head was trained on: refused, with what to fetch.
     let lite = headstart::assets::asset_dir().join("efficientnet-lite0-57934424.pth");
     let e = Predictor::load(&o.bundle, Some(&lite)).err().unwrap().to_string();

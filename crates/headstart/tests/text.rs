@@ -227,10 +227,21 @@ fn text_feature_extraction_caches_embeddings_and_bundles_predict() {
     let p = headstart::text::TextPredictor::load(&o.bundle, None).unwrap();
     let (report, skipped) = p.evaluate(&data, false, None, &Silent).unwrap();
     assert!(skipped.is_empty());
-    assert!(report.accuracy >= o.train_accuracy.min(o.val.as_ref().unwrap().accuracy) - 1e-9);
-    let top = p.predict(&strings(&["the movie was great and the story ended"]), None, 2, &Silent).unwrap();
-    assert_eq!(top[0].len(), 2);
-    assert!((top[0][0].1 + top[0][1].1 - 1.0).abs() < 1e-5);
+    // predict agrees with eval text by text: its top-1 gives eval's confusion matrix and accuracy,
+    // and the two classes' probabilities sum to one.
+    let rows = toy_rows();
+    let texts: Vec<String> = rows.iter().map(|(t, _)| t.clone()).collect();
+    let top = p.predict(&texts, None, 2, &Silent).unwrap();
+    assert_eq!(top.len(), 40);
+    let mut confusion = vec![vec![0usize; 2]; 2];
+    for (t, (_, label)) in top.iter().zip(&rows) {
+        assert_eq!(t.len(), 2);
+        assert!(t[0].1 >= t[1].1 && (t[0].1 + t[1].1 - 1.0).abs() < 1e-5, "{t:?}");
+        let idx = |l: &str| o.classes.iter().position(|c| c == l).unwrap();
+        confusion[idx(label)][idx(&t[0].0)] += 1;
+    }
+    assert_eq!(confusion, report.confusion);
+    assert!((report.accuracy - (confusion[0][0] + confusion[1][1]) as f64 / 40.0).abs() < 1e-12);
     // A bundle refuses another encoder.
     let e = headstart::text::TextPredictor::load(&o.bundle, Some(&fixture("distilbert_tiny").display().to_string())).err().unwrap().to_string();
     assert!(e.contains("differ"), "{e}");
