@@ -137,7 +137,8 @@ impl<'a> Block for ImageBlock<'a> {
     fn featurise(&self, m: &ImageModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
         let dim = m.num_features() as usize;
         let cache = self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, &m.input, "pooled", dim)).transpose()?;
-        let Extracted { features, ok, skipped, computed, reused, truncated_kept } = extract(&m.model, &m.input, paths, cache.as_ref(), self.batch_size, &self.decode, progress)?;
+        let Extracted { features, ok, skipped, computed, reused, truncated_kept } =
+            extract(&m.model, &m.input, paths, cache.as_ref(), self.batch_size, &self.decode, progress)?;
         Ok(Featurised { features, ok, skipped, computed, reused, warnings: truncated_warning(truncated_kept) })
     }
 
@@ -154,7 +155,15 @@ impl<'a> Block for ImageBlock<'a> {
         Ok(images)
     }
 
-    fn learner<'l>(&'l self, m: &'l ImageModel, images: &'l Vec<Tensor>, labels: &[i64], _: i64, ft: &'l FinetuneConfig, progress: &dyn Progress) -> Result<ImageLearner<'l>> {
+    fn learner<'l>(
+        &'l self,
+        m: &'l ImageModel,
+        images: &'l Vec<Tensor>,
+        labels: &[i64],
+        _: i64,
+        ft: &'l FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<ImageLearner<'l>> {
         ImageLearner::new(&m.model, &m.input, images, labels, ft, progress)
     }
 }
@@ -227,7 +236,14 @@ pub struct ImageLearner<'a> {
 
 impl<'a> ImageLearner<'a> {
     /// A learner over decoded `images` with `labels`; `model` must have a head.
-    pub fn new(model: &'a Model, input: &'a ImageInput, images: &'a [Tensor], labels: &[i64], cfg: &'a FinetuneConfig, progress: &dyn Progress) -> Result<ImageLearner<'a>> {
+    pub fn new(
+        model: &'a Model,
+        input: &'a ImageInput,
+        images: &'a [Tensor],
+        labels: &[i64],
+        cfg: &'a FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<ImageLearner<'a>> {
         cfg.validate()?;
         let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
         let n_stages = model.backbone.stages().len();
@@ -330,7 +346,6 @@ pub fn finetune(
     train_learner(&learner, &ex.train, &ex.val, cfg, run, resume, progress, on_epoch)
 }
 
-
 /// The learning-rate range test on decoded images `ex` (rows `ex.train`).
 #[allow(clippy::too_many_arguments)]
 pub fn lr_find(
@@ -346,4 +361,3 @@ pub fn lr_find(
     let learner = ImageLearner::new(model, input, &ex.images, &ex.labels, cfg, progress)?;
     lr_find_learner(&learner, &ex.train, cfg, min_lr, max_lr, steps, progress)
 }
-

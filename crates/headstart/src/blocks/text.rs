@@ -105,7 +105,15 @@ impl<'a> Block for TextBlock<'a> {
         encode_docs(&model.tokenizer, &texts, pairs.as_deref(), &model.long_text)
     }
 
-    fn learner<'l>(&'l self, model: &'l TextModel, docs: &'l Self::Inputs, labels: &[i64], num_classes: i64, ft: &'l FinetuneConfig, _: &dyn Progress) -> Result<TextLearner<'l>> {
+    fn learner<'l>(
+        &'l self,
+        model: &'l TextModel,
+        docs: &'l Self::Inputs,
+        labels: &[i64],
+        num_classes: i64,
+        ft: &'l FinetuneConfig,
+        _: &dyn Progress,
+    ) -> Result<TextLearner<'l>> {
         let budget = chunk_budget(self.chunk_batch, ft.batch_size, &model.long_text)?;
         // The new head's initial weights come from the seed, like everything else.
         tch::manual_seed(ft.seed as i64);

@@ -59,7 +59,9 @@ pub fn is_text_model(m: &str) -> bool {
         return std::fs::read_to_string(p.join("config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(|t| matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert" | "distilbert" | "gpt2")))
+            .and_then(|v| {
+                v.get("model_type").and_then(|x| x.as_str()).map(|t| matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert" | "distilbert" | "gpt2"))
+            })
             .unwrap_or(false);
     }
     registry::find_text(m).is_some() || m.contains('/')

@@ -51,7 +51,14 @@ pub struct Featurised {
 impl Featurised {
     /// Every example usable, no features: what a screen of data that cannot fail returns.
     pub fn all(n: usize) -> Featurised {
-        Featurised { features: Tensor::zeros([n as i64, 0], tch::kind::FLOAT_CPU), ok: (0..n).collect(), skipped: vec![], computed: 0, reused: 0, warnings: vec![] }
+        Featurised {
+            features: Tensor::zeros([n as i64, 0], tch::kind::FLOAT_CPU),
+            ok: (0..n).collect(),
+            skipped: vec![],
+            computed: 0,
+            reused: 0,
+            warnings: vec![],
+        }
     }
 }
 
@@ -81,7 +88,15 @@ pub trait Block {
     fn inputs(&self, model: &Self::Model, data: &Self::Data, ok: &[usize], progress: &dyn Progress) -> Result<Self::Inputs>;
     /// A learner over `inputs` with `labels`, a fresh `num_classes`-way head and the stages
     /// `ft` unfreezes trainable.
-    fn learner<'a>(&'a self, model: &'a Self::Model, inputs: &'a Self::Inputs, labels: &[i64], num_classes: i64, ft: &'a FinetuneConfig, progress: &dyn Progress) -> Result<Self::Learner<'a>>;
+    fn learner<'a>(
+        &'a self,
+        model: &'a Self::Model,
+        inputs: &'a Self::Inputs,
+        labels: &[i64],
+        num_classes: i64,
+        ft: &'a FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<Self::Learner<'a>>;
 }
 
 /// The share of each class held out for validation when no validation set is given.
@@ -265,7 +280,17 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         None => {
             let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
             let h = fit_head(spec.train, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
-            Fit { head: h.head, best_epoch: h.best_epoch, l2: h.l2, train_accuracy: h.train_accuracy, val: h.val, selection: Some(h.selection), tuned: None, skipped_steps: 0, resumed_from: None }
+            Fit {
+                head: h.head,
+                best_epoch: h.best_epoch,
+                l2: h.l2,
+                train_accuracy: h.train_accuracy,
+                val: h.val,
+                selection: Some(h.selection),
+                tuned: None,
+                skipped_steps: 0,
+                resumed_from: None,
+            }
         }
         Some(ft) => {
             let inputs = match inputs.take() {
