@@ -86,6 +86,9 @@ impl Ct2File {
     pub fn open(path: impl AsRef<Path>) -> Result<Ct2File> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        if file.metadata().map_err(|e| Error::io(path, e))?.len() == 0 {
+            return Err(bad(path, "file is empty"));
+        }
         // SAFETY: read-only map of a file this process does not modify.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let mut c = Cursor { data: &map, pos: 0, path };
