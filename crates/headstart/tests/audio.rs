@@ -161,11 +161,12 @@ fn check_encoder(enc: &WhisperEncoder, g: &Weights, prefix: &str, samples: &[f32
     let states = tch::no_grad(|| enc.hidden_states(&feats, Mode::Eval)).unwrap();
     assert_eq!(states.len() as i64, enc.cfg.layers + 1);
     for (i, h) in states.iter().enumerate() {
-        let head = max_diff(&vec(&h.get(0).narrow(0, 0, 64)), &vec(&g.tensor(&format!("{prefix}.hidden{i}.head")).unwrap()));
+        let want_head = g.tensor(&format!("{prefix}.hidden{i}.head")).unwrap();
+        let head = max_diff(&vec(&h.get(0).narrow(0, 0, want_head.size()[0])), &vec(&want_head));
         let all = max_diff(&vec(&h.get(0).mean_dim(0, false, Kind::Float)), &vec(&g.tensor(&format!("{prefix}.hidden{i}.mean_all")).unwrap()));
         let pooled = vec(&pool_real(h, &[real]));
         let mean_real = max_diff(&pooled, &vec(&g.tensor(&format!("{prefix}.hidden{i}.mean_real")).unwrap()));
-        println!("{prefix} hidden state {i}: max |diff| first 64 frames {head:.2e}, mean {all:.2e}, mean over {real} real frames {mean_real:.2e}");
+        println!("{prefix} hidden state {i}: max |diff| first frames {head:.2e}, mean {all:.2e}, mean over {real} real frames {mean_real:.2e}");
         assert!(head < 1e-4 && all < 1e-4 && mean_real < 1e-4, "{prefix} hidden state {i}: {head:.3e} {all:.3e} {mean_real:.3e}");
         let to = tch::no_grad(|| enc.forward_to(&feats, i, Mode::Eval)).unwrap();
         assert!(to.allclose(h, 0.0, 0.0, false), "{prefix}: forward_to({i}) differs from hidden state {i}");
@@ -179,7 +180,7 @@ fn tiny_random_whisper_matches_transformers_in_every_layer() {
     let g = golden("whisper_tiny_random.golden.safetensors");
     let x = vec(&golden("audio.golden.safetensors").tensor("resample.speech.wav.16000").unwrap());
     for (dir, prefix, dropped) in [("whisper_tiny_random", "tiny", "decoder."), ("whisper_cls_random", "cls", "classifier.")] {
-        let (enc, report) = WhisperEncoder::from_hf_dir(&fixtures().join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        let (enc, report) = WhisperEncoder::open(fixtures().join(dir).to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
         println!("{dir}: {}", report.summary());
         report.require_complete().unwrap();
         assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
@@ -188,30 +189,42 @@ fn tiny_random_whisper_matches_transformers_in_every_layer() {
     }
 }
 
-/// The real tiny.en from its CTranslate2 package against transformers' WhisperEncoder given
-/// the same weights (read by an independent Python parser), on a real clip.
-#[test]
-fn real_whisper_tiny_en_from_ct2_matches_transformers() {
-    let path = asset_dir().join("whisper-tiny.en/model.bin");
-    let reference = fixtures().join("whisper_tiny_en.golden.safetensors");
+/// A real Whisper encoder from its CTranslate2 package against transformers' WhisperEncoder
+/// given the same weights (read by an independent Python parser), on a real clip.
+fn real_whisper_matches(asset: &str, fetch_name: &str, layout: (i64, i64, i64, i64, i64)) {
+    let path = asset_dir().join(asset).join("model.bin");
+    let prefix = asset.replace(['-', '.'], "_");
+    let reference = fixtures().join(format!("{prefix}.golden.safetensors"));
     if !path.is_file() || !reference.is_file() {
         eprintln!(
-            "SKIPPED real_whisper_tiny_en_from_ct2_matches_transformers: {} or {} is absent; run \
-             `scripts/fetch-assets whisper_tiny_en` then `.venv-ref/bin/python tests/fixtures/make_audio_fixtures.py`",
+            "SKIPPED the real {asset} parity test: {} or {} is absent; run `scripts/fetch-assets {fetch_name}` then \
+             `.venv-ref/bin/python tests/fixtures/make_audio_fixtures.py`",
             path.display(),
             reference.display()
         );
         return;
     }
-    let (enc, report) = WhisperEncoder::from_ct2(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (enc, report) = WhisperEncoder::open(asset).unwrap_or_else(|e| panic!("{e}"));
     println!("{}: {}", path.display(), report.summary());
-    assert_eq!((enc.cfg.d_model, enc.cfg.layers, enc.cfg.heads, enc.cfg.ffn, enc.cfg.n_mels), (384, 4, 6, 1536, 80));
-    assert_eq!(report.matched.len(), 67);
+    assert_eq!((enc.cfg.d_model, enc.cfg.layers, enc.cfg.heads, enc.cfg.ffn, enc.cfg.n_mels), layout);
+    let layers = layout.1 as usize;
+    assert_eq!(report.matched.len(), 7 + 15 * layers);
     assert!(report.unexpected.is_empty() && report.missing.is_empty(), "{report:?}");
-    assert_eq!(report.adapted.len(), 4 * 5, "Q, K, V weights and Q, V biases of 4 layers split from the fused matrices");
-    let g = golden("whisper_tiny_en.golden.safetensors");
+    assert_eq!(report.adapted.len(), 5 * layers, "Q, K, V weights and Q, V biases of every layer split from the fused matrices");
+    assert!(report.dropped.iter().any(|n| n.name.starts_with("decoder/")));
+    let g = golden(&format!("{prefix}.golden.safetensors"));
     let x = vec(&golden("audio.golden.safetensors").tensor("resample.en_B.ogg.16000").unwrap());
-    check_encoder(&enc, &g, "tiny_en", &x);
+    check_encoder(&enc, &g, &prefix, &x);
+}
+
+#[test]
+fn real_whisper_tiny_en_from_ct2_matches_transformers() {
+    real_whisper_matches("whisper-tiny.en", "whisper_tiny_en", (384, 4, 6, 1536, 80));
+}
+
+#[test]
+fn real_whisper_base_from_ct2_matches_transformers() {
+    real_whisper_matches("whisper-base", "whisper_base", (512, 6, 8, 2048, 80));
 }
 
 #[test]

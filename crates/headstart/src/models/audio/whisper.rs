@@ -214,6 +214,37 @@ impl WhisperEncoder {
         }
     }
 
+    /// Opens a Whisper encoder from `spec`: a Hugging Face directory (`config.json` +
+    /// weights), a CTranslate2 `model.bin` or a directory holding one, a packaged asset
+    /// (`whisper-tiny.en`, `whisper-base`, see `scripts/fetch-assets`), or a hub repo id
+    /// `org/name[@revision]` (hub cache, then download).
+    pub fn open(spec: &str) -> Result<(WhisperEncoder, LoadReport)> {
+        let p = Path::new(spec);
+        let asset = crate::assets::asset_dir().join(spec);
+        for dir in [p, asset.as_path()] {
+            if dir.is_file() {
+                return Self::from_ct2(dir);
+            }
+            if dir.join("config.json").is_file() && !dir.join("model.bin").is_file() {
+                return Self::from_hf_dir(dir);
+            }
+            if dir.join("model.bin").is_file() {
+                return Self::from_ct2(&dir.join("model.bin"));
+            }
+        }
+        let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+        if !repo.contains('/') {
+            return Err(Error::Model(format!("Whisper model `{spec}` is neither a directory, a model.bin, a fetched asset nor a hub repo id (org/name)")));
+        }
+        let cache = crate::weights::hub::cache_dir();
+        let dir = match crate::weights::hub::resolve_snapshot(&cache, repo, revision) {
+            Ok(d) => d,
+            Err(_) => crate::weights::hub::download(&cache, repo, revision, None)
+                .map_err(|e| Error::Model(format!("Whisper model `{spec}`: {e}; pass a model directory, or put {repo} in the hub cache ({})", cache.display())))?,
+        };
+        Self::from_hf_dir(&dir)
+    }
+
     /// Loads a Hugging Face Whisper directory (`config.json` + weights).
     pub fn from_hf_dir(dir: &Path) -> Result<(WhisperEncoder, LoadReport)> {
         let cfg_path = dir.join("config.json");
