@@ -17,3 +17,16 @@ pub fn load(path: &Path, rate: u32) -> Result<Vec<f32>> {
     let d = decode(path)?;
     Ok(if d.sample_rate == rate { d.samples } else { resample::resample(&d.samples, d.sample_rate, rate) })
 }
+
+/// Zero mean, unit variance over the clip (`Wav2Vec2FeatureExtractor(do_normalize=True)`:
+/// population variance, ε = 1e-7).
+pub fn normalize(x: &[f32]) -> Vec<f32> {
+    if x.is_empty() {
+        return vec![];
+    }
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / (var + 1e-7).sqrt();
+    x.iter().map(|&v| ((v as f64 - mean) * inv) as f32).collect()
+}
