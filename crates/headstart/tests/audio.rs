@@ -311,3 +311,90 @@ fn tiny_random_wav2vec2_and_hubert_match_transformers_in_every_layer() {
         }
     }
 }
+
+/// Older checkpoints name the positional convolution's weight norm `weight_g` / `weight_v`:
+/// the same weights under those names give the same output.
+#[test]
+fn wav2vec2_loads_legacy_weight_norm_names() {
+    let src = fixtures().join("wav2vec2_group");
+    let w = Weights::open(&src).unwrap();
+    let renamed: Vec<(String, Tensor)> = w
+        .names()
+        .iter()
+        .map(|n| {
+            let new = n.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v");
+            (new, w.tensor(n).unwrap())
+        })
+        .collect();
+    assert!(renamed.iter().any(|(n, _)| n.ends_with("weight_g")));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    headstart::weights::save_safetensors(&dir.path().join("model.safetensors"), &renamed).unwrap();
+    let (enc, report) = Wav2Vec2Encoder::from_hf_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.unexpected.is_empty() && report.missing.is_empty(), "{}", report.summary());
+    let g = golden("wav2vec2_tiny_random.golden.safetensors");
+    let out = tch::no_grad(|| enc.forward_from(&g.tensor("w2v.input").unwrap().unsqueeze(0), None, 0, Mode::Eval)).unwrap();
+    let diff = max_diff(&vec(&out), &vec(&g.tensor("wav2vec2_group.last").unwrap()));
+    assert!(diff < 1e-4, "legacy weight-norm names: {diff:.3e}");
+}
+
+/// The default freeze plan leaves the feature encoder without gradients and trains the rest;
+/// Whisper's stem likewise when frozen.
+#[test]
+fn frozen_stages_get_no_gradients() {
+    let (enc, _) = Wav2Vec2Encoder::from_hf_dir(&fixtures().join("wav2vec2_stable")).unwrap();
+    let wave = Tensor::randn([2, 4000], (Kind::Float, Device::Cpu));
+    let out = enc.forward_from(&wave, Some(&[4000, 3000]), Wav2Vec2Encoder::DEFAULT_FIRST_TRAINABLE, Mode::Train).unwrap();
+    out.sum(Kind::Float).backward();
+    for (name, var) in enc.vs.variables() {
+        let has = var.grad().defined() && var.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+        assert_eq!(has, !name.starts_with("feature_extractor."), "{name}: gradient {has}");
+    }
+    let (w, _) = WhisperEncoder::open(fixtures().join("whisper_tiny_random").to_str().unwrap()).unwrap();
+    let feats = WhisperFeatures::new(80).unwrap().extract(&[&[0.1f32; 8000]], Device::Cpu);
+    w.forward_from(&feats, 1, Mode::Train).unwrap().sum(Kind::Float).backward();
+    for (name, var) in w.vs.variables() {
+        let has = var.grad().defined() && var.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+        let stem = ["conv1.", "conv2.", "embed_positions."].iter().any(|p| name.starts_with(p));
+        assert_eq!(has, !stem, "{name}: gradient {has}");
+    }
+}
+
+/// Bytes overwritten through every format's files: each decode ends in samples or an error
+/// naming the file, never a panic or a non-finite sample.
+#[test]
+fn corrupted_audio_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let audio = fixtures().join("audio");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut errors) = (0, 0);
+    for file in ["en_B.ogg", "gen/flac_16_stereo.flac", "gen/mp3_stereo.mp3", "gen/pcm_24_3ch.wav", "gen/float_stereo.wav", "gen/vorbis_stereo.ogg"] {
+        let bytes = std::fs::read(audio.join(file)).unwrap();
+        for round in 0..12 {
+            let mut b = bytes.clone();
+            for _ in 0..(1 + round * 4) {
+                let i = (next() % b.len() as u64) as usize;
+                b[i] = next() as u8;
+            }
+            let name = format!("{}_{round}.{}", file.replace('/', "_"), file.rsplit('.').next().unwrap());
+            let path = write(dir.path(), &name, &b);
+            match headstart::audio::load(&path, 16000) {
+                Ok(x) => {
+                    assert!(x.iter().all(|s| s.is_finite()), "{name}: non-finite samples");
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains(&name), "{e}");
+                    errors += 1;
+                }
+            }
+        }
+    }
+    println!("corrupted files: {ok} decoded, {errors} clear errors");
+}

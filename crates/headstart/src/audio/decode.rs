@@ -68,14 +68,21 @@ fn open_format(path: &Path) -> Result<Box<dyn FormatReader>> {
     Ok(probed.format)
 }
 
-/// Decodes `path` to mono f32 at the file's own sample rate.
+/// Decodes `path` to mono f32 at the file's own sample rate. A panic inside the decoding
+/// library on malformed data becomes an error naming the file.
 pub fn decode(path: &Path) -> Result<Decoded> {
+    match std::panic::catch_unwind(|| decode_inner(path)) {
+        Ok(r) => r,
+        Err(p) => {
+            let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(Error::input(path, format!("malformed audio data (the decoder failed: {why})")))
+        }
+    }
+}
+
+fn decode_inner(path: &Path) -> Result<Decoded> {
     let mut format = open_format(path)?;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| Error::input(path, "no audio track"))?;
+    let track = format.tracks().iter().find(|t| t.codec_params.codec != CODEC_TYPE_NULL).ok_or_else(|| Error::input(path, "no audio track"))?;
     let track_id = track.id;
     let params = track.codec_params.clone();
     let declared_frames = params.n_frames;
@@ -128,6 +135,9 @@ pub fn decode(path: &Path) -> Result<Decoded> {
         if (samples.len() as u64) < n && params.codec != symphonia::core::codecs::CODEC_TYPE_MP3 {
             return Err(Error::input(path, format!("truncated: the header declares {n} frames but only {} could be decoded", samples.len())));
         }
+    }
+    if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+        return Err(Error::input(path, format!("sample {i} is not a finite number (corrupt float data)")));
     }
     Ok(Decoded { samples, sample_rate, channels })
 }

@@ -14,6 +14,9 @@ pub use mel::WhisperFeatures;
 
 /// A file decoded, averaged to mono and resampled to `rate` Hz.
 pub fn load(path: &Path, rate: u32) -> Result<Vec<f32>> {
+    if rate == 0 {
+        return Err(crate::error::Error::Model("target sample rate must be positive".into()));
+    }
     let d = decode(path)?;
     Ok(if d.sample_rate == rate { d.samples } else { resample::resample(&d.samples, d.sample_rate, rate) })
 }

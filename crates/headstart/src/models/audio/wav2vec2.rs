@@ -211,7 +211,8 @@ impl Wav2Vec2Encoder {
         let proj = lin(&fp / "projection", c_in, d);
         let pc = &root / "encoder" / "pos_conv_embed" / "conv";
         let (k, groups) = (cfg.pos_kernel, cfg.pos_groups);
-        let (gp, (gn, vn)) = if legacy_weight_norm { (pc.clone(), ("weight_g", "weight_v")) } else { (&pc / "parametrizations" / "weight", ("original0", "original1")) };
+        let (gp, (gn, vn)) =
+            if legacy_weight_norm { (pc.clone(), ("weight_g", "weight_v")) } else { (&pc / "parametrizations" / "weight", ("original0", "original1")) };
         let pos = PosConv {
             g: gp.var(gn, &[1, 1, k], nn::Init::Const(1.0)),
             v: gp.var(vn, &[d, d / groups, k], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
@@ -351,7 +352,7 @@ impl Wav2Vec2Encoder {
         };
         let mut h = x.apply(&self.proj).dropout(self.cfg.feat_proj_dropout, train);
         if let Some(m) = mask {
-            h = h * m.unsqueeze(-1).to_kind(Kind::Float);
+            h *= m.unsqueeze(-1).to_kind(Kind::Float);
         }
         let h = &h + self.pos_conv(&h);
         let h = if self.cfg.stable_layer_norm { h } else { h.apply(&self.ln) };

@@ -54,7 +54,17 @@ impl WhisperCfg {
             "large-v3" => (1280, 32, 20, 128),
             _ => return None,
         };
-        Some(WhisperCfg { d_model, layers, heads, ffn: 4 * d_model, n_mels, max_positions: 1500, dropout: 0.0, attention_dropout: 0.0, activation_dropout: 0.0 })
+        Some(WhisperCfg {
+            d_model,
+            layers,
+            heads,
+            ffn: 4 * d_model,
+            n_mels,
+            max_positions: 1500,
+            dropout: 0.0,
+            attention_dropout: 0.0,
+            activation_dropout: 0.0,
+        })
     }
 
     /// Reads a Hugging Face `config.json` of `model_type` `whisper`.
@@ -239,8 +249,9 @@ impl WhisperEncoder {
         let cache = crate::weights::hub::cache_dir();
         let dir = match crate::weights::hub::resolve_snapshot(&cache, repo, revision) {
             Ok(d) => d,
-            Err(_) => crate::weights::hub::download(&cache, repo, revision, None)
-                .map_err(|e| Error::Model(format!("Whisper model `{spec}`: {e}; pass a model directory, or put {repo} in the hub cache ({})", cache.display())))?,
+            Err(_) => crate::weights::hub::download(&cache, repo, revision, None).map_err(|e| {
+                Error::Model(format!("Whisper model `{spec}`: {e}; pass a model directory, or put {repo} in the hub cache ({})", cache.display()))
+            })?,
         };
         Self::from_hf_dir(&dir)
     }
@@ -285,7 +296,8 @@ impl WhisperEncoder {
         let heads = |y: Tensor| y.view([b, t, self.cfg.heads, -1]).transpose(1, 2);
         let h = x.apply(&l.ln_attn);
         let p = if train { self.cfg.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&heads(h.apply(&l.q)), &heads(h.apply(&l.k)), &heads(h.apply(&l.v)), None::<&Tensor>, p, false, None, false);
+        let ctx =
+            Tensor::scaled_dot_product_attention(&heads(h.apply(&l.q)), &heads(h.apply(&l.k)), &heads(h.apply(&l.v)), None::<&Tensor>, p, false, None, false);
         let a = ctx.transpose(1, 2).reshape([b, t, d]).apply(&l.out).dropout(self.cfg.dropout, train);
         let x = x + a;
         let h = x.apply(&l.ln_ffn).apply(&l.fc1).gelu("none").dropout(self.cfg.activation_dropout, train);
@@ -422,7 +434,10 @@ fn split_qkv(f: &Ct2File, name: &str, d: i64, out: &mut Named, report: &mut Load
         let hf = format!("layers.{layer}.self_attn.{proj}.{kind}");
         if kind == "bias" && *proj == "k_proj" {
             let max = part.to_kind(Kind::Float).abs().max().double_value(&[]);
-            report.dropped.push(Note { name: format!("{name}[{d}..{}]", 2 * d), why: format!("K bias (max |x| {max:.3e}): no K bias in Whisper, and softmax ignores it") });
+            report.dropped.push(Note {
+                name: format!("{name}[{d}..{}]", 2 * d),
+                why: format!("K bias (max |x| {max:.3e}): no K bias in Whisper, and softmax ignores it"),
+            });
             continue;
         }
         report.adapted.push(Note { name: hf.clone(), why: format!("rows {}..{} of fused `{name}`", j as i64 * d, (j as i64 + 1) * d) });
