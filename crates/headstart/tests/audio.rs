@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use headstart::assets::asset_dir;
 use headstart::audio::{decode, resample::resample, WhisperFeatures};
-use headstart::models::audio::whisper::{encoder_frames, pool_real};
+use headstart::models::audio::whisper::{embed_clips, encoder_frames, pool_real};
 use headstart::models::audio::{Wav2Vec2Encoder, WhisperEncoder};
 use headstart::models::Mode;
 use headstart::weights::ct2::Ct2File;
@@ -397,4 +397,27 @@ fn corrupted_audio_never_panics() {
         }
     }
     println!("corrupted files: {ok} decoded, {errors} clear errors");
+}
+
+/// Pooled clip vectors: a short clip equals the golden mean over its real frames; a clip longer
+/// than the 30 s window is the frame-weighted mean of its windows.
+#[test]
+fn whisper_clip_embeddings_pool_real_frames_across_windows() {
+    let g = golden("whisper_tiny_random.golden.safetensors");
+    let x = vec(&golden("audio.golden.safetensors").tensor("resample.speech.wav.16000").unwrap());
+    let (enc, _) = WhisperEncoder::open(fixtures().join("whisper_tiny_random").to_str().unwrap()).unwrap();
+    let fe = WhisperFeatures::new(80).unwrap();
+    let long: Vec<f32> = x.iter().cycle().take(480_000 + x.len()).copied().collect();
+    let out = embed_clips(&enc, &fe, &[&x, &long], None, Device::Cpu).unwrap();
+    assert_eq!(out.size(), vec![2, 64]);
+    let diff = max_diff(&vec(&out.get(0)), &vec(&g.tensor("tiny.hidden2.mean_real").unwrap()));
+    assert!(diff < 1e-4, "short clip: {diff:.3e}");
+    let layer1 = embed_clips(&enc, &fe, &[&x], Some(1), Device::Cpu).unwrap();
+    assert!(max_diff(&vec(&layer1.get(0)), &vec(&g.tensor("tiny.hidden1.mean_real").unwrap())) < 1e-4);
+    let first = embed_clips(&enc, &fe, &[&long[..480_000]], None, Device::Cpu).unwrap().get(0);
+    let second = embed_clips(&enc, &fe, &[&long[480_000..]], None, Device::Cpu).unwrap().get(0);
+    let (a, b) = (1500.0, encoder_frames(x.len(), 1500) as f64);
+    let want = (first * a + second * b) / (a + b);
+    let diff = max_diff(&vec(&out.get(1)), &vec(&want));
+    assert!(diff < 1e-5, "long clip: {diff:.3e}");
 }

@@ -130,6 +130,36 @@ pub fn pool_real(h: &Tensor, real: &[usize]) -> Tensor {
     (h * &mask).sum_dim_intlist([1i64].as_slice(), false, h.kind()) / mask.sum_dim_intlist([1i64].as_slice(), false, h.kind())
 }
 
+/// One pooled vector `[D]` per clip (16 kHz samples): each clip is cut into 30 s windows, the
+/// windows run through hidden state `layer` (`None`: the final output) in one batch, each
+/// window is mean-pooled over its real frames, and a clip's windows are averaged weighted by
+/// their real frames (so the result equals a mean over every real frame of the clip).
+pub fn embed_clips(enc: &WhisperEncoder, fe: &crate::audio::WhisperFeatures, clips: &[&[f32]], layer: Option<usize>, device: tch::Device) -> Result<Tensor> {
+    let mut windows: Vec<&[f32]> = vec![];
+    let mut owner = vec![];
+    for (i, clip) in clips.iter().enumerate() {
+        let chunks: Vec<&[f32]> = if clip.is_empty() { vec![*clip] } else { clip.chunks(fe.n_samples).collect() };
+        owner.extend(std::iter::repeat_n(i, chunks.len()));
+        windows.extend(chunks);
+    }
+    let feats = fe.extract(&windows, device);
+    let h = tch::no_grad(|| match layer {
+        None => enc.forward(&feats, Mode::Eval),
+        Some(n) => enc.forward_to(&feats, n, Mode::Eval),
+    })?;
+    let real: Vec<usize> = windows.iter().map(|w| encoder_frames(w.len(), enc.cfg.max_positions as usize)).collect();
+    let pooled = pool_real(&h, &real);
+    let mut out = vec![];
+    for i in 0..clips.len() {
+        let rows: Vec<usize> = (0..windows.len()).filter(|&w| owner[w] == i).collect();
+        let weights: Vec<f32> = rows.iter().map(|&w| real[w] as f32).collect();
+        let idx = Tensor::from_slice(&rows.iter().map(|&w| w as i64).collect::<Vec<_>>()).to_device(pooled.device());
+        let wts = Tensor::from_slice(&weights).to_device(pooled.device()).unsqueeze(1);
+        out.push((pooled.index_select(0, &idx) * &wts).sum_dim_intlist([0i64].as_slice(), false, Kind::Float) / wts.sum(Kind::Float));
+    }
+    Ok(Tensor::stack(&out, 0))
+}
+
 /// Whisper's sinusoidal position table `[length, channels]`.
 pub fn sinusoids(length: i64, channels: i64) -> Tensor {
     let half = channels / 2;
