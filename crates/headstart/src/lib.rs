@@ -3,6 +3,7 @@
 //! The library does the work and prints nothing; the `headstart` binary is glue.
 
 pub mod assets;
+pub mod audio;
 pub mod blocks;
 pub mod bundle;
 pub mod cache;

@@ -1,5 +1,6 @@
 //! Backbones and the model registry.
 
+pub mod audio;
 pub mod registry;
 pub mod text;
 pub mod vision;

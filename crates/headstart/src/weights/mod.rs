@@ -5,6 +5,7 @@
 //! Opening a file reads and validates only metadata: every tensor's declared extent is checked
 //! against the bytes the file really holds before any tensor memory is allocated.
 
+pub mod ct2;
 pub mod hub;
 pub mod pickle;
 mod pth;
