@@ -1,5 +1,6 @@
 //! Backbones and the model registry.
 
+pub mod clip;
 pub mod registry;
 pub mod text;
 pub mod vision;

@@ -1,0 +1,146 @@
+//! CLIP parity: tiny random models made by `transformers` and `open_clip`
+//! (tests/fixtures/make_clip_fixtures.py), their tokens, embeddings and logits compared in fp32.
+
+use std::path::{Path, PathBuf};
+
+use headstart::models::clip::{tokenizer, Clip, ClipTokenizer};
+use headstart::weights::Weights;
+use tch::{Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/clip").join(name)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a - b).abs().max().double_value(&[])
+}
+
+fn texts() -> Vec<String> {
+    serde_json::from_str(&std::fs::read_to_string(fixture("texts.json")).unwrap()).unwrap()
+}
+
+/// Loads `name`, checks the load report, and compares against its golden outputs.
+fn check(name: &str) {
+    let (clip, report) = Clip::load(&fixture(name), Device::Cpu).unwrap();
+    assert!(report.is_complete(), "{}", report.summary());
+    assert!(report.unexpected.is_empty(), "unexpected: {:?}", report.unexpected);
+    let g = Weights::open(fixture(&format!("{name}.golden.safetensors"))).unwrap();
+    let ids = clip.tokenizer.encode(&texts()).unwrap();
+    assert_eq!(max_diff(&ids, &g.tensor("input_ids").unwrap()), 0.0, "{name}: token ids differ from transformers'");
+    let (img, txt) = tch::no_grad(|| (clip.encode_image(&g.tensor("pixel_values").unwrap()).unwrap(), clip.encode_texts(&texts()).unwrap()));
+    let logits = clip.logits(&img, &txt);
+    let di = max_diff(&img, &g.tensor("image_embeds").unwrap());
+    let dt = max_diff(&txt, &g.tensor("text_embeds").unwrap());
+    let dl = max_diff(&logits, &g.tensor("logits_per_image").unwrap());
+    eprintln!("{name}: image {di:.2e}, text {dt:.2e}, logits {dl:.2e}");
+    assert!(di < 1e-4 && dt < 1e-4, "{name}: image embeddings off by {di}, text by {dt}");
+    assert!(dl < 1e-3, "{name}: logits off by {dl}");
+    // The fixtures are random enough that a wrong activation or pooling shows.
+    assert!(g.tensor("image_embeds").unwrap().abs().max().double_value(&[]) > 0.1);
+    assert!(g.tensor("text_embeds").unwrap().abs().max().double_value(&[]) > 0.1);
+}
+
+#[test]
+fn hf_quick_gelu_argmax_pooling() {
+    check("clip_hf_quick");
+}
+
+#[test]
+fn hf_gelu_eos_pooling_from_pytorch_bin() {
+    check("clip_hf_gelu");
+}
+
+#[test]
+fn open_clip_vit_layout() {
+    check("clip_openclip_vit");
+}
+
+#[test]
+fn configuration_shapes_the_model() {
+    let (clip, _) = Clip::load(&fixture("clip_hf_gelu"), Device::Cpu).unwrap();
+    assert_eq!(clip.input.size, 32);
+    assert_eq!(clip.vision.num_features(), 24);
+    assert_eq!(clip.vision.stages().len(), 4);
+    assert!((clip.logit_scale() - 1.0 / 0.07).abs() < 1e-3);
+    // Every variable belongs to exactly one stage of its tower (or is the logit scale).
+    for (name, _) in clip.vs.variables() {
+        let n = clip.vision.stages().iter().chain(clip.text.stages.iter()).filter(|s| s.contains(&name)).count();
+        assert!(n == 1 || name == "logit_scale", "{name} is in {n} stages");
+    }
+}
+
+#[test]
+fn pooled_features_are_unit_embeddings() {
+    let (clip, _) = Clip::load(&fixture("clip_openclip_vit"), Device::Cpu).unwrap();
+    let g = Weights::open(fixture("clip_openclip_vit.golden.safetensors")).unwrap();
+    let x = g.tensor("pixel_values").unwrap();
+    let pooled = tch::no_grad(|| clip.vision.pool(&clip.vision.forward_features(&x, headstart::models::Mode::Eval)));
+    let want = headstart::models::clip::normalize(&g.tensor("image_embeds").unwrap());
+    assert!(max_diff(&pooled, &want) < 1e-5);
+}
+
+#[test]
+fn preprocessing_matches_clip_image_processor() {
+    let (clip, _) = Clip::load(&fixture("clip_hf_quick"), Device::Cpu).unwrap();
+    let x = clip.load_image(&fixture("photo.png")).unwrap().unsqueeze(0);
+    let want = Weights::open(fixture("clip_preprocess.golden.safetensors")).unwrap().tensor("pixel_values").unwrap();
+    let d = max_diff(&x, &want);
+    let mean = (&x - &want).abs().mean(tch::Kind::Float).double_value(&[]);
+    eprintln!("preprocessing against CLIPImageProcessor: max {d:.3e}, mean {mean:.3e}");
+    // PIL resamples in fixed point and rounds to 8 bits between its two passes; this resamples
+    // in float. On this deliberately blocky image: a third of a grey level (1/255/std ≈ 0.015)
+    // on average, up to ~9 levels at the sharpest edges (without the clipping of overshoot:
+    // mean 0.0077, max 0.31).
+    assert!(mean < 0.006 && d < 0.15, "max {d}, mean {mean}");
+}
+
+#[test]
+fn tokenizer_truncates_keeping_end_of_text() {
+    let tk = ClipTokenizer::load(&fixture("tokenizer/tokenizer.json"), 77).unwrap();
+    let ids = tk.ids(&"a photo of the cat ".repeat(40)).unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!((ids[0], ids[76]), (tk.sot as i64, tk.eot as i64));
+    let short = tk.ids("A   PHOTO").unwrap();
+    assert_eq!(short, tk.ids("a photo").unwrap());
+    assert_eq!(tk.ids("cat &amp; dog").unwrap(), tk.ids("cat & dog").unwrap());
+    assert_eq!(tokenizer::clean(" A\u{a0}B "), "a b");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_directories_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |dir: &Path| Clip::load(dir, Device::Cpu).err().expect("must fail").to_string();
+    assert!(err(tmp.path()).contains("neither config.json"));
+    // No tokenizer.
+    let d = tmp.path().join("no_tok");
+    copy_dir(&fixture("clip_hf_quick"), &d);
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    assert!(err(&d).contains("no tokenizer.json"), "{}", err(&d));
+    // An unknown activation, named with its field.
+    let d = tmp.path().join("bad_act");
+    copy_dir(&fixture("clip_hf_quick"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replacen("\"quick_gelu\"", "\"swish\"", 1);
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    assert!(err(&d).contains("hidden_act` = \"swish\""), "{}", err(&d));
+    // Shapes that disagree with the weights: the load report names the tensors.
+    let d = tmp.path().join("bad_shape");
+    copy_dir(&fixture("clip_hf_quick"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"projection_dim\": 24", "\"projection_dim\": 16");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    assert!(err(&d).contains("visual_projection.weight"), "{}", err(&d));
+    // open_clip options this implementation does not have.
+    let d = tmp.path().join("attn_pool");
+    copy_dir(&fixture("clip_openclip_vit"), &d);
+    let cfg = std::fs::read_to_string(d.join("open_clip_config.json")).unwrap().replace("\"patch_size\": 8", "\"patch_size\": 8, \"attentional_pool\": true");
+    std::fs::write(d.join("open_clip_config.json"), cfg).unwrap();
+    assert!(err(&d).contains("vision_cfg.attentional_pool` = true is not supported"), "{}", err(&d));
+}
