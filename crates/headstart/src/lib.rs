@@ -18,5 +18,6 @@ pub mod run;
 pub mod text;
 pub mod train;
 pub mod weights;
+pub mod zero_shot;
 
 pub use error::{Error, Result};

@@ -144,3 +144,43 @@ fn bad_directories_are_clear_errors() {
     std::fs::write(d.join("open_clip_config.json"), cfg).unwrap();
     assert!(err(&d).contains("vision_cfg.attentional_pool` = true is not supported"), "{}", err(&d));
 }
+
+#[test]
+fn zero_shot_prompt_ensembling_matches_the_paper_recipe() {
+    use headstart::zero_shot::ZeroShot;
+    let (clip, _) = Clip::load(&fixture("clip_hf_quick"), Device::Cpu).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("zero_shot.json")).unwrap()).unwrap();
+    let strings = |k: &str| -> Vec<String> { spec[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect() };
+    let (classes, templates) = (strings("classes"), strings("templates"));
+    let g = Weights::open(fixture("clip_zero_shot.golden.safetensors")).unwrap();
+    let zs = ZeroShot::new(&clip, &classes, &templates).unwrap();
+    let dw = max_diff(&zs.weights, &g.tensor("class_weights").unwrap());
+    let pix = Weights::open(fixture("clip_hf_quick.golden.safetensors")).unwrap().tensor("pixel_values").unwrap();
+    let dp = max_diff(&zs.probabilities(&clip, &pix).unwrap(), &g.tensor("probs").unwrap());
+    eprintln!("zero-shot: class weights {dw:.2e}, probabilities {dp:.2e}");
+    assert!(dw < 1e-4 && dp < 1e-4, "class weights off by {dw}, probabilities by {dp}");
+    // A single template differs from the ensemble: the test can tell them apart.
+    let single = ZeroShot::new(&clip, &classes, &templates[..1]).unwrap();
+    assert!(max_diff(&single.weights, &g.tensor("class_weights").unwrap()) > 1e-2);
+    // No template given: CLIP's default prompt.
+    let default = ZeroShot::new(&clip, &classes, &[]).unwrap();
+    assert_eq!(default.templates, vec!["a photo of a {}.".to_string()]);
+    assert_eq!(max_diff(&default.weights, &single.weights), 0.0);
+}
+
+#[test]
+fn zero_shot_inputs_are_checked() {
+    use headstart::zero_shot::{check_template, parse_labels, read_templates};
+    assert_eq!(parse_labels(" cat, dog ,bird").unwrap(), vec!["cat", "dog", "bird"]);
+    assert!(parse_labels("cat,,dog").unwrap_err().contains("empty class name"));
+    assert!(parse_labels("cat,dog,cat").unwrap_err().contains("given twice"));
+    assert!(check_template("a photo").unwrap_err().contains("no `{}`"));
+    assert!(check_template("{} and {}").unwrap_err().contains("more than one"));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("templates.txt");
+    std::fs::write(&p, "# CLIP prompts\na photo of a {}.\n\nitap of a {}.\n").unwrap();
+    assert_eq!(read_templates(&p).unwrap(), vec!["a photo of a {}.", "itap of a {}."]);
+    std::fs::write(&p, "a photo of a {}.\na photo\n").unwrap();
+    let e = read_templates(&p).unwrap_err().to_string();
+    assert!(e.contains("templates.txt") && e.contains("line 2"), "{e}");
+}
