@@ -136,6 +136,31 @@ enum Command {
     /// and unpacked with `dpkg-deb -x`. The store is $HEADSTART_ASSETS, else
     /// $HEADSTART_HOME/assets (default ~/.cache/headstart/assets).
     Fetch(fetch::FetchArgs),
+    /// Zero-shot image classification with a CLIP model: class names put into prompt
+    /// templates, images ranked by cosine similarity.
+    ZeroShot(ZeroShotArgs),
+}
+
+#[derive(clap::Args)]
+struct ZeroShotArgs {
+    /// A Hugging Face CLIPModel or open_clip directory (with tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated class names.
+    #[arg(long)]
+    labels: String,
+    /// Prompt template with `{}` for the class name; repeat to ensemble (default "a photo of a {}.").
+    #[arg(long = "template")]
+    templates: Vec<String>,
+    /// A file of templates, one per line (`#` comments).
+    #[arg(long)]
+    templates_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[arg(long)]
+    json: bool,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -1162,6 +1187,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             writeln!(out, "wrote {} tensors to {}", tensors.len(), output.display())?;
         }
         Command::Fetch(a) => fetch::run(a, out)?,
+        Command::ZeroShot(a) => zero_shot(a, out)?,
         Command::Classify { model, weights, top_k, json, files } => {
             let e = entry(&model)?;
             let w = open_weights(e, weights.as_deref())?;
@@ -1203,6 +1229,33 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"model": e.name, "results": results}))?;
                 writeln!(out)?;
             }
+        }
+    }
+    Ok(())
+}
+
+fn zero_shot(a: ZeroShotArgs, out: &mut impl Write) -> Result<()> {
+    use headstart::zero_shot::{self as zs, ZeroShot};
+    let labels = zs::parse_labels(&a.labels).map_err(|m| anyhow::anyhow!("--labels: {m}"))?;
+    let mut templates = a.templates.clone();
+    for t in &templates {
+        zs::check_template(t).map_err(|m| anyhow::anyhow!("--template: {m}"))?;
+    }
+    if let Some(f) = &a.templates_file {
+        templates.extend(zs::read_templates(f)?);
+    }
+    let (clip, _) = models::clip::Clip::load(&a.model, tch::Device::Cpu)?;
+    let results = ZeroShot::new(&clip, &labels, &templates)?.classify_files(&clip, &a.files, a.top_k)?;
+    if a.json {
+        let v = serde_json::json!({"model": a.model.display().to_string(), "labels": labels, "results": results});
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for r in &results {
+        writeln!(out, "{}", r.file.display())?;
+        for t in &r.top {
+            writeln!(out, "  {:>7.4}  {}", t.prob, t.label)?;
         }
     }
     Ok(())

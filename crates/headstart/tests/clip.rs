@@ -184,3 +184,22 @@ fn zero_shot_inputs_are_checked() {
     let e = read_templates(&p).unwrap_err().to_string();
     assert!(e.contains("templates.txt") && e.contains("line 2"), "{e}");
 }
+
+#[test]
+fn zero_shot_on_processor_pixels() {
+    // The inputs of the CLI test, prepared by CLIPImageProcessor: model and ensemble exact.
+    let (clip, _) = Clip::load(&fixture("clip_hf_quick"), Device::Cpu).unwrap();
+    let g = Weights::open(fixture("clip_cli.golden.safetensors")).unwrap();
+    let labels: Vec<String> = ["cat", "dog", "bird"].iter().map(|s| s.to_string()).collect();
+    let templates: Vec<String> = ["a photo of a {}.", "a photo of the {}."].iter().map(|s| s.to_string()).collect();
+    let zs = headstart::zero_shot::ZeroShot::new(&clip, &labels, &templates).unwrap();
+    let d = max_diff(&zs.probabilities(&clip, &g.tensor("pixel_values").unwrap()).unwrap(), &g.tensor("probs").unwrap());
+    assert!(d < 1e-5, "probabilities off by {d}");
+    // And the Rust preprocessing of the same files stays close to the processor's.
+    let files: Vec<PathBuf> = (0..3).map(|i| fixture(&format!("images/img{i}.png"))).collect();
+    let x = Tensor::stack(&files.iter().map(|f| clip.load_image(f).unwrap()).collect::<Vec<_>>(), 0);
+    let px = g.tensor("pixel_values").unwrap();
+    let (dmax, dmean) = (max_diff(&x, &px), (&x - &px).abs().mean(tch::Kind::Float).double_value(&[]));
+    eprintln!("smooth images against CLIPImageProcessor: max {dmax:.3e}, mean {dmean:.3e}");
+    assert!(dmean < 0.005 && dmax < 0.03, "max {dmax}, mean {dmean}");
+}
