@@ -57,6 +57,21 @@ fn open_clip_vit_layout() {
 }
 
 #[test]
+fn open_clip_modified_resnet_from_pytorch_bin() {
+    check("clip_openclip_rn");
+    let (clip, _) = Clip::load(&fixture("clip_openclip_rn"), Device::Cpu).unwrap();
+    let names: Vec<&str> = clip.vision.stages().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["stem", "layer1", "layer2", "layer3", "layer4", "attnpool"]);
+    for (name, _) in clip.vs.variables() {
+        let n = clip.vision.stages().iter().chain(clip.text.stages.iter()).filter(|s| s.contains(&name)).count();
+        assert!(n == 1 || name == "logit_scale", "{name} is in {n} stages");
+    }
+    // A wrong input size is an error, not a panic.
+    let e = clip.encode_image(&Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, Device::Cpu))).unwrap_err().to_string();
+    assert!(e.contains("[B, 3, 64, 64]"), "{e}");
+}
+
+#[test]
 fn configuration_shapes_the_model() {
     let (clip, _) = Clip::load(&fixture("clip_hf_gelu"), Device::Cpu).unwrap();
     assert_eq!(clip.input.size, 32);

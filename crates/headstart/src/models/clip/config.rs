@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::text::{EotPool, TextCfg};
 use super::transformer::{Act, Layout};
+use super::resnet::ResNetCfg;
 use super::vision::VitCfg;
 use crate::error::{Error, Result};
 use crate::models::registry::{ImageInput, Interpolation, ResizeMode};
@@ -22,12 +23,14 @@ pub const OPENAI_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VisionCfg {
     Vit(VitCfg),
+    ResNet(ResNetCfg),
 }
 
 impl VisionCfg {
     pub fn image_size(&self) -> i64 {
         match self {
             VisionCfg::Vit(v) => v.image_size,
+            VisionCfg::ResNet(r) => r.image_size,
         }
     }
 }
@@ -277,8 +280,17 @@ fn open_clip_vision(o: &Obj, a: Act) -> Result<VisionCfg> {
     }
     o.refuse("pool_type", &[Value::from("tok")])?;
     o.refuse("pos_embed_type", &[Value::from("learnable")])?;
-    if o.get("layers").is_some_and(|l| l.is_array()) {
-        return Err(Error::input(o.path, "`model_cfg.vision_cfg.layers` is a list (a ResNet image tower), which this version does not load"));
+    if let Some(l) = o.get("layers").filter(|l| l.is_array()) {
+        let n: Vec<i64> = l.as_array().into_iter().flatten().filter_map(|x| x.as_i64()).filter(|&x| x > 0).collect();
+        let layers: [i64; 4] = n.try_into().map_err(|_| Error::input(o.path, format!("`{}` must be 4 positive block counts", o.field("layers"))))?;
+        let width = o.int("width", 64)?;
+        let image_size = o.square("image_size", 224)?;
+        if image_size % 32 != 0 {
+            return Err(Error::input(o.path, format!("`{}` {image_size}: a ResNet tower needs a multiple of 32", o.field("image_size"))));
+        }
+        let heads = width * 32 / o.int("head_width", 64)?;
+        heads_divide(o.path, "vision_cfg", width * 32, heads)?;
+        return Ok(VisionCfg::ResNet(ResNetCfg { layers, width, heads, image_size }));
     }
     let width = o.int("width", 768)?;
     let heads = width / o.int("head_width", 64)?;

@@ -8,12 +8,14 @@
 //! - open_clip directories: `open_clip_config.json` (`model_cfg`, `preprocess_cfg`) +
 //!   `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`, `tokenizer.json`.
 //!
-//! Shapes come from the configuration (ViT-B/32, B/16, L/14 and any other ViT size; the
-//! activation is `quick_gelu` or `gelu` as configured). Images are prepared as CLIP was
+//! Shapes come from the configuration (ViT-B/32, B/16, L/14 and any other ViT size, and
+//! open_clip's modified-ResNet towers RN50, RN101, RN50x4, …; the activation is `quick_gelu`
+//! or `gelu` as configured). Images are prepared as CLIP was
 //! trained: bicubic resize of the shorter side to the input size, centre crop, OpenAI's
 //! mean and std unless the configuration gives others.
 
 pub mod config;
+pub mod resnet;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;
@@ -62,6 +64,8 @@ impl Clip {
         let root = vs.root();
         let vision: Box<dyn Backbone> = match &cfg.vision {
             VisionCfg::Vit(v) => Box::new(vision::VisionTransformer::new(&root, v, cfg.embed_dim, cfg.layout)),
+            VisionCfg::ResNet(r) if cfg.layout == Layout::OpenClip => Box::new(resnet::ModifiedResNet::new(&root, r, cfg.embed_dim)),
+            VisionCfg::ResNet(_) => return Err(Error::Model("a ResNet image tower loads from open_clip checkpoints only".into())),
         };
         let text = TextTransformer::new(&root, &cfg.text, cfg.embed_dim, cfg.layout);
         let logit_scale = root.var("logit_scale", &[], tch::nn::Init::Const((1.0f64 / 0.07).ln()));
