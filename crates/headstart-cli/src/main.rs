@@ -143,9 +143,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ZeroShotArgs {
-    /// A Hugging Face CLIPModel or open_clip directory (with tokenizer.json).
+    /// A Hugging Face CLIPModel or open_clip directory (with tokenizer.json), or a hub repo id
+    /// (`openai/clip-vit-base-patch32[@revision]`) already in the Hugging Face cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Comma-separated class names.
     #[arg(long)]
     labels: String,
@@ -1244,10 +1245,10 @@ fn zero_shot(a: ZeroShotArgs, out: &mut impl Write) -> Result<()> {
     if let Some(f) = &a.templates_file {
         templates.extend(zs::read_templates(f)?);
     }
-    let (clip, _) = models::clip::Clip::load(&a.model, tch::Device::Cpu)?;
+    let (clip, _) = models::clip::Clip::load(&models::clip::resolve(&a.model)?, tch::Device::Cpu)?;
     let results = ZeroShot::new(&clip, &labels, &templates)?.classify_files(&clip, &a.files, a.top_k)?;
     if a.json {
-        let v = serde_json::json!({"model": a.model.display().to_string(), "labels": labels, "results": results});
+        let v = serde_json::json!({"model": a.model, "labels": labels, "results": results});
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
         return Ok(());

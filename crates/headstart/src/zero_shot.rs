@@ -125,11 +125,8 @@ impl ZeroShot {
             let idx: Vec<i64> = Vec::try_from(idx.flatten(0, -1))?;
             for (i, f) in chunk.iter().enumerate() {
                 let at = i * k as usize..(i + 1) * k as usize;
-                let top = idx[at.clone()]
-                    .iter()
-                    .zip(&p[at])
-                    .map(|(&c, &prob)| Scored { class: c as usize, label: self.classes[c as usize].clone(), prob })
-                    .collect();
+                let top =
+                    idx[at.clone()].iter().zip(&p[at]).map(|(&c, &prob)| Scored { class: c as usize, label: self.classes[c as usize].clone(), prob }).collect();
                 out.push(Prediction { file: f.clone(), top });
             }
         }

@@ -218,3 +218,28 @@ fn zero_shot_on_processor_pixels() {
     eprintln!("smooth images against CLIPImageProcessor: max {dmax:.3e}, mean {dmean:.3e}");
     assert!(dmean < 0.005 && dmax < 0.03, "max {dmax}, mean {dmean}");
 }
+
+#[test]
+fn models_resolve_from_directories_files_and_the_hub_cache() {
+    use headstart::models::clip::resolve_in;
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let dir = fixture("clip_hf_quick");
+    assert_eq!(resolve_in(&cache, dir.to_str().unwrap()).unwrap(), dir);
+    assert_eq!(resolve_in(&cache, dir.join("model.safetensors").to_str().unwrap()).unwrap(), dir);
+    // The hub cache layout: refs/main holds the commit, snapshots/<commit>/ the files.
+    let repo = cache.join("models--openai--clip-tiny");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    copy_dir(&dir, &repo.join("snapshots").join(hash));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    let snap = resolve_in(&cache, "openai/clip-tiny").unwrap();
+    assert_eq!(snap, repo.join("snapshots").join(hash));
+    assert_eq!(resolve_in(&cache, &format!("openai/clip-tiny@{hash}")).unwrap(), snap);
+    let (clip, _) = Clip::load(&snap, Device::Cpu).unwrap();
+    assert_eq!(clip.cfg.embed_dim, 24);
+    let e = resolve_in(&cache, "openai/clip-missing").unwrap_err().to_string();
+    assert!(e.contains("not in the hub cache"), "{e}");
+    let e = resolve_in(&cache, "/no/such/dir").unwrap_err().to_string();
+    assert!(e.contains("/no/such/dir"), "{e}");
+}

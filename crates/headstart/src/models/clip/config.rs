@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::resnet::ResNetCfg;
 use super::text::{EotPool, TextCfg};
 use super::transformer::{Act, Layout};
-use super::resnet::ResNetCfg;
 use super::vision::VitCfg;
 use crate::error::{Error, Result};
 use crate::models::registry::{ImageInput, Interpolation, ResizeMode};
@@ -59,7 +59,11 @@ impl<'a> Obj<'a> {
         Ok(Obj { v, path, at: at.to_string() })
     }
     fn field(&self, key: &str) -> String {
-        if self.at.is_empty() { key.to_string() } else { format!("{}.{key}", self.at) }
+        if self.at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.at)
+        }
     }
     fn get(&self, key: &str) -> Option<&'a Value> {
         self.v.get(key).filter(|x| !x.is_null())
@@ -71,10 +75,9 @@ impl<'a> Obj<'a> {
     fn int(&self, key: &str, default: i64) -> Result<i64> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_i64()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| Error::input(self.path, format!("`{}` must be a positive integer, found {v}", self.field(key)))),
+            Some(v) => {
+                v.as_i64().filter(|&n| n > 0).ok_or_else(|| Error::input(self.path, format!("`{}` must be a positive integer, found {v}", self.field(key))))
+            }
         }
     }
     fn float(&self, key: &str, default: f64) -> Result<f64> {
@@ -227,14 +230,7 @@ fn hf_preprocessing(dir: &Path, size: i64) -> Result<ImageInput> {
 /// CLIP's preprocessing: bicubic resize of the shorter side to `size`, centre crop, OpenAI's
 /// statistics.
 pub fn clip_input(size: i64) -> ImageInput {
-    ImageInput {
-        size,
-        crop_pct: 1.0,
-        resize_mode: ResizeMode::ShorterSideThenCrop,
-        interpolation: Interpolation::Bicubic,
-        mean: OPENAI_MEAN,
-        std: OPENAI_STD,
-    }
+    ImageInput { size, crop_pct: 1.0, resize_mode: ResizeMode::ShorterSideThenCrop, interpolation: Interpolation::Bicubic, mean: OPENAI_MEAN, std: OPENAI_STD }
 }
 
 fn read_open_clip(dir: &Path, path: &Path) -> Result<(ClipCfg, ImageInput, PathBuf)> {

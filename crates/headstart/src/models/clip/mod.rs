@@ -37,6 +37,29 @@ use crate::models::{Backbone, Mode};
 use crate::weights::report::{load_into, LoadPlan};
 use crate::weights::{LoadReport, Weights};
 
+/// Where a CLIP model named on the command line lives: an existing directory (or a weight file
+/// in one), else a hub repo id (`org/name`, optionally `@revision`) in the Hugging Face hub
+/// cache `cache`. Nothing is downloaded.
+pub fn resolve_in(cache: &Path, model: &str) -> Result<PathBuf> {
+    let p = Path::new(model);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    if p.is_file() {
+        return Ok(p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf());
+    }
+    let (repo, revision) = model.split_once('@').unwrap_or((model, "main"));
+    if repo.contains('/') && !p.is_absolute() && !model.starts_with('.') {
+        return crate::weights::hub::resolve_snapshot(cache, repo, revision);
+    }
+    Err(Error::input(p, "no such CLIP directory"))
+}
+
+/// [`resolve_in`] the user's hub cache.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    resolve_in(&crate::weights::hub::cache_dir(), model)
+}
+
 /// L2-normalises the last dimension.
 pub fn normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2, [-1i64].as_slice(), true).clamp_min(1e-12)

@@ -56,7 +56,8 @@ struct Bottleneck {
 
 impl Bottleneck {
     fn new(p: &nn::Path, inplanes: i64, planes: i64, stride: i64) -> Bottleneck {
-        let down = (stride > 1 || inplanes != planes * 4).then(|| (conv(p / "downsample" / "0", inplanes, planes * 4, 1, 1), bn(p / "downsample" / "1", planes * 4)));
+        let down =
+            (stride > 1 || inplanes != planes * 4).then(|| (conv(p / "downsample" / "0", inplanes, planes * 4, 1, 1), bn(p / "downsample" / "1", planes * 4)));
         Bottleneck {
             conv1: conv(p / "conv1", inplanes, planes, 1, 1),
             bn1: bn(p / "bn1", planes),

@@ -67,7 +67,14 @@ impl TextTransformer {
                 let pos = root.var("positional_embedding", &[cfg.context_length, d], init);
                 let blocks = (0..n).map(|i| Block::new(&(root / "transformer" / "resblocks" / i), bc, layout)).collect();
                 let proj = Projection::new(root, "text_projection", d, embed_dim, layout);
-                (token, pos, blocks, layer_norm(root / "ln_final", d, cfg.eps), proj, ["token_embedding.", "transformer.resblocks", "ln_final.", "text_projection"])
+                (
+                    token,
+                    pos,
+                    blocks,
+                    layer_norm(root / "ln_final", d, cfg.eps),
+                    proj,
+                    ["token_embedding.", "transformer.resblocks", "ln_final.", "text_projection"],
+                )
             }
         };
         let mut stages = vec![super::vision::stage("embed", &[names[0].into(), "positional_embedding".into()])];
