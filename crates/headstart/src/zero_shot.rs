@@ -102,6 +102,13 @@ impl ZeroShot {
         Ok(ZeroShot { classes: classes.to_vec(), templates, weights: Tensor::stack(&rows, 0), logit_scale: clip.logit_scale() })
     }
 
+    /// A linear head (`weight` `[C, E]`, `bias` `[C]`) that reproduces this classifier on the
+    /// image tower's pooled (unit-norm) features: `logit_scale · class embeddings`, zero bias.
+    /// Initialising a trainable head with it starts few-shot training at zero-shot accuracy.
+    pub fn linear_head(&self) -> (Tensor, Tensor) {
+        (&self.weights * self.logit_scale, Tensor::zeros([self.classes.len() as i64], (Kind::Float, self.weights.device())))
+    }
+
     /// Class logits `[B, C]` of unnormalised image embeddings `[B, E]`.
     pub fn logits(&self, image_embeds: &Tensor) -> Tensor {
         normalize(image_embeds).matmul(&self.weights.to_device(image_embeds.device()).tr()) * self.logit_scale

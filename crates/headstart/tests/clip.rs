@@ -243,3 +243,18 @@ fn models_resolve_from_directories_files_and_the_hub_cache() {
     let e = resolve_in(&cache, "/no/such/dir").unwrap_err().to_string();
     assert!(e.contains("/no/such/dir"), "{e}");
 }
+
+#[test]
+fn zero_shot_head_reproduces_zero_shot_on_pooled_features() {
+    let (clip, _) = Clip::load(&fixture("clip_openclip_vit"), Device::Cpu).unwrap();
+    let classes: Vec<String> = ["cat", "dog", "car"].iter().map(|s| s.to_string()).collect();
+    let zs = headstart::zero_shot::ZeroShot::new(&clip, &classes, &[]).unwrap();
+    let (w, b) = zs.linear_head();
+    assert_eq!((w.size(), b.size()), (vec![3, 24], vec![3]));
+    let x = Weights::open(fixture("clip_openclip_vit.golden.safetensors")).unwrap().tensor("pixel_values").unwrap();
+    let pooled = tch::no_grad(|| clip.vision.pool(&clip.vision.forward_features(&x, headstart::models::Mode::Eval)));
+    let head = pooled.linear(&w, Some(&b));
+    let want = zs.logits(&clip.encode_image(&x).unwrap());
+    assert!(max_diff(&head, &want) < 1e-4, "{}", max_diff(&head, &want));
+    assert!(want.abs().max().double_value(&[]) > 0.5);
+}
