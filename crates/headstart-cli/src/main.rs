@@ -141,6 +141,32 @@ enum Command {
     /// and unpacked with `dpkg-deb -x`. The store is $HEADSTART_ASSETS, else
     /// $HEADSTART_HOME/assets (default ~/.cache/headstart/assets).
     Fetch(fetch::FetchArgs),
+    /// Zero-shot image classification with a CLIP model: class names put into prompt
+    /// templates, images ranked by cosine similarity.
+    ZeroShot(ZeroShotArgs),
+}
+
+#[derive(clap::Args)]
+struct ZeroShotArgs {
+    /// A Hugging Face CLIPModel or open_clip directory (with tokenizer.json), or a hub repo id
+    /// (`openai/clip-vit-base-patch32[@revision]`) already in the Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Comma-separated class names.
+    #[arg(long)]
+    labels: String,
+    /// Prompt template with `{}` for the class name; repeat to ensemble (default "a photo of a {}.").
+    #[arg(long = "template")]
+    templates: Vec<String>,
+    /// A file of templates, one per line (`#` comments).
+    #[arg(long)]
+    templates_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[arg(long)]
+    json: bool,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 /// Text bundles: columns of a test file named differently from the training file's (default:
@@ -1109,6 +1135,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Fetch(a) => fetch::run(a, out),
+        Command::ZeroShot(a) => zero_shot(a, out),
         Command::Classify { model, weights, top_k, json, files } => write_classification(out, &run::classify(&model, weights.as_deref(), &files, top_k)?, json),
     }
 }
@@ -1146,6 +1173,33 @@ fn write_predictions(out: &mut impl Write, preds: impl Iterator<Item = (String, 
         writeln!(out, "{o}")?;
         for (label, prob) in t {
             writeln!(out, "  {prob:>7.4}  {label}")?;
+        }
+    }
+    Ok(())
+}
+
+fn zero_shot(a: ZeroShotArgs, out: &mut impl Write) -> Result<()> {
+    use headstart::zero_shot::{self as zs, ZeroShot};
+    let labels = zs::parse_labels(&a.labels).map_err(|m| anyhow::anyhow!("--labels: {m}"))?;
+    let mut templates = a.templates.clone();
+    for t in &templates {
+        zs::check_template(t).map_err(|m| anyhow::anyhow!("--template: {m}"))?;
+    }
+    if let Some(f) = &a.templates_file {
+        templates.extend(zs::read_templates(f)?);
+    }
+    let (clip, _) = models::clip::Clip::load(&models::clip::resolve(&a.model)?, tch::Device::Cpu)?;
+    let results = ZeroShot::new(&clip, &labels, &templates)?.classify_files(&clip, &a.files, a.top_k)?;
+    if a.json {
+        let v = serde_json::json!({"model": a.model, "labels": labels, "results": results});
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for r in &results {
+        writeln!(out, "{}", r.file.display())?;
+        for t in &r.top {
+            writeln!(out, "  {:>7.4}  {}", t.prob, t.label)?;
         }
     }
     Ok(())

@@ -23,5 +23,6 @@ pub mod tabular;
 pub mod text;
 pub mod train;
 pub mod weights;
+pub mod zero_shot;
 
 pub use error::{Error, Result};

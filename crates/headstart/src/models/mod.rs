@@ -1,6 +1,7 @@
 //! Backbones and the model registry.
 
 pub mod audio;
+pub mod clip;
 pub mod registry;
 pub mod text;
 pub mod vision;

@@ -5,6 +5,7 @@ pub mod convnext;
 pub mod efficientnet;
 pub mod mobilenet;
 pub mod resnet;
+pub mod vgg;
 pub mod vit;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub enum Arch {
     ViT(vit::ViTCfg),
     #[serde(rename = "convnext")]
     ConvNext(convnext::ConvNextCfg),
+    #[serde(rename = "vgg")]
+    Vgg(vgg::VggCfg),
 }
 
 impl Arch {
@@ -62,6 +65,7 @@ pub fn build(arch: &Arch, p: &nn::Path, in_channels: i64, num_classes: Option<i6
         Arch::EfficientNetLite(c) => efficientnet::build(c, p, in_channels, num_classes),
         Arch::ViT(c) => vit::build(c, p, in_channels, num_classes),
         Arch::ConvNext(c) => convnext::build(c, p, in_channels, num_classes),
+        Arch::Vgg(c) => vgg::build(c, p, in_channels, num_classes)?,
     })
 }
 
