@@ -20,6 +20,7 @@ use headstart::weights::{self, Weights};
 mod config;
 mod fetch;
 mod progress;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "headstart", version, about = "Transfer learning with pre-trained models")]
@@ -136,6 +137,8 @@ enum Command {
     /// and unpacked with `dpkg-deb -x`. The store is $HEADSTART_ASSETS, else
     /// $HEADSTART_HOME/assets (default ~/.cache/headstart/assets).
     Fetch(fetch::FetchArgs),
+    /// Serve bundles over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -813,6 +816,7 @@ fn human(bytes: u64) -> String {
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => serve::run(a)?,
         Command::Train(mut a) => {
             if let Some(c) = a.config.clone() {
                 for w in a.merge(config::RunConfig::read(&c)?)? {

@@ -466,6 +466,14 @@ impl Predictor {
         let probs = self.head.forward(&ex.features)?.softmax(-1, Kind::Float);
         Ok((probs, ex.ok, ex.skipped))
     }
+
+    /// Probabilities for images already decoded and prepared for the bundle's input
+    /// ([`crate::preprocess::decode_prepared`]), stacked as `[N, 3, S, S]`: the same backbone
+    /// and head as [`Predictor::probabilities`], without files or the feature cache.
+    pub fn probabilities_prepared(&self, images: &Tensor) -> Result<Tensor> {
+        let f = tch::no_grad(|| self.model.backbone.pool(&self.model.backbone.forward_features(images, crate::models::Mode::Eval))).to_kind(Kind::Float);
+        Ok(self.head.forward(&f)?.softmax(-1, Kind::Float))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
