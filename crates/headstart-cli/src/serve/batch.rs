@@ -23,7 +23,7 @@ pub struct Job {
 pub struct Policy {
     pub max_batch: usize,
     pub max_wait: Duration,
-    /// Requests waiting at most; beyond it new ones are refused.
+    /// Batch-sized parts of requests waiting at most; beyond it new requests are refused.
     pub queue_size: usize,
 }
 
@@ -57,16 +57,22 @@ impl Queue {
         })
     }
 
-    pub fn push(&self, job: Job) -> Result<(), Full> {
+    /// Queues a request's parts (each at most `max_batch` inputs) together, or none of them.
+    pub fn push(&self, jobs: Vec<Job>) -> Result<(), Full> {
         let mut q = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.policy.queue_size {
+        // A request of more parts than the queue holds is taken when the queue is empty.
+        if !q.is_empty() && q.len() + jobs.len() > self.policy.queue_size {
             return Err(Full);
         }
-        q.push_back(job);
+        q.extend(jobs);
         self.metrics.queue_depth(&self.name, q.len());
         drop(q);
-        self.ready.notify_one();
+        self.ready.notify_all();
         Ok(())
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.policy.max_batch
     }
 
     /// Stops the workers once the queue is empty.

@@ -156,7 +156,9 @@ async fn predict(State(app): State<Arc<App>>, req: Request) -> Response {
     match tokio::time::timeout(limit, handle(app, req)).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no answer within the {} ms request timeout", limit.as_millis())).into_response(),
+        Err(_) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no answer within the {} ms request timeout", limit.as_millis())).into_response()
+        }
     }
 }
 
@@ -177,15 +179,25 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Value, ApiError> {
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job = Job { inputs: prepared, top_k, reply: tx };
-    if served.queue.push(job).is_err() {
+    // A request larger than a batch is split into batch-sized parts, queued together.
+    let (mut jobs, mut replies) = (vec![], vec![]);
+    let mut rest = prepared;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(served.queue.max_batch()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        jobs.push(Job { inputs: std::mem::replace(&mut rest, tail), top_k, reply: tx });
+        replies.push(rx);
+    }
+    if served.queue.push(jobs).is_err() {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", format!("the queue of {} is full; retry shortly", served.info.name));
         e.retry_after = Some(1);
         return Err(e);
     }
-    let tops = rx.await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the model worker stopped"))?;
-    let tops = tops.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m))?;
+    let mut tops = vec![];
+    for rx in replies {
+        let part = rx.await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the model worker stopped"))?;
+        tops.extend(part.map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m))?);
+    }
     let preds: Vec<Value> = tops.into_iter().map(|t| json!({ "top": t })).collect();
     Ok(json!({"model": served.info.name, "predictions": preds}))
 }

@@ -32,7 +32,8 @@ pub struct ServeArgs {
     /// Model worker threads per bundle, each with its own copy of the model.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Requests waiting per bundle at most; beyond it requests get 503 with Retry-After.
+    /// Requests (counted in parts of --max-batch inputs) waiting per bundle at most; beyond it
+    /// requests get 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     queue_size: usize,
     /// Largest request body, in bytes (413 beyond).
@@ -106,7 +107,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         workers.extend(batch::spawn_workers(&queue, dir, info.clone(), torch_threads));
         models.push(http::Served { info, queue });
     }
-    let limits = http::Limits { max_body: a.max_body_bytes, max_inputs: a.max_inputs, max_text_chars: a.max_text_chars, timeout: Duration::from_millis(a.timeout_ms) };
+    let limits =
+        http::Limits { max_body: a.max_body_bytes, max_inputs: a.max_inputs, max_text_chars: a.max_text_chars, timeout: Duration::from_millis(a.timeout_ms) };
     let app = Arc::new(http::App { models, metrics, key_sha, limits, budget: headstart::features::Budget::new(headstart::features::DECODE_BUDGET) });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(listen(a.addr, app.clone()))?;

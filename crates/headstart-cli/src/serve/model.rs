@@ -52,7 +52,13 @@ impl Info {
             return Err(Refusal::TooLarge(format!("{}×{} image exceeds the {}-pixel cap", h.width, h.height, self.decode.max_pixels)));
         }
         if h.decoded_bytes > self.decode.max_alloc {
-            return Err(Refusal::TooLarge(format!("{}×{} image needs {} MiB to decode, over the {} MiB limit", h.width, h.height, h.decoded_bytes >> 20, self.decode.max_alloc >> 20)));
+            return Err(Refusal::TooLarge(format!(
+                "{}×{} image needs {} MiB to decode, over the {} MiB limit",
+                h.width,
+                h.height,
+                h.decoded_bytes >> 20,
+                self.decode.max_alloc >> 20
+            )));
         }
         let _ticket = budget.take(h.working_bytes());
         match preprocess::decode_prepared(Source::Bytes(bytes), input, &self.decode) {
