@@ -20,6 +20,7 @@ use headstart::weights::{self, Weights};
 mod config;
 mod fetch;
 mod progress;
+mod report;
 mod serve;
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Also write an HTML report (confusion matrix, per-class table, misclassified examples).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -139,6 +143,11 @@ enum Command {
     Fetch(fetch::FetchArgs),
     /// Serve bundles over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
+    /// Write RUN_DIR/report.html: learning curves, confusion matrix, per-class scores, data.
+    Report {
+        #[arg(value_name = "RUN_DIR")]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -817,6 +826,10 @@ fn human(bytes: u64) -> String {
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
         Command::Serve(a) => serve::run(a)?,
+        Command::Report { run_dir } => {
+            let path = headstart::report::write_run_report(&run_dir)?;
+            writeln!(out, "{}", path.display())?;
+        }
         Command::Train(mut a) => {
             if let Some(c) = a.config.clone() {
                 for w in a.merge(config::RunConfig::read(&c)?)? {
@@ -824,6 +837,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
             let p = a.common.progress();
+            let started = std::time::Instant::now();
             let text_run;
             let o = match &a.resume {
                 Some(run) => {
@@ -897,6 +911,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             };
             let unit = if text_run { "texts" } else { "images" };
+            let report = report::after_train(&o.run_dir, &o, started.elapsed());
             if a.json {
                 serde_json::to_writer_pretty(&mut *out, &o)?;
                 writeln!(out)?;
@@ -932,10 +947,19 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     writeln!(out, "skipped     {} {}, reasons in {}", o.skipped, if text_run { "rows" } else { "files" }, o.run_dir.join("errors.jsonl").display())?;
                 }
                 writeln!(out, "bundle      {}", o.bundle.display())?;
+                if let Ok(r) = &report {
+                    writeln!(out, "report      {}", r.display())?;
+                }
+            }
+            if let Err(e) = report {
+                eprintln!("warning: the run report was not written: {}", message(&e));
             }
         }
-        Command::Eval { bundle, data, lossy, weights, json, common } => {
-            let (report, skipped) = if headstart::bundle::modality(&bundle)? == "text" {
+        Command::Eval { bundle, data, lossy, weights, json, report: html, common } => {
+            let (report, skipped) = if let Some(file) = &html {
+                let (p, cache) = (common.progress(), common.cache());
+                report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
+            } else if headstart::bundle::modality(&bundle)? == "text" {
                 let model = weights.as_ref().map(|w| w.display().to_string());
                 let p = headstart::text::TextPredictor::load(&bundle, model.as_deref())?;
                 p.evaluate(&data, lossy, common.cache().as_deref(), &common.progress())?

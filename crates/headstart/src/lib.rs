@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod models;
 pub mod preprocess;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod text;
 pub mod train;
