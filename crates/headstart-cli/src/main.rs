@@ -82,6 +82,9 @@ enum Command {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Also save the curve as RUN_DIR/lr_find.json, for the run's report.
+        #[arg(long, value_name = "RUN_DIR")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -982,7 +985,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 }
             }
         }
-        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
+        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, out: save, common } => {
             let probe = is_text_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
             let r = if probe {
@@ -1022,6 +1025,10 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 };
                 run::lr_find_image(&req, min_lr, max_lr, steps, &common.progress())?
             };
+            if let Some(dir) = &save {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                headstart::fsx::atomic_write(&dir.join("lr_find.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
             if json {
                 serde_json::to_writer_pretty(&mut *out, &r)?;
                 writeln!(out)?;

@@ -89,7 +89,14 @@ fn reports_render_in_headless_chromium() {
     let o = headstart(&["report", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(run.join("report.html")).unwrap(), html);
-    check_page(&chrome, dir.path(), &run.join("report.html"), 3);
+    // An lr-find saved into the run shows up as its own chart.
+    assert!(!html.contains("Learning-rate range test"));
+    let o = headstart(&["lr-find", "--data", data.to_str().unwrap(), "--steps", "10", "--batch-size", "4", "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = headstart(&["report", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(run.join("report.html")).unwrap().contains("Learning-rate range test"));
+    check_page(&chrome, dir.path(), &run.join("report.html"), 4);
 
     let eval = dir.path().join("eval.html");
     let o = headstart(&["eval", run.join("bundle").to_str().unwrap(), "--data", data.to_str().unwrap(), "--no-cache", "--report", eval.to_str().unwrap()]);

@@ -59,15 +59,10 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_x: bool, ma
     }
     let _ = write!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" class=\"tick\">{}</text>", l + (w - l - r) / 2.0, h - 8.0, esc(x_label));
     if let Some((x, label)) = mark {
-        let _ = write!(
-            out,
-            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{t}\" y2=\"{1}\" class=\"mark\"/><text x=\"{2:.1}\" y=\"{3}\" class=\"tick\">{4}</text>",
-            px(x),
-            h - b,
-            px(x) + 3.0,
-            t + 12.0,
-            esc(label)
-        );
+        // The label sits left of the line when the line is near the right edge.
+        let (lx, anchor) = if px(x) > w - r - 60.0 { (px(x) - 3.0, "end") } else { (px(x) + 3.0, "start") };
+        let _ = write!(out, "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{t}\" y2=\"{1}\" class=\"mark\"/>", px(x), h - b);
+        let _ = write!(out, "<text x=\"{lx:.1}\" y=\"{}\" text-anchor=\"{anchor}\" class=\"tick\">{}</text>", h - b - 6.0, esc(label));
     }
     for (k, s) in series.iter().enumerate() {
         let path: Vec<String> = s.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
