@@ -16,6 +16,7 @@ conc=${CONC:-16}
 sat_s=${SAT_S:-20}
 rate_s=${RATE_S:-60}
 profile=${PROFILE:-release}
+hs_threads=${HS_THREADS:-2}   # headstart model workers (each with its own copy, THREADS/HS_THREADS torch threads)
 mkdir -p "$out"
 cd "$root"
 export HEADSTART_HOME=${HEADSTART_HOME:-$root/.cache}
@@ -46,8 +47,8 @@ bench() { # name url
   echo "$name: 70%        $(cat "$out/$name.rate70.json")"
 }
 
-# headstart: one model worker with all the threads, dynamic batching.
-OMP_NUM_THREADS=$threads "$bin/headstart" serve "$out/run/bundle" --addr 127.0.0.1:18181 --threads 1 --max-batch 32 --max-wait-ms 5 \
+# headstart: HS_THREADS model workers sharing the cores, dynamic batching.
+OMP_NUM_THREADS=$threads "$bin/headstart" serve "$out/run/bundle" --addr 127.0.0.1:18181 --threads "$hs_threads" --max-batch 32 --max-wait-ms 5 \
   --queue-size 1024 2> "$out/headstart.err" &
 hs_pid=$!
 trap 'kill $hs_pid 2>/dev/null || true; kill ${ref_pid:-0} 2>/dev/null || true' EXIT
