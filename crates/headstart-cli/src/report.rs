@@ -12,6 +12,7 @@ use tch::Tensor;
 pub fn after_train<T: serde::Serialize>(run_dir: &Path, outcome: &T, elapsed: Duration) -> Result<PathBuf> {
     let mut v = serde_json::to_value(outcome)?;
     v["timings"] = serde_json::json!({ "train_seconds": elapsed.as_secs_f64() });
+    report::remove_stale_temps(run_dir);
     let path = run_dir.join("outcome.json");
     headstart::fsx::atomic_write(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
     Ok(report::write_run_report(run_dir)?)
