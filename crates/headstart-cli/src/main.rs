@@ -21,6 +21,8 @@ use headstart::weights::{self, Weights};
 mod config;
 mod fetch;
 mod progress;
+mod report;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "headstart", version, about = "Transfer learning with pre-trained models")]
@@ -45,6 +47,9 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Also write an HTML report (confusion matrix, per-class table, misclassified examples).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[command(flatten)]
         columns: ColumnArgs,
         #[command(flatten)]
@@ -80,6 +85,9 @@ enum Command {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Also save the curve as RUN_DIR/lr_find.json, for the run's report.
+        #[arg(long, value_name = "RUN_DIR")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -144,6 +152,13 @@ enum Command {
     /// Zero-shot image classification with a CLIP model: class names put into prompt
     /// templates, images ranked by cosine similarity.
     ZeroShot(ZeroShotArgs),
+    /// Serve bundles over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics.
+    Serve(serve::ServeArgs),
+    /// Write RUN_DIR/report.html: learning curves, confusion matrix, per-class scores, data.
+    Report {
+        #[arg(value_name = "RUN_DIR")]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -925,19 +940,28 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
         }
     }
     let p = a.common.progress();
+    let started = std::time::Instant::now();
     let (modality, o) = match &a.resume {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
         None => new_run(&a, &p)?,
     };
+    let written = report::after_train(&o.run_dir, &o, started.elapsed());
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &o)?;
         writeln!(out)?;
-        return Ok(());
+    } else {
+        for w in &o.warnings {
+            eprintln!("warning: {}", flags(w));
+        }
+        write_outcome(out, &o, modality)?;
+        if let Ok(r) = &written {
+            writeln!(out, "report      {}", r.display())?;
+        }
     }
-    for w in &o.warnings {
-        eprintln!("warning: {}", flags(w));
+    if let Err(e) = written {
+        eprintln!("warning: the run report was not written: {}", message(&e));
     }
-    write_outcome(out, &o, modality)
+    Ok(())
 }
 
 /// Trains per the flags, in the modality the library detects.
@@ -1054,9 +1078,18 @@ fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Report { run_dir } => {
+            let path = headstart::report::write_run_report(&run_dir)?;
+            writeln!(out, "{}", path.display())?;
+            Ok(())
+        }
         Command::Train(a) => train(a, out),
-        Command::Eval { bundle, data, lossy, weights, json, columns, common } => {
-            let (report, skipped) = if headstart::bundle::modality(&bundle)? == "text" {
+        Command::Eval { bundle, data, lossy, weights, json, report: html, columns, common } => {
+            let (report, skipped) = if let Some(file) = &html {
+                let (p, cache) = (common.progress(), common.cache());
+                report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
+            } else if headstart::bundle::modality(&bundle)? == "text" {
                 let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
                 p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
@@ -1069,7 +1102,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             write_skipped(&skipped);
             write_report(out, &report, json)
         }
-        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, common } => {
+        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, out: save, common } => {
             let detected = detect_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
             eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
@@ -1091,6 +1124,10 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     run::lr_find_image(&req, min_lr, max_lr, steps, &p)?
                 }
             };
+            if let Some(dir) = &save {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                headstart::fsx::atomic_write(&dir.join("lr_find.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
             write_lr_find(out, &r, json)
         }
         Command::Predict { bundle, files, text, lossy, top_k, weights, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {

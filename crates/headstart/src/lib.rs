@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod preprocess;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod tabular;
 pub mod text;

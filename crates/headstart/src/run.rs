@@ -120,6 +120,15 @@ impl Predictor {
     pub fn probabilities(&self, paths: &[PathBuf], cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
         task::probabilities(&self.block(cache_root), &self.model, &self.head, &paths.to_vec(), progress)
     }
+
+    /// Probabilities for images already decoded and prepared for the bundle's input
+    /// ([`crate::preprocess::decode_prepared`]), stacked as `[N, 3, S, S]`: the same backbone
+    /// and head as [`Predictor::probabilities`], without files or the feature cache.
+    pub fn probabilities_prepared(&self, images: &Tensor) -> Result<Tensor> {
+        let b = &self.model.model.backbone;
+        let f = tch::no_grad(|| b.pool(&b.forward_features(images, crate::models::Mode::Eval))).to_kind(tch::Kind::Float);
+        Ok(self.head.forward(&f)?.softmax(-1, tch::Kind::Float))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
