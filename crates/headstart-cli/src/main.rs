@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use headstart::error::Cause;
 use clap::{Parser, Subcommand};
+use headstart::error::Cause;
 use headstart::models::{self, registry};
+use headstart::preprocess::Augment;
 use headstart::run::{self, TrainRequest};
 use headstart::text::chunks::{ChunkPooling, LongText};
-use headstart::preprocess::Augment;
 use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
 use headstart::train::schedule::Schedule;
@@ -584,8 +584,14 @@ impl TrainArgs {
 
     /// The run's modality: a text model, text settings, or the data's format.
     fn detect(&self) -> Option<headstart::learn::detect::Detected> {
-        let text_flags = self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
-        let text_flags = text_flags || self.long_text.is_some() || self.chunk_overlap.is_some() || self.max_chunks.is_some() || self.chunk_pooling.is_some() || self.chunk_batch.is_some();
+        let text_flags =
+            self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() || self.max_length.is_some() || self.pooling.is_some();
+        let text_flags = text_flags
+            || self.long_text.is_some()
+            || self.chunk_overlap.is_some()
+            || self.max_chunks.is_some()
+            || self.chunk_pooling.is_some()
+            || self.chunk_batch.is_some();
         self.data.as_ref().map(|d| detect_run(d, self.model.as_deref(), text_flags))
     }
 }
@@ -1112,7 +1118,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     let base = headstart::text::text_finetune_defaults();
                     let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
                     let d = headstart::text::TextTrainRequest::for_data(data);
-                    let columns = headstart::text::data::Columns { text: text_column.unwrap_or(d.columns.text.clone()), label: label_column.unwrap_or(d.columns.label.clone()), pair: None };
+                    let columns = headstart::text::data::Columns {
+                        text: text_column.unwrap_or(d.columns.text.clone()),
+                        label: label_column.unwrap_or(d.columns.label.clone()),
+                        pair: None,
+                    };
                     let req = headstart::text::TextTrainRequest { columns, model: model.unwrap_or(d.model.clone()), val_split, finetune: Some(ft), ..d };
                     headstart::text::lr_find_text(&req, min_lr, max_lr, steps, &p)?
                 }
@@ -1120,7 +1130,14 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     let base = FinetuneConfig::default();
                     let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
                     let d = TrainRequest::for_data(data);
-                    let req = TrainRequest { model: model.unwrap_or(d.model.clone()), weights, val_split, finetune: Some(ft), allow_truncated: common.allow_truncated, ..d };
+                    let req = TrainRequest {
+                        model: model.unwrap_or(d.model.clone()),
+                        weights,
+                        val_split,
+                        finetune: Some(ft),
+                        allow_truncated: common.allow_truncated,
+                        ..d
+                    };
                     run::lr_find_image(&req, min_lr, max_lr, steps, &p)?
                 }
             };
@@ -1199,7 +1216,13 @@ fn write_report(out: &mut impl Write, report: &headstart::metrics::Report, json:
 }
 
 /// `predict`'s output: each input (named under `key` in JSON) with its top labels.
-fn write_predictions(out: &mut impl Write, preds: impl Iterator<Item = (String, Vec<(String, f64)>)>, skipped: &[headstart::data::Skip], json: bool, key: &str) -> Result<()> {
+fn write_predictions(
+    out: &mut impl Write,
+    preds: impl Iterator<Item = (String, Vec<(String, f64)>)>,
+    skipped: &[headstart::data::Skip],
+    json: bool,
+    key: &str,
+) -> Result<()> {
     if json {
         let preds: Vec<_> = preds.map(|(o, t)| serde_json::json!({key: o, "top": t})).collect();
         serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"predictions": preds, "skipped": skipped}))?;
@@ -1326,4 +1349,3 @@ fn write_classification(out: &mut impl Write, c: &run::Classification, json: boo
     }
     Ok(())
 }
-

@@ -55,8 +55,25 @@ fn fine_tuned_bundle_refuses_a_tampered_backbone_and_resume_refuses_changed_sett
     common::sample_set(&data);
     let run = tmp.path().join("run");
     let o = headstart(&[
-        "train", "--mode", "finetune", "--data", s(&data), "--out", s(&run), "--no-cache", "--epochs", "1", "--head-epochs", "0",
-        "--batch-size", "8", "--unfreeze", "last:1", "--progress", "none", "--json",
+        "train",
+        "--mode",
+        "finetune",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--no-cache",
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "0",
+        "--batch-size",
+        "8",
+        "--unfreeze",
+        "last:1",
+        "--progress",
+        "none",
+        "--json",
     ]);
     ok_json(&o);
     let bundle = run.join("bundle");
@@ -138,13 +155,32 @@ fn lr_find_runs_on_images_and_on_text() {
         let suggestion = v["suggestion"].as_f64().unwrap();
         assert!(lrs.iter().any(|lr| (lr / 10.0 - suggestion).abs() < 1e-15), "suggestion {suggestion} is not a tenth of a tried rate");
     };
-    let o = headstart(&["lr-find", "--data", s(&data), "--steps", "12", "--batch-size", "8", "--min-lr", "1e-5", "--max-lr", "1", "--json", "--progress", "none"]);
+    let o =
+        headstart(&["lr-find", "--data", s(&data), "--steps", "12", "--batch-size", "8", "--min-lr", "1e-5", "--max-lr", "1", "--json", "--progress", "none"]);
     check(&ok_json(&o), 12);
     let text = reviews(tmp.path());
     let model = tiny_bert();
     let o = headstart(&[
-        "lr-find", "--data", s(&text), "--model", &model, "--text-column", "review", "--label-column", "stars", "--steps", "15", "--batch-size", "8",
-        "--min-lr", "1e-5", "--max-lr", "1", "--json", "--progress", "none",
+        "lr-find",
+        "--data",
+        s(&text),
+        "--model",
+        &model,
+        "--text-column",
+        "review",
+        "--label-column",
+        "stars",
+        "--steps",
+        "15",
+        "--batch-size",
+        "8",
+        "--min-lr",
+        "1e-5",
+        "--max-lr",
+        "1",
+        "--json",
+        "--progress",
+        "none",
     ]);
     check(&ok_json(&o), 15);
     // Bad settings are refused with the reason.
@@ -160,7 +196,19 @@ fn text_predict_reads_txt_files_like_the_same_text_given_inline() {
     let run = tmp.path().join("run");
     let model = tiny_bert();
     ok_json(&headstart(&[
-        "train", "--data", s(&text), "--model", &model, "--text-column", "review", "--label-column", "stars", "--out", s(&run), "--no-cache", "--json",
+        "train",
+        "--data",
+        s(&text),
+        "--model",
+        &model,
+        "--text-column",
+        "review",
+        "--label-column",
+        "stars",
+        "--out",
+        s(&run),
+        "--no-cache",
+        "--json",
     ]));
     let bundle = run.join("bundle");
     let (a, b, empty) = (tmp.path().join("a.txt"), tmp.path().join("b.TXT"), tmp.path().join("empty.txt"));
@@ -175,7 +223,13 @@ fn text_predict_reads_txt_files_like_the_same_text_given_inline() {
     assert_eq!(skipped.len(), 1, "{files}");
     assert!(skipped[0].to_string().contains("empty.txt") && skipped[0].to_string().contains("empty text"), "{files}");
     let inline = ok_json(&headstart(&[
-        "predict", s(&bundle), "--text", "the movie was great and the story worked\n", "--text", "the movie was awful and the story was long", "--json",
+        "predict",
+        s(&bundle),
+        "--text",
+        "the movie was great and the story worked\n",
+        "--text",
+        "the movie was awful and the story was long",
+        "--json",
     ]));
     for (f, t) in preds.iter().zip(inline["predictions"].as_array().unwrap()) {
         assert_eq!(f["top"], t["top"]);

@@ -169,7 +169,10 @@ fn train_refits_by_default_and_reports_the_selection_estimate() {
     // 24 images, 8 per class: a 20% split would hold 2 per class, so 5-fold cross-validation.
     let v = json(&train("auto", &["--json"]));
     let sel = &v["selection"];
-    assert_eq!((sel["method"].as_str(), sel["folds"].as_u64(), sel["refit"].as_bool(), sel["n_fit"].as_u64()), (Some("cross_validation"), Some(5), Some(true), Some(24)));
+    assert_eq!(
+        (sel["method"].as_str(), sel["folds"].as_u64(), sel["refit"].as_bool(), sel["n_fit"].as_u64()),
+        (Some("cross_validation"), Some(5), Some(true), Some(24))
+    );
     assert_eq!(v["val"]["accuracy"], sel["estimate"]);
     assert!(sel["reason"].as_str().unwrap().contains("automatic"));
 
@@ -203,7 +206,10 @@ fn train_refits_by_default_and_reports_the_selection_estimate() {
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "refit = false\ncv = \"off\"\n").unwrap();
     let v = json(&train("config", &["--config", cfg.to_str().unwrap(), "--json"]));
-    assert_eq!((v["selection"]["refit"].as_bool(), v["selection"]["method"].as_str(), v["selection"]["n_fit"].as_u64()), (Some(false), Some("holdout"), Some(18)));
+    assert_eq!(
+        (v["selection"]["refit"].as_bool(), v["selection"]["method"].as_str(), v["selection"]["n_fit"].as_u64()),
+        (Some(false), Some("holdout"), Some(18))
+    );
     assert_eq!(head("config"), head("split-kept"));
     std::fs::write(&cfg, "cv = 3\n").unwrap();
     let v = json(&train("config3", &["--config", cfg.to_str().unwrap(), "--json"]));
@@ -253,12 +259,8 @@ fn a_stray_notes_file_in_an_image_folder_still_trains_as_images_and_feature_runs
 #[test]
 fn a_closed_stdout_pipe_ends_quietly() {
     for args in [&["models"][..], &["models", "--json"][..]] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_headstart")).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         drop(child.stdout.take());
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
@@ -277,7 +279,18 @@ fn exit_codes_follow_the_cause() {
     let weights = fixture("vit_tiny");
     let w = weights.to_str().unwrap();
     // One class: the data.
-    let o = headstart(&["train", "--data", one.to_str().unwrap(), "--out", out.to_str().unwrap(), "--model", "vit_small_patch16_224", "--weights", w, "--no-cache"]);
+    let o = headstart(&[
+        "train",
+        "--data",
+        one.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        "vit_small_patch16_224",
+        "--weights",
+        w,
+        "--no-cache",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     // An unknown model.
     let two = d.path().join("two");
@@ -289,6 +302,7 @@ fn exit_codes_follow_the_cause() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // A bundle used with other weights.
     let bundle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bundles_v1/image");
-    let o = headstart(&["predict", bundle.to_str().unwrap(), one.join("only/a.png").to_str().unwrap(), "--weights", fixture("convnext_tiny").to_str().unwrap()]);
+    let o =
+        headstart(&["predict", bundle.to_str().unwrap(), one.join("only/a.png").to_str().unwrap(), "--weights", fixture("convnext_tiny").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 }

@@ -44,10 +44,8 @@ fn s(p: &Path) -> String {
 /// `train` with a logistic head, a fixed seed, small extraction batches (many points to kill
 /// at), JSON progress on stderr and the outcome as JSON on stdout.
 fn train_args(data: &Path, out: &Path, cache: Option<&Path>, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "--data", &s(data), "--out", &s(out), "--head", "logistic", "--seed", "7", "--eval-batch-size", "4"]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+    let mut a: Vec<String> =
+        ["train", "--data", &s(data), "--out", &s(out), "--head", "logistic", "--seed", "7", "--eval-batch-size", "4"].iter().map(|x| x.to_string()).collect();
     a.extend(["--progress", "json", "--json"].map(String::from));
     match cache {
         Some(c) => a.extend(["--cache-dir".into(), s(c)]),

@@ -18,9 +18,30 @@ fn command(args: &[String]) -> Command {
 
 fn train_args(data: &Path, out: &Path, cache: &Path) -> Vec<String> {
     [
-        "train", "--mode", "finetune", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--cache-dir",
-        cache.to_str().unwrap(), "--epochs", "2", "--batch-size", "4", "--unfreeze", "last:2", "--head-epochs", "1",
-        "--checkpoint-every", "1", "--augment", "--seed", "3", "--progress", "none",
+        "train",
+        "--mode",
+        "finetune",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--unfreeze",
+        "last:2",
+        "--head-epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--augment",
+        "--seed",
+        "3",
+        "--progress",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -110,7 +110,19 @@ fn text_errors_name_file_line_and_column() {
     let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--no-cache"]);
     assert_eq!(o.status.code(), Some(3), "malformed data");
     assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("line 3") && stderr(&o).contains("--lossy"), "{}", stderr(&o));
-    let o = headstart(&["train", "--data", bad.to_str().unwrap(), "--model", &tiny_bert(), "--out", run.to_str().unwrap(), "--text-column", "body", "--lossy", "--no-cache"]);
+    let o = headstart(&[
+        "train",
+        "--data",
+        bad.to_str().unwrap(),
+        "--model",
+        &tiny_bert(),
+        "--out",
+        run.to_str().unwrap(),
+        "--text-column",
+        "body",
+        "--lossy",
+        "--no-cache",
+    ]);
     assert!(stderr(&o).contains("no column `body`"), "{}", stderr(&o));
     // An unclosed quote swallowed every later row and surfaced as "need at least two classes".
     std::fs::write(&bad, b"text,label\nfine,a\n\"never closed,b\nmore,a\n").unwrap();
@@ -126,9 +138,34 @@ fn text_fine_tuning_aborted_mid_checkpoint_resumes_to_identical_weights() {
     let data = write_data(tmp.path());
     let args = |out: &Path| -> Vec<String> {
         [
-            "train", "--mode", "finetune", "--data", data.to_str().unwrap(), "--model", &tiny_bert(), "--text-column", "review",
-            "--label-column", "stars", "--out", out.to_str().unwrap(), "--epochs", "2", "--batch-size", "8", "--unfreeze", "last:1",
-            "--checkpoint-every", "1", "--seed", "5", "--lr", "1e-3", "--no-cache", "--progress", "none",
+            "train",
+            "--mode",
+            "finetune",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            &tiny_bert(),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--unfreeze",
+            "last:1",
+            "--checkpoint-every",
+            "1",
+            "--seed",
+            "5",
+            "--lr",
+            "1e-3",
+            "--no-cache",
+            "--progress",
+            "none",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -238,7 +275,20 @@ fn eval_and_predict_take_other_column_names() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_data(tmp.path());
     let run = tmp.path().join("run");
-    let o = headstart(&["train", "--data", data.to_str().unwrap(), "--model", &tiny_bert(), "--text-column", "review", "--label-column", "stars", "--out", run.to_str().unwrap(), "--no-cache"]);
+    let o = headstart(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        &tiny_bert(),
+        "--text-column",
+        "review",
+        "--label-column",
+        "stars",
+        "--out",
+        run.to_str().unwrap(),
+        "--no-cache",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bundle = run.join("bundle");
     // The same rows under other names, as CSV.
@@ -252,7 +302,18 @@ fn eval_and_predict_take_other_column_names() {
     let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--no-cache", "--json"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no column `review`") && stderr(&o).contains("--text-column"), "{}", stderr(&o));
-    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--text-column", "body", "--label-column", "gold", "--no-cache", "--json"]);
+    let o = headstart(&[
+        "eval",
+        bundle.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--text-column",
+        "body",
+        "--label-column",
+        "gold",
+        "--no-cache",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let same = headstart(&["eval", bundle.to_str().unwrap(), "--data", data.to_str().unwrap(), "--no-cache", "--json"]);
     let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&o.stdout).unwrap(), serde_json::from_slice(&same.stdout).unwrap());

@@ -52,5 +52,8 @@ fn main() {
     }
     let timed = &times[2..];
     let mean = timed.iter().sum::<f64>() / timed.len() as f64;
-    println!("{}", serde_json::json!({"tool": "headstart", "model": name, "mode": mode, "precision": format!("{precision:?}").to_lowercase(), "batch": batch, "steps": steps, "s_per_step": mean, "images_per_s": batch as f64 / mean}));
+    println!(
+        "{}",
+        serde_json::json!({"tool": "headstart", "model": name, "mode": mode, "precision": format!("{precision:?}").to_lowercase(), "batch": batch, "steps": steps, "s_per_step": mean, "images_per_s": batch as f64 / mean})
+    );
 }

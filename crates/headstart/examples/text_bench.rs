@@ -58,7 +58,10 @@ fn main() {
                 step(i);
             }
             let dt = t.elapsed().as_secs_f64();
-            println!("{}", serde_json::json!({"tool": "headstart", "what": "step", "precision": args[4], "steps": steps, "seconds": dt, "samples_per_s": (steps * 16) as f64 / dt}));
+            println!(
+                "{}",
+                serde_json::json!({"tool": "headstart", "what": "step", "precision": args[4], "steps": steps, "seconds": dt, "samples_per_s": (steps * 16) as f64 / dt})
+            );
         }
         _ => panic!("embed or step"),
     }

@@ -50,7 +50,11 @@ pub fn resolve_weights(entry: &Entry) -> Result<PathBuf> {
             let snap = match hub::resolve_snapshot(&cache, repo, revision) {
                 Ok(s) => s,
                 Err(_) => hub::download(&cache, repo, revision, None).map_err(|e| {
-                    Error::Model(format!("weights for {}: {e}; put {repo} in the hub cache ({}) or give a weight file (setting `weights`)", entry.name, cache.display()))
+                    Error::Model(format!(
+                        "weights for {}: {e}; put {repo} in the hub cache ({}) or give a weight file (setting `weights`)",
+                        entry.name,
+                        cache.display()
+                    ))
                 })?,
             };
             Ok(snap.join(file))

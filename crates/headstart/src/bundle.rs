@@ -221,12 +221,7 @@ pub type TunedTensors<'a> = Option<(&'a [String], &'a [(String, tch::Tensor)])>;
 /// then renamed over `dir` (a previous bundle is replaced only once the new one is complete).
 /// `tuned` holds the retrained stages' names and tensors, if any; `meta` renders
 /// `bundle.toml` given their record (the stages and the sha256 of the file just written).
-pub fn write(
-    dir: &Path,
-    head: &Head,
-    tuned: TunedTensors,
-    meta: impl FnOnce(Option<Tuned>) -> Result<String>,
-) -> Result<()> {
+pub fn write(dir: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Option<Tuned>) -> Result<String>) -> Result<()> {
     head.validate()?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -337,7 +332,9 @@ pub fn read_meta(dir: &Path) -> Result<Bundle> {
     let bad = |m: String| Error::Bundle { path: mp.clone(), message: m };
     let v: toml::Value = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let meta: Bundle = match v.get("format_version").and_then(|f| f.as_integer()) {
-        Some(1) if v.get("modality").and_then(|m| m.as_str()) == Some("text") => toml::from_str::<TextBundleMeta>(&text).map_err(|e| bad(e.to_string()))?.into(),
+        Some(1) if v.get("modality").and_then(|m| m.as_str()) == Some("text") => {
+            toml::from_str::<TextBundleMeta>(&text).map_err(|e| bad(e.to_string()))?.into()
+        }
         Some(1) => toml::from_str::<BundleMeta>(&text).map_err(|e| bad(e.to_string()))?.into(),
         Some(2) => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
         Some(n) => return Err(bad(format!("bundle format {n} is not supported (this build reads 1 and {FORMAT_VERSION})"))),

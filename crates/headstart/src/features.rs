@@ -127,7 +127,14 @@ fn load_one(path: &Path, input: &ImageInput, cache: Option<&FeatureCache>, opts:
     let streamed = len > STREAM_ABOVE;
     let in_memory = if streamed { 0 } else { len };
     let ticket = budget.take(in_memory);
-    let read = if streamed { file_sha256(path).map(|h| (vec![], h)) } else { std::fs::read(path).map(|b| { let h = sha256_hex(&b); (b, h) }) };
+    let read = if streamed {
+        file_sha256(path).map(|h| (vec![], h))
+    } else {
+        std::fs::read(path).map(|b| {
+            let h = sha256_hex(&b);
+            (b, h)
+        })
+    };
     let (bytes, hash) = match read {
         Ok(x) => x,
         Err(e) => return Job::Failed(i, format!("cannot read: {e}")),

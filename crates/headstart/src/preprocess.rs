@@ -134,7 +134,12 @@ fn describe(e: &image::ImageError, what: &str) -> String {
     }
     let m = e.to_string();
     let lower = m.to_ascii_lowercase();
-    if lower.contains("unexpected end") || lower.contains("unexpected eof") || lower.contains("truncated") || lower.contains("no more data") || lower.contains("not enough bytes") {
+    if lower.contains("unexpected end")
+        || lower.contains("unexpected eof")
+        || lower.contains("truncated")
+        || lower.contains("no more data")
+        || lower.contains("not enough bytes")
+    {
         return TRUNCATED.into();
     }
     format!("{what}: {m}")
@@ -224,7 +229,12 @@ impl<'a> TiffStrips<'a> {
         if rows_per_strip == 0 || rows_per_strip as u64 * width as u64 * channels as u64 * 2 > MAX_STRIP_BYTES {
             return None;
         }
-        let orientation = dec.find_tag_unsigned::<u16>(Tag::Orientation).ok().flatten().and_then(|v| Orientation::from_exif(v.min(255) as u8)).unwrap_or(Orientation::NoTransforms);
+        let orientation = dec
+            .find_tag_unsigned::<u16>(Tag::Orientation)
+            .ok()
+            .flatten()
+            .and_then(|v| Orientation::from_exif(v.min(255) as u8))
+            .unwrap_or(Orientation::NoTransforms);
         Some((TiffStrips { src, width, height, rows_per_strip, channels: channels as i64 }, orientation))
     }
 
@@ -659,7 +669,8 @@ pub fn augment(img: &Tensor, input: &ImageInput, a: &Augment, rng: &mut crate::d
         x = x.flip([2]);
     }
     if a.jitter > 0.0 {
-        let (b, ct, s) = (uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter), uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter), uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter));
+        let (b, ct, s) =
+            (uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter), uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter), uniform(rng, 1.0 - a.jitter, 1.0 + a.jitter));
         x = (x * b).clamp(0.0, 1.0);
         let grey = |t: &Tensor| (t.get(0) * 0.299 + t.get(1) * 0.587 + t.get(2) * 0.114).unsqueeze(0);
         let mean = grey(&x).mean(Kind::Float);

@@ -105,15 +105,19 @@ impl Predictor {
         bundle::check_arch(&meta, bundle_dir, &model.arch)?;
         let weights_sha256 = bundle::load_tuned(bundle_dir, meta.tuned.as_ref(), &model.vs, &meta.backbone.weights_sha256)?;
         if model.backbone.num_features() != meta.head.in_features {
-            return Err(Error::bundle(bundle_dir, format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features())));
+            return Err(Error::bundle(
+                bundle_dir,
+                format!("head expects {} features, the backbone gives {}", meta.head.in_features, model.backbone.num_features()),
+            ));
         }
         let input = meta.pretrained_cfg.input.clone();
-        let model = ImageModel { entry, model, input, weights_sha256, file_sha256: meta.backbone.weights_sha256.clone(), source: w.source.display().to_string() };
+        let model =
+            ImageModel { entry, model, input, weights_sha256, file_sha256: meta.backbone.weights_sha256.clone(), source: w.source.display().to_string() };
         Ok(Predictor { meta, entry, model, head, decode: DecodeOptions::default() })
     }
 
     fn block(&self, cache_root: Option<&Path>) -> ImageBlock<'static> {
-        ImageBlock { req: None, decode: self.decode.clone(), cache: cache_root.map(Path::to_path_buf), batch_size: 32 }
+        ImageBlock { req: None, decode: self.decode, cache: cache_root.map(Path::to_path_buf), batch_size: 32 }
     }
 
     /// Probabilities for each file (rows) in the order given; unusable files are skipped.
@@ -191,7 +195,10 @@ pub fn classify(model: &str, weights: Option<&Path>, files: &[PathBuf], top_k: i
         let dir = crate::assets::asset_dir();
         let photos = vec![dir.join("chelsea.png"), dir.join("coffee.png")];
         if !photos.iter().all(|p| p.is_file()) {
-            return Err(Error::Model(format!("no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`", dir.display())));
+            return Err(Error::Model(format!(
+                "no files given and the test photos are not in {}; fetch them with `headstart fetch test_photos`",
+                dir.display()
+            )));
         }
         photos
     } else {

@@ -114,11 +114,7 @@ fn malformed_weight_files_are_refused_cleanly() {
         safetensors_raw(r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#, &[0u8; 24]),
         None,
     );
-    add(
-        "st_shape_exceeds_file.safetensors",
-        safetensors_raw(r#"{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}"#, &[0u8; 16]),
-        None,
-    );
+    add("st_shape_exceeds_file.safetensors", safetensors_raw(r#"{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}"#, &[0u8; 16]), None);
     add("st_shape_vs_offsets.safetensors", safetensors_raw(r#"{"a":{"dtype":"F32","shape":[8],"data_offsets":[0,16]}}"#, &[0u8; 16]), None);
 
     // Legacy files whose declared sizes exceed what they hold.
@@ -126,7 +122,11 @@ fn malformed_weight_files_are_refused_cleanly() {
     add("legacy_count_mismatch.pth", legacy(&state_dict(4, 4, true), 5, &[0u8; 16]), Some("declares"));
     add("legacy_view_past_storage.pth", legacy(&state_dict(4, 100, true), 4, &[0u8; 16]), Some("needs"));
     // Hostile pickles: code execution attempts.
-    add("legacy_os_system.pth", cat(&[b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.\x80\x02M\xe9\x03.\x80\x02}.", &evil_pickle]), Some("os.system"));
+    add(
+        "legacy_os_system.pth",
+        cat(&[b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.\x80\x02M\xe9\x03.\x80\x02}.", &evil_pickle]),
+        Some("os.system"),
+    );
     add("raw_os_system.pkl", evil_pickle.clone(), Some("not allowed"));
     add("raw_posix_system_proto4.pkl", evil_pickle4.clone(), Some("not allowed"));
     add("zip_os_system.pth", zip_pth(&[("archive/data.pkl", &evil_pickle, false)]), Some("os.system"));

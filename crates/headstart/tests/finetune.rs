@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
+use headstart::blocks::image::{finetune, Examples};
 use headstart::models::registry::{ImageInput, Interpolation, ResizeMode};
 use headstart::models::vision::mobilenet::MobileNetV2Cfg;
 use headstart::models::vision::Arch;
 use headstart::models::Model;
 use headstart::progress::Silent;
-use headstart::blocks::image::{finetune, Examples};
 use headstart::train::finetune::{BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::{Group, OptimKind, Optimizer};
 use headstart::train::schedule::Schedule;

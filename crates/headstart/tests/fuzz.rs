@@ -716,11 +716,56 @@ fn mutate_tensors(rng: &mut Rng, tensors: &mut [PthTensor]) -> &'static str {
 /// integers), so cases reach deep into the unpickler rather than stopping at the first byte.
 fn mutate_pickle(rng: &mut Rng, pickle: &[u8]) -> (Vec<u8>, String) {
     const OPS: &[&[u8]] = &[
-        b"(", b")", b"t", b"l", b"d", b"}", b"]", b"e", b"u", b"s", b"a", b"0", b"1", b"2", b"N", b"\x88", b"R", b"b", b"Q", b".",
-        b"h\x00", b"h\x01", b"h\x02", b"h\xff", b"q\x00", b"q\x01", b"\x94", b"j\xff\xff\xff\xff", b"J\xff\xff\xff\xff", b"K\x00",
-        b"\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09", b"\x8a\x00", b"\x85", b"\x86", b"\x87", b"\x8f", b"\x90", b"\x91", b"\x93",
-        b"X\xff\xff\xff\x7f", b"\x8c\x05torch", b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_parameter\n", b"cos\nsystem\n",
-        b"I00\n", b"I99999999999999999999\n", b"F1e999\n", b"g0\n", b"p0\n", b"V\xff\n",
+        b"(",
+        b")",
+        b"t",
+        b"l",
+        b"d",
+        b"}",
+        b"]",
+        b"e",
+        b"u",
+        b"s",
+        b"a",
+        b"0",
+        b"1",
+        b"2",
+        b"N",
+        b"\x88",
+        b"R",
+        b"b",
+        b"Q",
+        b".",
+        b"h\x00",
+        b"h\x01",
+        b"h\x02",
+        b"h\xff",
+        b"q\x00",
+        b"q\x01",
+        b"\x94",
+        b"j\xff\xff\xff\xff",
+        b"J\xff\xff\xff\xff",
+        b"K\x00",
+        b"\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09",
+        b"\x8a\x00",
+        b"\x85",
+        b"\x86",
+        b"\x87",
+        b"\x8f",
+        b"\x90",
+        b"\x91",
+        b"\x93",
+        b"X\xff\xff\xff\x7f",
+        b"\x8c\x05torch",
+        b"ctorch\nFloatStorage\n",
+        b"ctorch._utils\n_rebuild_parameter\n",
+        b"cos\nsystem\n",
+        b"I00\n",
+        b"I99999999999999999999\n",
+        b"F1e999\n",
+        b"g0\n",
+        b"p0\n",
+        b"V\xff\n",
     ];
     let mut data = pickle.to_vec();
     let n = 1 + rng.below(4);
@@ -952,8 +997,27 @@ fn fuzz_weight_files() {
 /// Text-aware edits: quotes, delimiters, line breaks, a BOM, bad UTF-8, JSON punctuation.
 fn mutate_text(rng: &mut Rng, seed: &[u8]) -> (Vec<u8>, String) {
     const TOKENS: &[&[u8]] = &[
-        b"\"", b"\"\"", b",", b"\t", b"\n", b"\r", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\0", b"{", b"}", b"[", b"]", b":", b"\\",
-        b"\\u0000", b"1e999", b"null", b" ",
+        b"\"",
+        b"\"\"",
+        b",",
+        b"\t",
+        b"\n",
+        b"\r",
+        b"\r\n",
+        b"\xef\xbb\xbf",
+        b"\xff",
+        b"\xc3",
+        b"\0",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b":",
+        b"\\",
+        b"\\u0000",
+        b"1e999",
+        b"null",
+        b" ",
     ];
     let mut data = seed.to_vec();
     let mut hows = vec![];
@@ -987,10 +1051,8 @@ fn mutate_text(rng: &mut Rng, seed: &[u8]) -> (Vec<u8>, String) {
     (data, hows.join("+"))
 }
 
-const CSV_SEED: &str = concat!(
-    "text,label,other\n\"hello, \"\"world\"\"\nsecond line\",pos,x\nplain text,neg,y\n,neg,z\n",
-    "\"quoted\",pos,\n\u{e9}t\u{e9},neg,w\nlast,pos,v\n",
-);
+const CSV_SEED: &str =
+    concat!("text,label,other\n\"hello, \"\"world\"\"\nsecond line\",pos,x\nplain text,neg,y\n,neg,z\n", "\"quoted\",pos,\n\u{e9}t\u{e9},neg,w\nlast,pos,v\n",);
 const TSV_SEED: &str = "text\tlabel\n\"odd\tpos\nfine words\tneg\ntabs\there\tpos\n\t\nlast one\tneg\n";
 const JSONL_SEED: &str = concat!(
     "{\"text\": \"a b\", \"label\": \"pos\", \"other\": \"x\"}\n\n{\"text\": \"c\", \"label\": 1}\n",

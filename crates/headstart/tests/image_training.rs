@@ -149,7 +149,7 @@ fn unusable_settings_and_non_finite_losses_stop_before_anything_is_saved() {
     let out = tmp.path().join("run");
     let mut req = request(&data, &out, &tmp.path().join("c"), HeadKind::Linear);
     req.train.lr = 1e38;
-    let e = train_image(&req, &Silent).err().expect("must fail").to_string();
+    let e = train_image(&req, &Silent).expect_err("must fail").to_string();
     assert!(e.contains("learning rate"), "{e}");
     assert!(!out.join("bundle").exists());
     // Features so large that the logits overflow: the loss is not finite at the first step.
@@ -342,7 +342,7 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 
 #[test]
 fn every_supported_format_and_pixel_layout_decodes_to_rgb() {
-    use image::{DynamicImage, ImageFormat, ImageBuffer, Luma, Rgba};
+    use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgba};
     let rgb = DynamicImage::ImageRgb8(ImageBuffer::from_fn(20, 10, |x, y| image::Rgb([(x * 12) as u8, (y * 25) as u8, 128])));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("jpeg", encode(&rgb, ImageFormat::Jpeg)),

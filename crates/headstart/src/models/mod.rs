@@ -154,10 +154,7 @@ pub fn unknown_model(name: &str) -> Error {
     let near = crate::weights::report::nearest(name.split('.').next().unwrap_or(name), &short)
         .and_then(|s| registry::ENTRIES.iter().find(|e| e.name.starts_with(&format!("{s}."))))
         .map(|e| e.name);
-    Error::Model(format!(
-        "unknown model `{name}`{}; `headstart models` lists them",
-        near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()
-    ))
+    Error::Model(format!("unknown model `{name}`{}; `headstart models` lists them", near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()))
 }
 
 /// Which classifier a pre-trained model gets.
@@ -173,12 +170,7 @@ pub enum HeadInit {
 
 /// Builds a registry model and loads pre-trained weights into it. `in_channels` 1 adapts the
 /// first convolution by summing its RGB kernels.
-pub fn pretrained(
-    entry: &registry::Entry,
-    weights: &crate::weights::Weights,
-    in_channels: i64,
-    head: HeadInit,
-) -> Result<(Model, crate::weights::LoadReport)> {
+pub fn pretrained(entry: &registry::Entry, weights: &crate::weights::Weights, in_channels: i64, head: HeadInit) -> Result<(Model, crate::weights::LoadReport)> {
     let arch = match hf_config(weights)? {
         Some(config) => entry.arch.with_hf_config(&config).map_err(|e| Error::Model(format!("{}: {e}", weights.source.display())))?,
         None => entry.arch.clone(),

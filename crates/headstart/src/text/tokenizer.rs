@@ -147,8 +147,13 @@ impl TextTokenizer {
             return Err(Error::Model(format!("chunks of {window} tokens (max length {} less {} special tokens) need an overlap below {window} (got {overlap}) and at least one chunk (got {max_chunks})", self.max_length, self.special_tokens())));
         }
         let mut tk = self.tk.clone();
-        tk.with_truncation(Some(TruncationParams { max_length: self.max_length, strategy: TruncationStrategy::LongestFirst, stride: overlap, ..Default::default() }))
-            .map_err(|e| tk_err(&self.source, e))?;
+        tk.with_truncation(Some(TruncationParams {
+            max_length: self.max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: overlap,
+            ..Default::default()
+        }))
+        .map_err(|e| tk_err(&self.source, e))?;
         let mut out = Vec::with_capacity(texts.len());
         for start in (0..texts.len()).step_by(256) {
             let end = (start + 256).min(texts.len());

@@ -528,7 +528,7 @@ pub fn train_learner<L: Learner>(
                 opt.zero_grad();
                 state.micro = 0;
                 state.global_step += 1;
-                if cfg.checkpoint_every.is_some_and(|k| state.global_step % k == 0) && state.batch < batches.len() {
+                if cfg.checkpoint_every.is_some_and(|k| state.global_step.is_multiple_of(k)) && state.batch < batches.len() {
                     state.scheduler = scheduler.clone();
                     state.optim_steps = opt.steps;
                     ck.write(vs, &opt, &best_weights, &state)?;
@@ -608,7 +608,15 @@ pub struct LrFind {
 /// The learning-rate range test for any [`Learner`], over rows `train`: trains with the rate
 /// growing exponentially from `min_lr` to `max_lr` over `steps` steps (stopping early once the
 /// loss diverges), records the loss, then puts every weight back.
-pub fn lr_find_learner<L: Learner>(sess: &L, train: &[usize], cfg: &FinetuneConfig, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
+pub fn lr_find_learner<L: Learner>(
+    sess: &L,
+    train: &[usize],
+    cfg: &FinetuneConfig,
+    min_lr: f64,
+    max_lr: f64,
+    steps: usize,
+    progress: &dyn Progress,
+) -> Result<LrFind> {
     if !(min_lr > 0.0 && max_lr > min_lr && steps >= 10) {
         return Err(Error::Usage("the range test needs 0 < min < max and at least 10 steps".into()));
     }

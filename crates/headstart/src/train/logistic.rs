@@ -46,7 +46,7 @@ impl Standardiser {
     }
 
     /// The standardised-space solution of raw-space weight and bias (inverse of `to_raw`).
-    fn from_raw(&self, w: &Tensor, b: &Tensor, d: i64) -> Tensor {
+    fn standardised(&self, w: &Tensor, b: &Tensor, d: i64) -> Tensor {
         let wz = w * self.sd.view([1, d]);
         let bz = b + w.matmul(&self.mu.view([d]));
         Tensor::cat(&[wz.flatten(0, -1), bz], 0)
@@ -119,7 +119,7 @@ fn path(cfg: &TrainConfig, x: &Tensor, y: &Tensor, judge: Option<&Tensor>, k: i6
     let counts = super::select::class_counts(&Vec::<i64>::try_from(y)?, k as usize);
     let w = cfg.class_weights.resolve(&counts)?.map(|w| Tensor::from_slice(&w).to_kind(Kind::Double));
     let mut theta = match start {
-        Some((w0, b0)) => st.from_raw(w0, b0, d),
+        Some((w0, b0)) => st.standardised(w0, b0, d),
         None => Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu)),
     };
     let mut points = vec![];

@@ -5,8 +5,8 @@
 //! setting is then refitted on every labelled example. A non-finite loss stops the run before
 //! anything is saved.
 
-mod lbfgs;
 pub mod finetune;
+mod lbfgs;
 pub mod logistic;
 pub mod optim;
 pub mod schedule;

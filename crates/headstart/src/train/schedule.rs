@@ -8,15 +8,29 @@ use serde::{Deserialize, Serialize};
 pub enum Schedule {
     Constant,
     /// Linear warm-up over `warmup` steps, then cosine decay to zero.
-    WarmupCosine { warmup: usize },
+    WarmupCosine {
+        warmup: usize,
+    },
     /// Linear warm-up over `warmup` steps, then linear decay to zero.
-    Linear { warmup: usize },
+    Linear {
+        warmup: usize,
+    },
     /// One-cycle (Smith 2018), as `torch.optim.lr_scheduler.OneCycleLR` with cosine annealing.
-    OneCycle { pct_start: f64, div_factor: f64, final_div_factor: f64 },
+    OneCycle {
+        pct_start: f64,
+        div_factor: f64,
+        final_div_factor: f64,
+    },
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f64 },
+    Step {
+        every: usize,
+        gamma: f64,
+    },
     /// Multiply by `factor` after `patience` epochs without validation-loss improvement.
-    Plateau { patience: usize, factor: f64 },
+    Plateau {
+        patience: usize,
+        factor: f64,
+    },
 }
 
 impl Schedule {

@@ -122,7 +122,9 @@ pub(crate) fn plan(cv: Cv, refit: bool, val_counts: &[usize], all_counts: &[usiz
         Cv::Folds(k) if smallest < 2 => {
             return Err(Error::Usage(format!("setting `cv` {k}: a class has a single example; cross-validation needs at least 2 per class")))
         }
-        Cv::Folds(k) if k > smallest => (Plan::Folds(smallest), format!("setting `cv` {k}, reduced to {smallest} folds: the smallest class has {smallest} examples")),
+        Cv::Folds(k) if k > smallest => {
+            (Plan::Folds(smallest), format!("setting `cv` {k}, reduced to {smallest} folds: the smallest class has {smallest} examples"))
+        }
         Cv::Folds(k) => (Plan::Folds(k), format!("setting `cv` {k}")),
         _ if n_val == 0 => (Plan::None, "no validation examples: chosen on training loss".into()),
         Cv::Off => (Plan::Holdout, "setting `cv` off".into()),

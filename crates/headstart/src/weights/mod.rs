@@ -161,10 +161,7 @@ pub(crate) fn check_extent(path: &Path, name: &str, shape: &[u64], stride: &[u64
         last = step.ok_or_else(|| bad(path, format!("tensor `{name}`: size overflows")))?;
     }
     if last >= storage_numel {
-        return Err(bad(
-            path,
-            format!("tensor `{name}` {shape:?} needs {} elements but its storage holds {storage_numel}", last + 1),
-        ));
+        return Err(bad(path, format!("tensor `{name}` {shape:?} needs {} elements but its storage holds {storage_numel}", last + 1)));
     }
     if numel > storage_numel && numel * elem_size > MAX_EXPANDED_BYTES {
         return Err(bad(
@@ -277,9 +274,7 @@ impl WeightFile {
         let flat = Tensor::f_from_data_size(&bytes[..numel as usize * esize], &[numel], e.info.dtype.kind())?;
         let shape: Vec<i64> = e.info.shape.iter().map(|&s| s as i64).collect();
         let stride: Vec<i64> = e.stride.iter().map(|&s| s as i64).collect();
-        if e.offset == 0 && stride == contiguous_stride(&e.info.shape).iter().map(|&s| s as i64).collect::<Vec<_>>()
-            && e.info.numel() as i64 == numel
-        {
+        if e.offset == 0 && stride == contiguous_stride(&e.info.shape).iter().map(|&s| s as i64).collect::<Vec<_>>() && e.info.numel() as i64 == numel {
             return Ok(flat.f_reshape(&shape)?);
         }
         Ok(flat.f_as_strided(&shape, &stride, Some(e.offset as i64))?.f_contiguous()?)

@@ -483,7 +483,7 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark(at)?;
                     self.push(Value::Tuple(Rc::new(Items(items))), at)?
                 }
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -644,10 +644,7 @@ impl<'a> Machine<'a> {
     fn global(&mut self, module: &str, name: &str, at: usize) -> R<()> {
         match resolve_global(module, name) {
             Some(g) => self.push(Value::Global(g), at),
-            None => self.err(
-                at,
-                format!("global `{module}.{name}` is not allowed (only tensors, storages and dicts are read; code is never run)"),
-            ),
+            None => self.err(at, format!("global `{module}.{name}` is not allowed (only tensors, storages and dicts are read; code is never run)")),
         }
     }
 
@@ -683,7 +680,7 @@ impl<'a> Machine<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of dict items".into());
     }
     let mut out = Vec::with_capacity(items.len() / 2);
@@ -732,9 +729,9 @@ pub fn collect_tensors(root: &Value, limits: &Limits) -> Result<Vec<(String, Ten
     let Value::Dict(d) = root else {
         return Err(format!("top-level object is a {}, expected a state dict", root.kind()));
     };
-    let wrapped = ["state_dict", "model_state_dict", "model", "module"].iter().find_map(|w| {
-        d.borrow().iter().find_map(|(k, v)| (k.as_str() == Some(w) && matches!(v, Value::Dict(_))).then(|| v.clone()))
-    });
+    let wrapped = ["state_dict", "model_state_dict", "model", "module"]
+        .iter()
+        .find_map(|w| d.borrow().iter().find_map(|(k, v)| (k.as_str() == Some(w) && matches!(v, Value::Dict(_))).then(|| v.clone())));
     let mut walk = Walk { out: vec![], visits_left: limits.max_nodes, bytes_left: limits.max_collect_bytes, cap: limits.max_collect_bytes };
     walk.dict(wrapped.as_ref().unwrap_or(root), "", 0)?;
     Ok(walk.out)
@@ -776,9 +773,10 @@ impl Walk {
                 Value::Tensor(t) => {
                     // What the copy below costs: a tensor shared by many keys is copied for each.
                     let cost = 64 + name.len() + t.storage.key.len() + 16 * t.shape.len();
-                    self.bytes_left = self.bytes_left.checked_sub(cost).ok_or_else(|| {
-                        format!("tensor names and metadata exceed the {} MiB cap (possible reference bomb)", self.cap >> 20)
-                    })?;
+                    self.bytes_left = self
+                        .bytes_left
+                        .checked_sub(cost)
+                        .ok_or_else(|| format!("tensor names and metadata exceed the {} MiB cap (possible reference bomb)", self.cap >> 20))?;
                     self.out.push((name, (**t).clone()))
                 }
                 _ => self.dict(v, &name, depth + 1)?,

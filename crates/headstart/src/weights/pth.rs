@@ -16,28 +16,18 @@ use crate::error::Result;
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
 fn unpickle(wf: &WeightFile, data: &[u8], base: usize, what: &str) -> Result<(Value, usize)> {
-    pickle::load(data, &Limits::default())
-        .map_err(|e| bad(&wf.path, format!("{what}: pickle byte {}: {}", base + e.offset, e.message)))
+    pickle::load(data, &Limits::default()).map_err(|e| bad(&wf.path, format!("{what}: pickle byte {}: {}", base + e.offset, e.message)))
 }
 
 /// Turns collected tensor refs into entries, given each storage's region and element count.
-fn build_entries(
-    wf: &WeightFile,
-    tensors: Vec<(String, TensorRef)>,
-    storages: &HashMap<String, (std::ops::Range<usize>, u64)>,
-) -> Result<Vec<Entry>> {
+fn build_entries(wf: &WeightFile, tensors: Vec<(String, TensorRef)>, storages: &HashMap<String, (std::ops::Range<usize>, u64)>) -> Result<Vec<Entry>> {
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let Some((region, numel)) = storages.get(&t.storage.key) else {
             return Err(bad(&wf.path, format!("tensor `{name}` refers to storage `{}`, which the file does not contain", t.storage.key)));
         };
         check_extent(&wf.path, &name, &t.shape, &t.stride, t.offset, *numel, t.storage.dtype.size())?;
-        entries.push(Entry {
-            info: TensorInfo { name, dtype: t.storage.dtype, shape: t.shape },
-            stride: t.stride,
-            offset: t.offset,
-            region: region.clone(),
-        });
+        entries.push(Entry { info: TensorInfo { name, dtype: t.storage.dtype, shape: t.shape }, stride: t.stride, offset: t.offset, region: region.clone() });
     }
     Ok(entries)
 }
@@ -97,9 +87,11 @@ pub(super) fn read_legacy(wf: &mut WeightFile) -> Result<()> {
         if count != r.numel {
             return Err(bad(&wf.path, format!("storage `{k}` holds {count} elements, the state dict declares {}", r.numel)));
         }
-        let bytes = count.checked_mul(r.dtype.size()).filter(|&b| b <= (len - pos) as u64).ok_or_else(|| {
-            bad(&wf.path, format!("storage `{k}` declares {count} elements, more than the {} bytes left in the file", len - pos))
-        })? as usize;
+        let bytes = count
+            .checked_mul(r.dtype.size())
+            .filter(|&b| b <= (len - pos) as u64)
+            .ok_or_else(|| bad(&wf.path, format!("storage `{k}` declares {count} elements, more than the {} bytes left in the file", len - pos)))?
+            as usize;
         storages.insert(k.to_string(), (pos..pos + bytes, count));
         pos += bytes;
     }

@@ -58,12 +58,7 @@ impl LoadReport {
         if self.is_complete() {
             return Ok(());
         }
-        let mut msg = format!(
-            "{}: {} missing and {} shape-mismatched tensors",
-            self.source,
-            self.missing.len(),
-            self.shape_mismatched.len()
-        );
+        let mut msg = format!("{}: {} missing and {} shape-mismatched tensors", self.source, self.missing.len(), self.shape_mismatched.len());
         for m in self.missing.iter().take(5) {
             msg += &format!("\n  missing `{}`{}", m.name, m.nearest.as_ref().map(|n| format!(" (nearest in file: `{n}`)")).unwrap_or_default());
         }
@@ -79,7 +74,9 @@ impl LoadReport {
         self.require_complete()?;
         match self.unexpected.first() {
             None => Ok(()),
-            Some(first) => Err(Error::Model(format!("{}: {} unexpected tensors (first: {first}); is this the right model?", self.source, self.unexpected.len()))),
+            Some(first) => {
+                Err(Error::Model(format!("{}: {} unexpected tensors (first: {first}); is this the right model?", self.source, self.unexpected.len())))
+            }
         }
     }
 
@@ -152,8 +149,13 @@ pub fn load_into(vs: &VarStore, weights: &Weights, plan: &LoadPlan) -> Result<Lo
         let value = if want == have {
             report.matched.push(name.to_string());
             src
-        } else if plan.first_conv.as_deref() == Some(name) && want.len() == 4 && have.len() == 4 && want[1] == 1 && have[1] == 3
-            && want[0] == have[0] && want[2..] == have[2..]
+        } else if plan.first_conv.as_deref() == Some(name)
+            && want.len() == 4
+            && have.len() == 4
+            && want[1] == 1
+            && have[1] == 3
+            && want[0] == have[0]
+            && want[2..] == have[2..]
         {
             report.adapted.push(Note { name: name.to_string(), why: "3-channel kernel summed over input channels for 1-channel input".into() });
             src.to_kind(tch::Kind::Float).sum_dim_intlist(&[1i64][..], true, tch::Kind::Float)
@@ -176,12 +178,7 @@ pub fn load_into(vs: &VarStore, weights: &Weights, plan: &LoadPlan) -> Result<Lo
 
 /// The candidate with the smallest edit distance, if reasonably close.
 pub fn nearest(name: &str, candidates: &[String]) -> Option<String> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(name, c), c))
-        .min()
-        .filter(|(d, _)| *d <= name.len().max(4) / 2)
-        .map(|(_, c)| c.clone())
+    candidates.iter().map(|c| (edit_distance(name, c), c)).min().filter(|(d, _)| *d <= name.len().max(4) / 2).map(|(_, c)| c.clone())
 }
 
 pub fn edit_distance(a: &str, b: &str) -> usize {

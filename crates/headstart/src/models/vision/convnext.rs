@@ -72,8 +72,7 @@ pub fn build(cfg: &ConvNextCfg, p: &nn::Path, in_channels: i64, num_classes: Opt
         for j in 0..depth {
             let bp = &sp / "layers" / j;
             let dw = nn::ConvConfig { padding: 3, groups: c, ..Default::default() };
-            let scale = (cfg.layer_scale_init_value > 0.0)
-                .then(|| bp.var("layer_scale_parameter", &[c], nn::Init::Const(cfg.layer_scale_init_value)));
+            let scale = (cfg.layer_scale_init_value > 0.0).then(|| bp.var("layer_scale_parameter", &[c], nn::Init::Const(cfg.layer_scale_init_value)));
             blocks.push(Block {
                 dwconv: nn::conv2d(&bp / "dwconv", c, c, 7, dw),
                 norm: ln(&bp / "layernorm", c, INNER_EPS),
@@ -119,13 +118,13 @@ impl Backbone for ConvNext {
         for b in &s.blocks {
             let mut h = b.dwconv.forward(&x).permute([0, 2, 3, 1]).apply(&b.norm).apply(&b.pw1).gelu("none").apply(&b.pw2);
             if let Some(scale) = &b.scale {
-                h = h * scale;
+                h *= scale;
             }
             h = h.permute([0, 3, 1, 2]);
             if train && b.drop_path > 0.0 {
                 h = drop_path(&h, b.drop_path);
             }
-            x = x + h;
+            x += h;
         }
         x
     }

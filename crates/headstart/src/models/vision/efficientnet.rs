@@ -55,11 +55,7 @@ pub fn build(cfg: &LiteCfg, p: &nn::Path, in_channels: i64, num_classes: Option<
     let spec = |cin, cout, k, stride, groups| ConvSpec { cin, cout, k, stride, groups, eps: EPS };
     let stem = ConvBn::new(p / "_conv_stem", p / "_bn0", spec(in_channels, 32, 3, 2, 1), true);
     let mut stages = vec![Stage::new("stem", &["_conv_stem".into(), "_bn0".into()])];
-    let total: i64 = STAGES
-        .iter()
-        .enumerate()
-        .map(|(i, s)| if i == 0 || i == STAGES.len() - 1 { s.0 } else { (s.0 as f64 * cfg.depth).ceil() as i64 })
-        .sum();
+    let total: i64 = STAGES.iter().enumerate().map(|(i, s)| if i == 0 || i == STAGES.len() - 1 { s.0 } else { (s.0 as f64 * cfg.depth).ceil() as i64 }).sum();
     let mut blocks = vec![];
     let mut stage_blocks = vec![];
     let mut cin = 32;
@@ -120,7 +116,7 @@ impl Backbone for EfficientNetLite {
                 if train && b.drop_rate > 0.0 {
                     h = drop_connect(&h, b.drop_rate);
                 }
-                h = h + input;
+                h += input;
             }
         }
         h

@@ -14,8 +14,7 @@ pub struct MobileNetV2Cfg {
 }
 
 /// (expansion t, channels c, repeats n, first stride s), from the paper's Table 2.
-const SETTINGS: [(i64, i64, i64, i64); 7] =
-    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+const SETTINGS: [(i64, i64, i64, i64); 7] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 const EPS: f64 = 1e-5;
 
 /// Rounds channel counts to a multiple of `d`, never dropping below 90% of `v`.
@@ -84,11 +83,17 @@ pub fn build(cfg: &MobileNetV2Cfg, p: &nn::Path, in_channels: i64, num_classes: 
             let hidden = cin * t;
             let bp = &f / idx / "conv";
             let (expand, dw, project) = if t == 1 {
-                (None, conv_bn(&(&bp / 0), hidden, hidden, 3, stride, hidden),
-                 ConvBn::new(&bp / 1, &bp / 2, ConvSpec { cin: hidden, cout, k: 1, stride: 1, groups: 1, eps: EPS }, false))
+                (
+                    None,
+                    conv_bn(&(&bp / 0), hidden, hidden, 3, stride, hidden),
+                    ConvBn::new(&bp / 1, &bp / 2, ConvSpec { cin: hidden, cout, k: 1, stride: 1, groups: 1, eps: EPS }, false),
+                )
             } else {
-                (Some(conv_bn(&(&bp / 0), cin, hidden, 1, 1, 1)), conv_bn(&(&bp / 1), hidden, hidden, 3, stride, hidden),
-                 ConvBn::new(&bp / 2, &bp / 3, ConvSpec { cin: hidden, cout, k: 1, stride: 1, groups: 1, eps: EPS }, false))
+                (
+                    Some(conv_bn(&(&bp / 0), cin, hidden, 1, 1, 1)),
+                    conv_bn(&(&bp / 1), hidden, hidden, 3, stride, hidden),
+                    ConvBn::new(&bp / 2, &bp / 3, ConvSpec { cin: hidden, cout, k: 1, stride: 1, groups: 1, eps: EPS }, false),
+                )
             };
             layers.push(Layer::Block(InvertedResidual { expand, dw, project, residual: stride == 1 && cin == cout }));
             prefixes.push(format!("features.{idx}"));

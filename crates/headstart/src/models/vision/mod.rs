@@ -90,13 +90,7 @@ pub struct ConvSpec {
 
 impl ConvBn {
     pub fn new(conv_p: nn::Path, bn_p: nn::Path, s: ConvSpec, same: bool) -> ConvBn {
-        let cfg = nn::ConvConfig {
-            stride: s.stride,
-            padding: if same { 0 } else { (s.k - 1) / 2 },
-            groups: s.groups,
-            bias: false,
-            ..Default::default()
-        };
+        let cfg = nn::ConvConfig { stride: s.stride, padding: if same { 0 } else { (s.k - 1) / 2 }, groups: s.groups, bias: false, ..Default::default() };
         let conv = nn::conv2d(conv_p, s.cin, s.cout, s.k, cfg);
         let bn = nn::batch_norm2d(bn_p, s.cout, nn::BatchNormConfig { eps: s.eps, ..Default::default() });
         ConvBn { conv, bn, same: same.then_some((s.k, s.stride)) }

@@ -78,8 +78,8 @@ pub fn build(cfg: &ResNetCfg, p: &nn::Path, in_channels: i64, num_classes: Optio
             } else {
                 vec![cb(&bp, "conv1", "bn1", spec(cin, planes, 3, stride)), cb(&bp, "conv2", "bn2", spec(planes, planes, 3, 1))]
             };
-            let downsample = (stride != 1 || cin != cout)
-                .then(|| ConvBn::new(&bp / "downsample" / 0, &bp / "downsample" / 1, spec(cin, cout, 1, stride), false));
+            let downsample =
+                (stride != 1 || cin != cout).then(|| ConvBn::new(&bp / "downsample" / 0, &bp / "downsample" / 1, spec(cin, cout, 1, stride), false));
             blocks.push(Block { convs, downsample });
             cin = cout;
         }
