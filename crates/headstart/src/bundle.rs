@@ -1,8 +1,8 @@
 //! The trained-model artifact: data only, one format for every modality. `bundle.toml`
 //! (format version, modality, label names, a tagged reference to the encoder with everything
 //! its inputs need: registry name, weight sha256 and preprocessing for images; model, weight
-//! and tokenizer sha256, pooling and long-text policy for text; the data columns for text;
-//! head spec; tuned stages) and `head.safetensors` (+ `backbone.safetensors`). Written to a
+//! and tokenizer sha256, pooling and long-text policy for text; model, weight sha256, layout,
+//! layer and clip limits for audio; the data columns for text; head spec; tuned stages) and `head.safetensors` (+ `backbone.safetensors`). Written to a
 //! staging directory, synced, then renamed into place.
 //!
 //! Format 1 (one layout per modality: `[backbone]` + `[pretrained_cfg]` for images, an
@@ -73,6 +73,29 @@ pub enum EncoderRef {
     Vision(VisionRef),
     /// A transformer text encoder (BERT family, GPT-2) from a model directory or the hub.
     Text(TextEncoderRef),
+    /// An audio encoder (Whisper, Wav2Vec2, HuBERT) and how clips are read for it.
+    Audio(AudioEncoderRef),
+}
+
+/// An audio encoder: where it is, its weights and layout, and how clips are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioEncoderRef {
+    /// As given to `train` (registry name, directory, `model.bin` or hub id).
+    pub model: String,
+    /// `whisper`, `wav2vec2`, `hubert`.
+    pub family: String,
+    pub weights_sha256: String,
+    pub weights_source: String,
+    pub config: crate::models::audio::AudioConfig,
+    /// Hidden state pooled (absent: the encoder's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    pub sample_rate: u32,
+    pub window_seconds: u32,
+    /// Zero mean, unit variance per clip (Wav2Vec2).
+    pub normalize: bool,
+    /// Longer clips are skipped.
+    pub max_seconds: f64,
 }
 
 /// An image backbone: registry name, weights, architecture and preprocessing.
@@ -320,7 +343,8 @@ fn fill(staging: &Path, head: &Head, tuned: TunedTensors, meta: impl FnOnce(Opti
     Ok(())
 }
 
-/// The modality of the bundle in `dir` (`image`, `text`); format 1 image bundles carry none.
+/// The modality of the bundle in `dir` (`image`, `text`, `audio`); format 1 image bundles
+/// carry none.
 pub fn modality(dir: &Path) -> Result<String> {
     Ok(read_meta(dir)?.modality.name().to_string())
 }
@@ -343,6 +367,7 @@ pub fn read_meta(dir: &Path) -> Result<Bundle> {
     let modality_of_encoder = match meta.encoder {
         EncoderRef::Vision(_) => Modality::Image,
         EncoderRef::Text(_) => Modality::Text,
+        EncoderRef::Audio(_) => Modality::Audio,
     };
     if meta.modality != modality_of_encoder {
         return Err(bad(format!("modality `{}` with a {} encoder", meta.modality.name(), modality_of_encoder.name())));

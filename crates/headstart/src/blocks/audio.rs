@@ -1,0 +1,444 @@
+//! The audio block: a folder of class folders of audio files (WAV, FLAC, OGG/Vorbis, MP3) or a
+//! `path,label` manifest, decoded to 16 kHz mono and featurised by a Whisper or Wav2Vec2 /
+//! HuBERT encoder through the feature cache; fine-tuned by [`AudioLearner`].
+//!
+//! Files that cannot be used are skipped with their reason (written to `errors.jsonl`):
+//! unreadable, zero-length, truncated or undecodable files, all-silent ones (peak below
+//! −80 dBFS) and over-long ones (more than `max_seconds`). Clips shorter than one encoder frame
+//! are padded with silence and counted in a warning.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::audio::encoder::{AudioModel, SAMPLE_RATE};
+use crate::audio::learner::AudioLearner;
+use crate::bundle::{AudioEncoderRef, Bundle, EncoderRef};
+use crate::cache::{sha256_hex, FeatureCache};
+use crate::data::{Dataset, FileKind};
+use crate::error::{Error, Result};
+use crate::learn::split::Skip;
+use crate::learn::task::{self, Block, Featurised, Opened, RunSpec, TrainBlock, TrainOutcome};
+use crate::metrics::Report;
+use crate::models::registry::{Modality, DEFAULT_AUDIO_MODEL};
+use crate::progress::Progress;
+use crate::train::finetune::{FinetuneConfig, LrFind};
+use crate::train::{Head, HeadSpec, TrainConfig};
+
+/// File extensions read as audio.
+pub const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "ogg", "oga", "mp3"];
+/// What class folders of audio hold.
+pub const AUDIO_FILES: FileKind = FileKind { extensions: AUDIO_EXTENSIONS, noun: "audio", plural: "clips" };
+/// A clip whose peak is at most this (−80 dBFS) is silent.
+pub const SILENCE_PEAK: f32 = 1e-4;
+/// The longest clip read by default, in seconds.
+pub const DEFAULT_MAX_SECONDS: f64 = 600.0;
+
+/// How clips are read beyond the model's own input spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioOptions {
+    /// Hidden state to pool (`None`: the encoder's output).
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// Longer clips are skipped.
+    pub max_seconds: f64,
+}
+
+impl Default for AudioOptions {
+    fn default() -> Self {
+        AudioOptions { layer: None, max_seconds: DEFAULT_MAX_SECONDS }
+    }
+}
+
+/// Everything an audio `train` needs; saved as the run's resolved config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudioTrainRequest {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_split: f64,
+    /// Registry name, directory, `model.bin` or hub id.
+    pub model: String,
+    pub audio: AudioOptions,
+    pub out: PathBuf,
+    pub cache: Option<PathBuf>,
+    /// Windows per encoder pass when featurising.
+    pub eval_batch_size: usize,
+    pub train: TrainConfig,
+    pub finetune: Option<FinetuneConfig>,
+}
+
+impl AudioTrainRequest {
+    /// A request on `data` with the library's defaults: Whisper tiny.en, a stratified
+    /// validation split, no cache, a head on frozen features.
+    pub fn for_data(data: PathBuf) -> AudioTrainRequest {
+        AudioTrainRequest {
+            data,
+            val: None,
+            val_split: task::DEFAULT_VAL_SPLIT,
+            model: DEFAULT_AUDIO_MODEL.into(),
+            audio: AudioOptions::default(),
+            out: PathBuf::new(),
+            cache: None,
+            eval_batch_size: 8,
+            train: TrainConfig::default(),
+            finetune: None,
+        }
+    }
+}
+
+/// The defaults for fine-tuning audio (those of `transformers`' audio-classification example):
+/// AdamW at 3e-5, weight decay 0.01, linear decay after 10 % warm-up, every transformer layer
+/// unfrozen (the convolutional feature encoder stays frozen), no head-only phase.
+pub fn audio_finetune_defaults() -> FinetuneConfig {
+    FinetuneConfig {
+        unfreeze: crate::train::finetune::Unfreeze::All,
+        epochs: 5,
+        head_epochs: 0,
+        batch_size: 8,
+        lr: 3e-5,
+        stage_lr_decay: 1.0,
+        weight_decay: 0.01,
+        schedule: crate::train::schedule::Schedule::Linear { warmup: 0 },
+        warmup_ratio: Some(0.1),
+        ..FinetuneConfig::default()
+    }
+}
+
+/// A clip read for the encoder: 16 kHz mono samples, at least `min_samples` long.
+pub struct Clip {
+    pub samples: Vec<f32>,
+    /// Shorter than one frame: padded with silence.
+    pub padded: bool,
+}
+
+/// The message of an error without the path it names (a [`Skip`] holds the path).
+fn reason(e: Error) -> String {
+    match e {
+        Error::Input { message, .. } => message,
+        Error::Io { source, .. } => format!("cannot read: {source}"),
+        other => other.to_string(),
+    }
+}
+
+/// Decodes, checks and resamples one file; `Err` holds why it is skipped.
+pub fn read_clip(path: &Path, max_seconds: f64, min_samples: usize) -> std::result::Result<Clip, String> {
+    let d = crate::audio::decode(path).map_err(reason)?;
+    let seconds = d.seconds();
+    if seconds > max_seconds {
+        return Err(format!("over-long: {seconds:.1} s (the limit is {max_seconds} s, setting `max_seconds`)"));
+    }
+    let peak = d.samples.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    if peak <= SILENCE_PEAK {
+        return Err(format!("all silent: peak {peak:.1e}, at or below -80 dBFS"));
+    }
+    let mut samples = if d.sample_rate == SAMPLE_RATE { d.samples } else { crate::audio::resample::resample(&d.samples, d.sample_rate, SAMPLE_RATE) };
+    let padded = samples.len() < min_samples;
+    if padded {
+        samples.resize(min_samples, 0.0);
+    }
+    Ok(Clip { samples, padded })
+}
+
+fn padded_warning(n: usize, min_samples: usize) -> Vec<String> {
+    if n == 0 {
+        return vec![];
+    }
+    let ms = min_samples as f64 * 1000.0 / SAMPLE_RATE as f64;
+    vec![format!("{n} clips shorter than one encoder frame ({ms:.0} ms) were padded with silence")]
+}
+
+/// How audio files are read and featurised; with a request, how a run trains.
+pub struct AudioBlock<'a> {
+    pub req: Option<&'a AudioTrainRequest>,
+    pub max_seconds: f64,
+    /// Feature cache root; `None` disables the cache.
+    pub cache: Option<PathBuf>,
+    /// Windows per encoder pass.
+    pub batch_size: usize,
+}
+
+impl<'a> AudioBlock<'a> {
+    pub fn for_request(req: &'a AudioTrainRequest) -> AudioBlock<'a> {
+        AudioBlock { req: Some(req), max_seconds: req.audio.max_seconds, cache: req.cache.clone(), batch_size: req.eval_batch_size.max(1) }
+    }
+
+    fn req(&self) -> &'a AudioTrainRequest {
+        self.req.expect("a training block has a request")
+    }
+
+    /// Decodes every file of `paths` (no encoder): the usable clips, and the files skipped.
+    fn read_all(&self, m: &AudioModel, paths: &[PathBuf], progress: &dyn Progress) -> (Featurised, Vec<Vec<f32>>) {
+        progress.start("decode", paths.len() as u64);
+        let (mut f, mut clips, mut padded) = (Featurised::all(0), vec![], 0);
+        for (i, p) in paths.iter().enumerate() {
+            match read_clip(p, self.max_seconds, m.min_samples()) {
+                Ok(c) => {
+                    padded += c.padded as usize;
+                    f.ok.push(i);
+                    clips.push(c.samples);
+                }
+                Err(reason) => f.skipped.push(Skip { path: p.clone(), reason }),
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        f.features = Tensor::zeros([f.ok.len() as i64, 0], tch::kind::FLOAT_CPU);
+        f.warnings = padded_warning(padded, m.min_samples());
+        (f, clips)
+    }
+}
+
+/// Clips decoded but not yet through the encoder: (row, cache key, samples).
+type Pending = Vec<(usize, String, Vec<f32>)>;
+
+impl AudioBlock<'_> {
+    fn flush(&self, m: &AudioModel, pending: &mut Pending, rows: &mut [Option<Vec<f32>>], cache: Option<&FeatureCache>) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let clips: Vec<Vec<f32>> = pending.iter_mut().map(|p| std::mem::take(&mut p.2)).collect();
+        let x = m.embed(&clips, self.batch_size)?;
+        let dim = m.dim() as usize;
+        let flat: Vec<f32> = Vec::try_from(x.flatten(0, -1))?;
+        for (j, (row, key, _)) in pending.drain(..).enumerate() {
+            let v = flat[j * dim..(j + 1) * dim].to_vec();
+            if let Some(c) = cache {
+                c.put(&key, &v)?;
+            }
+            rows[row] = Some(v);
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Block for AudioBlock<'a> {
+    type Data = Vec<PathBuf>;
+    type Model = AudioModel;
+    type Inputs = Vec<Vec<f32>>;
+    type Learner<'l>
+        = AudioLearner<'l>
+    where
+        Self: 'l;
+    const NOUN: &'static str = "clips";
+
+    fn open(&self, path: &Path, classes: Option<&[String]>) -> Result<Opened<Vec<PathBuf>>> {
+        let ds = Dataset::open_kind(path, classes, AUDIO_FILES)?;
+        let labels = ds.items.iter().map(|i| i.label).collect();
+        Ok(Opened { data: ds.items.into_iter().map(|i| i.path).collect(), labels, classes: ds.classes, skipped: ds.skipped, warnings: ds.warnings })
+    }
+
+    fn append(&self, data: &mut Vec<PathBuf>, more: Vec<PathBuf>) {
+        data.extend(more);
+    }
+
+    /// Features of every usable file: a file whose bytes the cache has seen is not decoded.
+    fn featurise(&self, m: &AudioModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
+        let dim = m.dim() as usize;
+        let mut key = m.cache_key();
+        key["max_seconds"] = serde_json::json!(self.max_seconds);
+        let cache = self.cache.as_deref().map(|root| FeatureCache::keyed(root, &key, dim)).transpose()?;
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
+        let (mut f, mut pending, mut padded, mut windows) = (Featurised::all(0), Pending::new(), 0, 0);
+        progress.start("embed", paths.len() as u64);
+        for (i, p) in paths.iter().enumerate() {
+            let hash = match std::fs::read(p) {
+                Ok(bytes) => sha256_hex(&bytes),
+                Err(e) => {
+                    f.skipped.push(Skip { path: p.clone(), reason: format!("cannot read: {e}") });
+                    progress.inc(1);
+                    continue;
+                }
+            };
+            if let Some(v) = cache.as_ref().and_then(|c| c.get(&hash)) {
+                rows[i] = Some(v);
+                f.reused += 1;
+                progress.inc(1);
+                continue;
+            }
+            match read_clip(p, self.max_seconds, m.min_samples()) {
+                Ok(c) => {
+                    padded += c.padded as usize;
+                    windows += c.samples.len().div_ceil(crate::audio::encoder::WINDOW).max(1);
+                    pending.push((i, hash, c.samples));
+                    f.computed += 1;
+                }
+                Err(reason) => {
+                    f.skipped.push(Skip { path: p.clone(), reason });
+                    progress.inc(1);
+                }
+            }
+            if windows >= self.batch_size {
+                progress.inc(pending.len() as u64);
+                self.flush(m, &mut pending, &mut rows, cache.as_ref())?;
+                windows = 0;
+            }
+        }
+        progress.inc(pending.len() as u64);
+        self.flush(m, &mut pending, &mut rows, cache.as_ref())?;
+        progress.finish();
+        let mut flat = vec![];
+        for (i, r) in rows.into_iter().enumerate() {
+            if let Some(v) = r {
+                f.ok.push(i);
+                flat.extend(v);
+            }
+        }
+        f.features = Tensor::from_slice(&flat).view([f.ok.len() as i64, dim as i64]);
+        f.warnings = padded_warning(padded, m.min_samples());
+        Ok(f)
+    }
+
+    fn screen(&self, m: &AudioModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<(Featurised, Vec<Vec<f32>>)> {
+        Ok(self.read_all(m, paths, progress))
+    }
+
+    fn inputs(&self, m: &AudioModel, paths: &Vec<PathBuf>, ok: &[usize], _: &dyn Progress) -> Result<Vec<Vec<f32>>> {
+        ok.iter().map(|&i| read_clip(&paths[i], self.max_seconds, m.min_samples()).map(|c| c.samples).map_err(|r| Error::input(&paths[i], r))).collect()
+    }
+
+    fn learner<'l>(
+        &'l self,
+        m: &'l AudioModel,
+        clips: &'l Vec<Vec<f32>>,
+        labels: &[i64],
+        num_classes: i64,
+        ft: &'l FinetuneConfig,
+        _: &dyn Progress,
+    ) -> Result<AudioLearner<'l>> {
+        // The new head's initial weights come from the seed, like everything else.
+        tch::manual_seed(ft.seed as i64);
+        AudioLearner::new(m, clips, labels, num_classes, ft)
+    }
+}
+
+impl TrainBlock for AudioBlock<'_> {
+    fn spec(&self) -> RunSpec<'_> {
+        let r = self.req();
+        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
+    }
+
+    fn write_config(&self) -> Result<()> {
+        crate::learn::run_dir::write_config(&self.req().out, self.req())
+    }
+
+    fn model_name(&self) -> String {
+        self.req().model.clone()
+    }
+
+    fn load(&self, _: &[String], _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<AudioModel> {
+        let req = self.req();
+        if !(req.audio.max_seconds > 0.0) {
+            return Err(Error::Usage(format!("setting `max_seconds` must be positive, not {}", req.audio.max_seconds)));
+        }
+        if req.finetune.is_some() && req.audio.layer.is_some() {
+            return Err(Error::Usage("setting `layer` applies to feature extraction; fine-tuning trains on the encoder's output".into()));
+        }
+        let mut m = AudioModel::open(&req.model)?;
+        m.set_layer(req.audio.layer)?;
+        Ok(m)
+    }
+
+    fn bundle_meta(&self, m: &AudioModel, labels: Vec<String>, head: HeadSpec) -> Result<Bundle> {
+        Ok(Bundle {
+            format_version: crate::bundle::FORMAT_VERSION,
+            modality: Modality::Audio,
+            created_by: format!("headstart {}", env!("CARGO_PKG_VERSION")),
+            labels,
+            encoder: EncoderRef::Audio(encoder_ref(m, self.max_seconds)),
+            columns: None,
+            head,
+            tuned: None,
+        })
+    }
+}
+
+fn encoder_ref(m: &AudioModel, max_seconds: f64) -> AudioEncoderRef {
+    AudioEncoderRef {
+        model: m.spec.clone(),
+        family: m.family().into(),
+        weights_sha256: m.file_sha256.clone(),
+        weights_source: m.source.display().to_string(),
+        config: m.config(),
+        layer: m.layer,
+        sample_rate: SAMPLE_RATE,
+        window_seconds: crate::audio::encoder::WINDOW_SECONDS,
+        normalize: m.normalize(),
+        max_seconds,
+    }
+}
+
+/// Trains an audio classifier per `req`; with `resume`, continues a fine-tuning run.
+pub fn train_audio(req: &AudioTrainRequest, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
+    task::train(&AudioBlock::for_request(req), resume, progress)
+}
+
+/// The learning-rate range test for fine-tuning an audio model on `req.data`.
+pub fn lr_find_audio(req: &AudioTrainRequest, min_lr: f64, max_lr: f64, steps: usize, progress: &dyn Progress) -> Result<LrFind> {
+    let ft = req.finetune.clone().unwrap_or_else(audio_finetune_defaults);
+    let req = AudioTrainRequest { finetune: Some(ft.clone()), ..req.clone() };
+    task::lr_find(&AudioBlock::for_request(&req), &ft, min_lr, max_lr, steps, progress)
+}
+
+/// An audio bundle ready to run.
+pub struct AudioPredictor {
+    pub meta: Bundle,
+    pub encoder: AudioEncoderRef,
+    model: AudioModel,
+    head: Head,
+}
+
+impl AudioPredictor {
+    /// Loads an audio bundle; `model` overrides where the encoder is found (else the bundle's
+    /// own reference). The weights must be the very bytes it was trained on.
+    pub fn load(dir: &Path, model: Option<&str>) -> Result<AudioPredictor> {
+        let (meta, head) = crate::bundle::read_bundle(dir)?;
+        let EncoderRef::Audio(e) = &meta.encoder else {
+            return Err(Error::bundle(&dir.join(crate::bundle::META), format!("a {} bundle, not an audio bundle", meta.modality.name())));
+        };
+        let e = e.clone();
+        let spec = model.unwrap_or(&e.model);
+        let mut m = AudioModel::open(spec).map_err(|err| Error::Model(format!("{err} (needed by the bundle {})", dir.display())))?;
+        if m.file_sha256 != e.weights_sha256 {
+            return Err(Error::bundle(
+                dir,
+                format!("{}: the encoder weights differ from the ones the bundle was trained on (from {})", m.source.display(), e.weights_source),
+            ));
+        }
+        if m.config() != e.config || m.normalize() != e.normalize || e.sample_rate != SAMPLE_RATE {
+            return Err(Error::bundle(dir, format!("{}: the encoder's layout or input differs from the bundle's", m.source.display())));
+        }
+        m.set_layer(e.layer)?;
+        m.weights_sha256 = crate::bundle::load_tuned(dir, meta.tuned.as_ref(), m.vs(), &m.file_sha256)?;
+        if m.dim() != meta.head.in_features {
+            return Err(Error::bundle(dir, format!("head expects {} features, the encoder gives {}", meta.head.in_features, m.dim())));
+        }
+        Ok(AudioPredictor { meta, encoder: e, model: m, head })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.meta.labels
+    }
+
+    pub fn block(&self, cache_root: Option<&Path>) -> AudioBlock<'static> {
+        AudioBlock { req: None, max_seconds: self.encoder.max_seconds, cache: cache_root.map(Path::to_path_buf), batch_size: 8 }
+    }
+
+    /// Class probabilities of the usable files, which rows they are, and the files skipped.
+    pub fn probabilities(&self, files: &[PathBuf], cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
+        task::probabilities(&self.block(cache_root), &self.model, &self.head, &files.to_vec(), progress)
+    }
+
+    /// Scores the bundle on labelled data (class folders or a manifest).
+    pub fn evaluate(&self, data: &Path, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+        task::evaluate(&self.block(cache_root), &self.model, &self.head, &self.meta.labels, data, progress)
+    }
+
+    /// The top-k labels of each usable file (file, labels with probabilities), and the skipped.
+    #[allow(clippy::type_complexity)]
+    pub fn predict(&self, files: &[PathBuf], top_k: usize, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Vec<(PathBuf, Vec<(String, f64)>)>, Vec<Skip>)> {
+        let (probs, ok, skipped) = self.probabilities(files, cache_root, progress)?;
+        let top = task::top_k(&probs, &self.meta.labels, top_k)?;
+        Ok((ok.iter().map(|&i| files[i].clone()).zip(top).collect(), skipped))
+    }
+}
