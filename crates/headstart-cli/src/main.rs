@@ -201,8 +201,13 @@ struct ColumnArgs {
 
 impl ColumnArgs {
     fn refuse_for_images(&self) -> Result<()> {
+        self.refuse_for("an image")
+    }
+
+    /// Refuses the column flags for a bundle that is not text (`what`: "an image", "an audio").
+    fn refuse_for(&self, what: &str) -> Result<()> {
         if self.text_column.is_some() || self.label_column.is_some() || self.pair_column.is_some() {
-            bail!("--text-column, --label-column and --pair-column apply to text bundles; this is an image bundle");
+            bail!("--text-column, --label-column and --pair-column apply to text bundles; this is {what} bundle");
         }
         Ok(())
     }
@@ -282,8 +287,8 @@ struct TrainArgs {
     /// flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Images: a folder (one sub-folder per class) or CSV manifest (`path,label`). Text: a CSV,
-    /// TSV or JSONL file, or a folder of class folders of `.txt` files.
+    /// Images or audio: a folder (one sub-folder per class) or CSV manifest (`path,label`).
+    /// Text: a CSV, TSV or JSONL file, or a folder of class folders of `.txt` files.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Continue an interrupted fine-tuning run from its last checkpoint, with its settings.
@@ -325,7 +330,8 @@ struct TrainArgs {
     /// Micro-batches per optimiser step.
     #[arg(long)]
     accumulate: Option<usize>,
-    /// Random resized crop, flip and colour jitter while fine-tuning (images).
+    /// Augmentation while fine-tuning: random resized crop, flip and colour jitter (images);
+    /// seeded SpecAugment-style time and frequency masks (audio).
     #[arg(long)]
     augment: bool,
     /// BatchNorm in unfrozen stages: `train` (batch statistics) or `frozen` (pre-trained ones).
@@ -346,8 +352,10 @@ struct TrainArgs {
     /// Fine-tuning: keep the last epoch's weights instead of the best one's.
     #[arg(long)]
     keep_last: bool,
-    /// Registry image model, or a text model: directory, hub repo id, or all-minilm-l6-v2
-    /// (default: mobilenet_v2.tv_in1k for images, all-minilm-l6-v2 for text).
+    /// Registry image model, a text model (directory, hub repo id, or all-minilm-l6-v2), or an
+    /// audio model (whisper_tiny_en, whisper_base, a Whisper / Wav2Vec2 / HuBERT directory,
+    /// model.bin or hub id). Default: mobilenet_v2.tv_in1k for images, all-minilm-l6-v2 for
+    /// text, whisper_tiny_en for audio.
     #[arg(long)]
     model: Option<String>,
     /// Weight file or HF directory (images; default: the registry's source).
@@ -418,6 +426,14 @@ struct TrainArgs {
     /// Override the model's normalisation std (three comma-separated values), warned about.
     #[arg(long)]
     std: Option<String>,
+    /// Audio: pool hidden state N of the encoder (0 is the first layer's input) instead of its
+    /// output.
+    #[arg(long, value_name = "N")]
+    layer: Option<usize>,
+    /// Audio: skip clips longer than this many seconds (default 600); longer clips below it
+    /// are read as 30 s windows whose features are pooled.
+    #[arg(long)]
+    max_seconds: Option<f64>,
     /// Text: the column (CSV/TSV header or JSONL field) holding the text (default `text`).
     #[arg(long)]
     text_column: Option<String>,
@@ -977,10 +993,31 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
     let detected = a.detect().expect("data is given");
     eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
     let finetuning = a.mode == Some(TrainMode::Finetune);
+    if detected.modality != registry::Modality::Audio && (a.layer.is_some() || a.max_seconds.is_some()) {
+        bail!("--layer and --max-seconds apply to audio runs; this run reads {}", detected.modality.name());
+    }
     let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(headstart::learn::task::DEFAULT_VAL_SPLIT) };
     let cache = a.common.cache();
     let eval_batch = a.eval_batch_size.unwrap_or(headstart::learn::task::DEFAULT_EVAL_BATCH);
     let o = match detected.modality {
+        registry::Modality::Audio => {
+            let base = headstart::blocks::audio::audio_finetune_defaults();
+            let d = headstart::blocks::audio::AudioTrainRequest::for_data(data);
+            let audio = headstart::blocks::audio::AudioOptions { layer: a.layer, max_seconds: a.max_seconds.unwrap_or(d.audio.max_seconds) };
+            let req = headstart::blocks::audio::AudioTrainRequest {
+                val: a.val.clone(),
+                val_split,
+                model: a.model.clone().unwrap_or(d.model.clone()),
+                audio,
+                out,
+                cache,
+                eval_batch_size: a.eval_batch_size.unwrap_or(d.eval_batch_size),
+                train: train_config(a)?,
+                finetune: if finetuning { Some(finetune_config(a, base)?) } else { None },
+                ..d
+            };
+            headstart::blocks::audio::train_audio(&req, false, p)?
+        }
         registry::Modality::Text => {
             let d = headstart::text::data::Columns::default();
             let req = headstart::text::TextTrainRequest {
@@ -1050,7 +1087,11 @@ fn write_lr_find(out: &mut impl Write, r: &headstart::train::finetune::LrFind, j
 /// `train`'s summary.
 fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry::Modality) -> Result<()> {
     let text_run = modality == registry::Modality::Text;
-    let unit = if text_run { "texts" } else { "images" };
+    let unit = match modality {
+        registry::Modality::Text => "texts",
+        registry::Modality::Audio => "clips",
+        registry::Modality::Image => "images",
+    };
     writeln!(out, "model       {}", o.model)?;
     writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
     writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
@@ -1095,6 +1136,10 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             let (report, skipped) = if let Some(file) = &html {
                 let (p, cache) = (common.progress(), common.cache());
                 report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
+            } else if headstart::bundle::modality(&bundle)? == "audio" {
+                columns.refuse_for("an audio")?;
+                let p = headstart::blocks::audio::AudioPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+                p.evaluate(&data, common.cache().as_deref(), &common.progress())?
             } else if headstart::bundle::modality(&bundle)? == "text" {
                 let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
@@ -1114,6 +1159,13 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
             let (p, val_split) = (common.progress(), 0.0);
             let r = match detected.modality {
+                registry::Modality::Audio => {
+                    let base = headstart::blocks::audio::audio_finetune_defaults();
+                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
+                    let d = headstart::blocks::audio::AudioTrainRequest::for_data(data);
+                    let req = headstart::blocks::audio::AudioTrainRequest { model: model.unwrap_or(d.model.clone()), val_split, finetune: Some(ft), ..d };
+                    headstart::blocks::audio::lr_find_audio(&req, min_lr, max_lr, steps, &p)?
+                }
                 registry::Modality::Text => {
                     let base = headstart::text::text_finetune_defaults();
                     let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
@@ -1155,6 +1207,18 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             write_skipped(&inputs.skipped);
             let top = p.predict(&inputs.texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
             write_predictions(out, inputs.origins.iter().cloned().zip(top), &inputs.skipped, json, "input")
+        }
+        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } if headstart::bundle::modality(&bundle)? == "audio" => {
+            columns.refuse_for("an audio")?;
+            let p = headstart::blocks::audio::AudioPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+            let (preds, skipped) = p.predict(&files, top_k, common.cache().as_deref(), &common.progress())?;
+            write_skipped(&skipped);
+            let n = preds.len();
+            write_predictions(out, preds.into_iter().map(|(f, top)| (f.display().to_string(), top)), &skipped, json, "file")?;
+            if n == 0 {
+                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
+            }
+            Ok(())
         }
         Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
             columns.refuse_for_images()?;
@@ -1279,10 +1343,12 @@ fn write_models(out: &mut impl Write, json: bool) -> Result<()> {
         let (size, crop) = match e {
             registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
             registry::Listed::Text(_) => ("-".into(), "-".into()),
+            registry::Listed::Audio(a) => (format!("{}s", a.input.window_seconds), "-".into()),
         };
         writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;
     }
     writeln!(out, "(text: any BERT, RoBERTa, XLM-RoBERTa, DistilBERT or GPT-2 model directory or hub repo id also works)")?;
+    writeln!(out, "(audio: any Whisper, Wav2Vec2 or HuBERT model directory, CTranslate2 Whisper model.bin or hub repo id also works)")?;
     Ok(())
 }
 

@@ -47,7 +47,18 @@ pub fn eval_with_report(
 ) -> Result<(Report, Vec<headstart::data::Skip>)> {
     let t = std::time::Instant::now();
     let (labels, truth, probs, origins, previews, skipped): (Vec<String>, Vec<usize>, Tensor, Vec<String>, Vec<Preview>, _) =
-        if headstart::bundle::modality(bundle)? == "text" {
+        if headstart::bundle::modality(bundle)? == "audio" {
+            let model = weights.map(|w| w.display().to_string());
+            let p = headstart::blocks::audio::AudioPredictor::load(bundle, model.as_deref())?;
+            let ds = headstart::data::Dataset::open_kind(data, Some(p.labels()), headstart::blocks::audio::AUDIO_FILES)?;
+            let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
+            let (probs, ok, mut skipped) = p.probabilities(&paths, cache, progress)?;
+            skipped.extend(ds.skipped);
+            let truth = ok.iter().map(|&i| ds.items[i].label).collect();
+            let origins = ok.iter().map(|&i| paths[i].display().to_string()).collect();
+            let previews = ok.iter().map(|_| Preview::None).collect();
+            (p.labels().to_vec(), truth, probs, origins, previews, skipped)
+        } else if headstart::bundle::modality(bundle)? == "text" {
             let model = weights.map(|w| w.display().to_string());
             let p = headstart::text::TextPredictor::load(bundle, model.as_deref())?;
             let ds = headstart::text::data::TextDataset::open(data, &p.meta.columns, Some(&p.meta.labels), lossy)?;

@@ -145,7 +145,8 @@ fn padded_warning(n: usize, min_samples: usize) -> Vec<String> {
         return vec![];
     }
     let ms = min_samples as f64 * 1000.0 / SAMPLE_RATE as f64;
-    vec![format!("{n} clips shorter than one encoder frame ({ms:.0} ms) were padded with silence")]
+    let (clips, were) = if n == 1 { ("clip", "was") } else { ("clips", "were") };
+    vec![format!("{n} {clips} shorter than one encoder frame ({ms:.0} ms) {were} padded with silence")]
 }
 
 /// How audio files are read and featurised; with a request, how a run trains.
