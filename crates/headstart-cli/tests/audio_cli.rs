@@ -1,0 +1,147 @@
+//! Audio runs through the real binary: a folder of class folders of generated WAV clips (with
+//! a bad file) read as audio, trained on the tiny random Whisper's features, then eval and
+//! predict on the audio bundle; `models` lists the audio entries with their input spec.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny_whisper() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper_tiny_random").display().to_string()
+}
+
+fn headstart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_headstart")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A mono 16-bit PCM WAV file.
+fn wav(path: &Path, samples: &[f32], rate: u32) {
+    let data: Vec<u8> = samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
+    let mut b = b"RIFF".to_vec();
+    b.extend((36 + data.len() as u32).to_le_bytes());
+    b.extend(b"WAVEfmt ");
+    for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), rate.to_le_bytes().to_vec()] {
+        b.extend(v);
+    }
+    b.extend((rate * 2).to_le_bytes());
+    b.extend(2u16.to_le_bytes());
+    b.extend(16u16.to_le_bytes());
+    b.extend(b"data");
+    b.extend((data.len() as u32).to_le_bytes());
+    b.extend(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Class `hum` (150 Hz), `whistle` (3 kHz) or `hiss` (noise), `k` picks the variant.
+fn sound(class: &str, k: u32, rate: u32) -> Vec<f32> {
+    let mut state = 12345u64 + k as u64;
+    let mut noise = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let n = rate as usize * (6 + k as usize % 4) / 10;
+    let f = match class {
+        "hum" => 150.0,
+        "whistle" => 3000.0,
+        _ => 0.0,
+    } * (1.0 + 0.02 * k as f32);
+    (0..n).map(|i| if f > 0.0 { 0.4 * (2.0 * std::f32::consts::PI * f * i as f32 / rate as f32).sin() } else { 0.3 * noise() }).collect()
+}
+
+fn write_set(dir: &Path, per_class: u32, offset: u32) {
+    for class in ["hum", "whistle", "hiss"] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for k in 0..per_class {
+            let rate = if k % 2 == 0 { 16000 } else { 44100 };
+            wav(&dir.join(class).join(format!("{class}{}.wav", k + offset)), &sound(class, k + offset, rate), rate);
+        }
+    }
+}
+
+#[test]
+fn audio_folder_train_eval_predict_with_a_bad_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 6, 0);
+    let bad = data.join("hum").join("broken.wav");
+    std::fs::write(&bad, b"RIFF\x24\x00\x00\x00WAVEfmt nonsense").unwrap();
+    let run = tmp.path().join("run");
+    let cache = tmp.path().join("cache");
+    let model = tiny_whisper();
+    let args = ["train", "--data", data.to_str().unwrap(), "--model", &model, "--out", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
+    let o = headstart(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("note: read as audio"), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("clips       ") && text.contains("1 skipped"), "{text}");
+    assert!(text.contains("backbone    18 clips run, 0 from the feature cache"), "{text}");
+    let errors = std::fs::read_to_string(run.join("errors.jsonl")).unwrap();
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.contains("broken.wav") && errors.contains("not a readable audio file"), "{errors}");
+    let bundle_toml = std::fs::read_to_string(run.join("bundle/bundle.toml")).unwrap();
+    assert!(bundle_toml.contains("modality = \"audio\"") && bundle_toml.contains("kind = \"audio\""), "{bundle_toml}");
+
+    // Again with --json: every clip from the cache.
+    let o = headstart(&[&args[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["backbone_computed"].as_u64(), v["backbone_reused"].as_u64()), (Some(0), Some(18)));
+
+    // Eval on fresh clips.
+    let test = tmp.path().join("test");
+    write_set(&test, 3, 10);
+    let bundle = run.join("bundle");
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["n"], 9);
+    let acc = r["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.85, "eval accuracy {acc}");
+
+    // Predict: one good clip per class and the bad file, which is reported and left out.
+    let files: Vec<String> = ["hum/hum10.wav", "whistle/whistle11.wav", "hiss/hiss12.wav"].iter().map(|f| test.join(f).display().to_string()).collect();
+    let mut pargs = vec!["predict", bundle.to_str().unwrap(), "--top-k", "1", "--json"];
+    pargs.extend(files.iter().map(String::as_str));
+    pargs.push(bad.to_str().unwrap());
+    let o = headstart(&pargs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped") && stderr(&o).contains("broken.wav"), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<&str> = p["predictions"].as_array().unwrap().iter().map(|x| x["top"][0][0].as_str().unwrap()).collect();
+    assert_eq!(got, vec!["hum", "whistle", "hiss"]);
+    assert_eq!(p["skipped"].as_array().unwrap().len(), 1);
+
+    // Only bad files: a data error (exit 3).
+    let o = headstart(&["predict", bundle.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // Column flags are for text bundles.
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--text-column", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("this is an audio bundle"), "{}", stderr(&o));
+}
+
+#[test]
+fn models_lists_audio_entries_with_their_input_spec() {
+    let o = headstart(&["models", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let audio: Vec<&serde_json::Value> = v.as_array().unwrap().iter().filter(|e| e["modality"] == "audio").collect();
+    let names: Vec<&str> = audio.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["whisper_tiny_en", "whisper_base", "wav2vec2_base", "hubert_base"]);
+    assert_eq!(audio[0]["input"]["sample_rate"], 16000);
+    assert_eq!(audio[0]["input"]["features"], "log-mel 80");
+    assert_eq!(audio[2]["input"]["features"], "waveform");
+    let o = headstart(&["models"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.lines().any(|l| l.starts_with("whisper_tiny_en") && l.contains("audio") && l.contains("whisper")), "{text}");
+    // --layer is an audio setting.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("a")).unwrap();
+    std::fs::write(tmp.path().join("a/x.png"), b"x").unwrap();
+    let o = headstart(&["train", "--data", tmp.path().to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap(), "--layer", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--layer and --max-seconds apply to audio runs"), "{}", stderr(&o));
+}
