@@ -29,9 +29,15 @@ pub const WINDOW: usize = (SAMPLE_RATE * WINDOW_SECONDS) as usize;
 
 /// The encoder and what its inputs need.
 pub enum AudioEncoder {
-    Whisper { enc: WhisperEncoder, fe: WhisperFeatures },
+    Whisper {
+        enc: WhisperEncoder,
+        fe: WhisperFeatures,
+    },
     /// `normalize`: zero mean, unit variance per clip (`do_normalize` of the feature extractor).
-    Wav2Vec2 { enc: Wav2Vec2Encoder, normalize: bool },
+    Wav2Vec2 {
+        enc: Wav2Vec2Encoder,
+        normalize: bool,
+    },
 }
 
 /// An audio encoder with its provenance and the hidden state it is read at.

@@ -329,7 +329,7 @@ impl TrainBlock for AudioBlock<'_> {
 
     fn load(&self, _: &[String], _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<AudioModel> {
         let req = self.req();
-        if !(req.audio.max_seconds > 0.0) {
+        if req.audio.max_seconds.is_nan() || req.audio.max_seconds <= 0.0 {
             return Err(Error::Usage(format!("setting `max_seconds` must be positive, not {}", req.audio.max_seconds)));
         }
         if req.finetune.is_some() && req.audio.layer.is_some() {
@@ -437,7 +437,13 @@ impl AudioPredictor {
 
     /// The top-k labels of each usable file (file, labels with probabilities), and the skipped.
     #[allow(clippy::type_complexity)]
-    pub fn predict(&self, files: &[PathBuf], top_k: usize, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Vec<(PathBuf, Vec<(String, f64)>)>, Vec<Skip>)> {
+    pub fn predict(
+        &self,
+        files: &[PathBuf],
+        top_k: usize,
+        cache_root: Option<&Path>,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<(PathBuf, Vec<(String, f64)>)>, Vec<Skip>)> {
         let (probs, ok, skipped) = self.probabilities(files, cache_root, progress)?;
         let top = task::top_k(&probs, &self.meta.labels, top_k)?;
         Ok((ok.iter().map(|&i| files[i].clone()).zip(top).collect(), skipped))

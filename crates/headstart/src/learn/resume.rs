@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
+use crate::blocks::audio::AudioTrainRequest;
 use crate::error::{Error, Result};
 use crate::learn::task::TrainOutcome;
 use crate::models::registry::Modality;
 use crate::progress::Progress;
-use crate::blocks::audio::AudioTrainRequest;
 use crate::run::TrainRequest;
 use crate::text::TextTrainRequest;
 
