@@ -22,9 +22,12 @@ export OMP_NUM_THREADS=$threads
 assets=${HEADSTART_ASSETS:-$HEADSTART_HOME/assets}
 data=$out/data
 python3 "$here/prepare.py" "$assets/klettres" "$data" "$langs" | tee "$out/prepare.json"
-cargo build -q --release -p headstart-cli
+# HEADSTART_BIN: an already built binary instead of a release build (say so when reporting).
+if [[ -z "${HEADSTART_BIN:-}" ]]; then
+  cargo build -q --release -p headstart-cli
+fi
 py=$root/.venv-ref/bin/python
-hs=$root/target/release/headstart
+hs=${HEADSTART_BIN:-$root/target/release/headstart}
 : > "$out/results.jsonl"
 rm -rf "$out/cache" "$out/run-"*
 timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$out/$name.time" "$@" > "$out/$name.json"; }

@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use headstart::audio::encoder::{AudioModel, WINDOW};
+use headstart::audio::learner::AudioLearner;
 use headstart::blocks::audio::{train_audio, AudioBlock, AudioOptions, AudioPredictor, AudioTrainRequest};
 use headstart::learn::task::Block;
 use headstart::models::audio::whisper::embed_clips;
 use headstart::progress::Silent;
-use headstart::train::finetune::{FinetuneConfig, Unfreeze};
+use headstart::train::finetune::{FinetuneConfig, Learner, Unfreeze};
 use tch::Kind;
 
 fn fixture(name: &str) -> String {
@@ -235,6 +236,32 @@ fn whisper_fine_tuning_saves_the_tuned_layer() {
     assert_eq!(preds.len(), 1);
     // The metrics log has both epochs.
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 2);
+}
+
+/// Wav2Vec2 fine-tuning: a clip's logits do not depend on the batch it is padded into, and a
+/// run with SpecAugment masks trains the last layer (the feature encoder stays as loaded).
+#[test]
+fn wav2vec2_fine_tuning_masks_padding_and_keeps_the_feature_encoder() {
+    let m = AudioModel::open(&fixture("wav2vec2_group")).unwrap();
+    let clips = vec![clip(0, 1, 0.5, 16000), clip(1, 2, 1.2, 16000)];
+    let ft = FinetuneConfig { unfreeze: Unfreeze::Last(1), ..headstart::blocks::audio::audio_finetune_defaults() };
+    let l = AudioLearner::new(&m, &clips, &[0, 1], 2, &ft, &Silent).unwrap();
+    let both = tch::no_grad(|| l.logits(&l.batch(&[0, 1], None).unwrap(), false));
+    let alone = tch::no_grad(|| l.logits(&l.batch(&[0], None).unwrap(), false));
+    let diff = (both.get(0) - alone.get(0)).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "padding changed the short clip's logits by {diff}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 4);
+    let ft = FinetuneConfig { unfreeze: Unfreeze::All, epochs: 2, batch_size: 4, lr: 1e-3, augment: Some(Default::default()), ..ft };
+    let run = tmp.path().join("run");
+    let req = AudioTrainRequest { finetune: Some(ft), ..request(&data, &run, &fixture("wav2vec2_group"), None) };
+    let o = train_audio(&req, false, &Silent).unwrap();
+    assert!(!o.tuned_stages.iter().any(|s| s == "feature_encoder"), "{:?}", o.tuned_stages);
+    assert_eq!(o.tuned_stages.first().map(String::as_str), Some("embed"));
+    let p = AudioPredictor::load(&run.join("bundle"), None).unwrap();
+    assert_eq!(p.predict(&[data.join("noise/1.wav")], 1, None, &Silent).unwrap().0.len(), 1);
 }
 
 /// The block's screen (fine-tuning) skips exactly what featurising skips.

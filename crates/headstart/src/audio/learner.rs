@@ -4,10 +4,15 @@
 //! feature encoder stays frozen, as `freeze_feature_encoder` leaves it. A clip trains on its
 //! first 30 s window, pooled over its real frames.
 //!
+//! Wav2Vec2's frozen feature encoder runs once per clip, alone (so a batch's padding never
+//! reaches its group norm), when the learner is made; batches pad its output and mask the
+//! padding in attention.
+//!
 //! With augmentation on, training batches get SpecAugment-style masks, seeded by the run's
 //! seed, the epoch and the example: two frequency masks (up to 27 mel bins each) and two time
 //! masks (up to a tenth of the real frames each) on Whisper's log-mel frames, filled with the
-//! clip's silence level; on a Wav2Vec2 waveform, two time masks of silence.
+//! clip's silence level; on Wav2Vec2, the same on the feature encoder's output (channels and
+//! frames set to zero, as `mask_feature_prob` / `mask_time_prob` do before the projection).
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -18,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::models::audio::whisper::encoder_frames;
 use crate::models::audio::Wav2Vec2Encoder;
 use crate::models::{Encoder, Mode, Stage};
+use crate::progress::Progress;
 use crate::train::finetune::{first_trainable, FinetuneConfig, Learner};
 
 /// Widest frequency mask, in mel bins (SpecAugment's LibriSpeech policies: F = 27).
@@ -40,12 +46,21 @@ pub struct AudioLearner<'a> {
     first: usize,
     num_classes: i64,
     cfg: &'a FinetuneConfig,
+    /// Wav2Vec2: each clip's feature-encoder output `[C, T]` (first window).
+    features: Vec<Tensor>,
 }
 
 impl<'a> AudioLearner<'a> {
     /// A learner over 16 kHz `clips` with `labels`, a fresh `num_classes`-way head, and the
     /// stages `cfg.unfreeze` names trainable.
-    pub fn new(model: &'a AudioModel, clips: &'a [Vec<f32>], labels: &[i64], num_classes: i64, cfg: &'a FinetuneConfig) -> Result<AudioLearner<'a>> {
+    pub fn new(
+        model: &'a AudioModel,
+        clips: &'a [Vec<f32>],
+        labels: &[i64],
+        num_classes: i64,
+        cfg: &'a FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<AudioLearner<'a>> {
         cfg.validate()?;
         if clips.len() != labels.len() {
             return Err(Error::Model(format!("{} clips but {} labels", clips.len(), labels.len())));
@@ -54,11 +69,20 @@ impl<'a> AudioLearner<'a> {
             return Err(Error::Model(format!("a clip of {} samples is shorter than one encoder frame", c.len())));
         }
         let mut first = first_trainable(cfg.unfreeze, model.stages().len())?;
-        if matches!(model.encoder, AudioEncoder::Wav2Vec2 { .. }) {
+        let mut features = vec![];
+        if let AudioEncoder::Wav2Vec2 { enc, normalize } = &model.encoder {
             first = first.max(Wav2Vec2Encoder::DEFAULT_FIRST_TRAINABLE);
+            progress.start("feature encoder", clips.len() as u64);
+            for c in clips {
+                let w = &c[..c.len().min(WINDOW)];
+                let w = if *normalize { crate::audio::normalize(w) } else { w.to_vec() };
+                features.push(enc.feature_encoder(&Tensor::from_slice(&w).unsqueeze(0))?.squeeze_dim(0));
+                progress.inc(1);
+            }
+            progress.finish();
         }
         let head = nn::linear(model.vs().root() / "classifier", model.dim(), num_classes, Default::default());
-        Ok(AudioLearner { model, head, clips, labels: Tensor::from_slice(labels), first, num_classes, cfg })
+        Ok(AudioLearner { model, head, clips, labels: Tensor::from_slice(labels), first, num_classes, cfg, features })
     }
 
     fn rng(&self, row: usize, epoch: Option<usize>) -> Option<Rng> {
@@ -74,7 +98,8 @@ fn span(rng: &mut Rng, n: usize, max: usize) -> (usize, usize) {
     (start, w)
 }
 
-/// SpecAugment on one clip's log-mel frames `[n_mels, T]` (`real` frames of audio).
+/// SpecAugment on one clip's log-mel frames `[n_mels, T]`: masks within the `real` frames of
+/// audio (the padding already holds the silence level).
 pub fn mask_mel(mel: &Tensor, real: usize, rng: &mut Rng) -> Tensor {
     let mel = mel.copy();
     let n_mels = mel.size()[0] as usize;
@@ -82,7 +107,7 @@ pub fn mask_mel(mel: &Tensor, real: usize, rng: &mut Rng) -> Tensor {
     for _ in 0..MASKS {
         let (f0, w) = span(rng, n_mels, FREQ_MASK);
         if w > 0 {
-            let _ = mel.narrow(0, f0 as i64, w as i64).fill_(fill);
+            let _ = mel.narrow(1, 0, real as i64).narrow(0, f0 as i64, w as i64).fill_(fill);
         }
     }
     for _ in 0..MASKS {
@@ -94,13 +119,23 @@ pub fn mask_mel(mel: &Tensor, real: usize, rng: &mut Rng) -> Tensor {
     mel
 }
 
-/// Time masks of silence on a waveform (a tenth of the clip at most each).
-pub fn mask_wave(wave: &mut [f32], rng: &mut Rng) {
-    let n = wave.len();
+/// SpecAugment on one clip's feature-encoder output `[C, T]`: channel and time masks of zeros.
+pub fn mask_features(f: &Tensor, rng: &mut Rng) -> Tensor {
+    let f = f.copy();
+    let (c, t) = (f.size()[0] as usize, f.size()[1] as usize);
     for _ in 0..MASKS {
-        let (t0, w) = span(rng, n, n / 10);
-        wave[t0..t0 + w].fill(0.0);
+        let (c0, w) = span(rng, c, FREQ_MASK);
+        if w > 0 {
+            let _ = f.narrow(0, c0 as i64, w as i64).fill_(0.0);
+        }
     }
+    for _ in 0..MASKS {
+        let (t0, w) = span(rng, t, t / 10);
+        if w > 0 {
+            let _ = f.narrow(1, t0 as i64, w as i64).fill_(0.0);
+        }
+    }
+    f
 }
 
 impl Learner for AudioLearner<'_> {
@@ -140,28 +175,31 @@ impl Learner for AudioLearner<'_> {
                     .collect();
                 Ok(AudioBatch { x: Tensor::stack(&rows_mel, 0), lengths })
             }
-            AudioEncoder::Wav2Vec2 { normalize, .. } => {
-                let longest = windows.iter().map(|w| w.len()).max().unwrap_or(0);
-                let mut flat = Vec::with_capacity(longest * rows.len());
-                for (j, w) in windows.iter().enumerate() {
-                    let mut w = if *normalize { crate::audio::normalize(w) } else { w.to_vec() };
-                    if let Some(mut rng) = self.rng(rows[j], epoch) {
-                        mask_wave(&mut w, &mut rng);
-                    }
-                    w.resize(longest, 0.0);
-                    flat.extend(w);
-                }
-                let x = Tensor::from_slice(&flat).view([rows.len() as i64, longest as i64]);
-                Ok(AudioBatch { x, lengths: windows.iter().map(|w| w.len()).collect() })
+            AudioEncoder::Wav2Vec2 { .. } => {
+                let longest = rows.iter().map(|&i| self.features[i].size()[1]).max().unwrap_or(1);
+                let xs: Vec<Tensor> = rows
+                    .iter()
+                    .map(|&i| {
+                        let f = match self.rng(i, epoch) {
+                            Some(mut rng) => mask_features(&self.features[i], &mut rng),
+                            None => self.features[i].shallow_clone(),
+                        };
+                        f.constant_pad_nd([0, longest - f.size()[1]])
+                    })
+                    .collect();
+                Ok(AudioBatch { x: Tensor::stack(&xs, 0), lengths: windows.iter().map(|w| w.len()).collect() })
             }
         }
     }
 
-    /// Trainable stages, pooling over real frames, dropout-free head.
+    /// Trainable stages, pooling over real frames, the head.
     fn logits(&self, b: &AudioBatch, train: bool) -> Tensor {
         let mode = if train { Mode::Train } else { Mode::Eval };
         autocast_cpu(self.cfg.precision, || {
-            let h = self.model.forward_from(&b.x, &b.lengths, self.first, mode);
+            let h = match &self.model.encoder {
+                AudioEncoder::Wav2Vec2 { enc, .. } => enc.forward_from_features(&b.x, Some(&b.lengths), self.first, mode),
+                AudioEncoder::Whisper { .. } => self.model.forward_from(&b.x, &b.lengths, self.first, mode),
+            };
             self.model.pool(&h, &b.lengths).apply(&self.head)
         })
         .to_kind(Kind::Float)
@@ -183,9 +221,10 @@ mod tests {
         assert!(a.narrow(1, 200, 100).equal(&mel.narrow(1, 200, 100)));
         let masked = a.eq(1.0).sum(Kind::Int64).int64_value(&[]);
         assert!(masked > 1 && masked < 80 * 300 / 2, "{masked} masked values");
-        let mut w = vec![1f32; 1000];
-        mask_wave(&mut w, &mut Rng(3));
-        let zeros = w.iter().filter(|&&x| x == 0.0).count();
-        assert!(zeros <= 200, "{zeros}");
+        let f = Tensor::ones([64, 100], (Kind::Float, Device::Cpu));
+        let m = mask_features(&f, &mut Rng(3));
+        let zeros = m.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+        assert!(zeros > 0 && zeros <= 2 * 27 * 100 + 2 * 10 * 64, "{zeros}");
+        assert!(m.equal(&mask_features(&f, &mut Rng(3))));
     }
 }

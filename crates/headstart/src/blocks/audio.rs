@@ -305,11 +305,11 @@ impl<'a> Block for AudioBlock<'a> {
         labels: &[i64],
         num_classes: i64,
         ft: &'l FinetuneConfig,
-        _: &dyn Progress,
+        progress: &dyn Progress,
     ) -> Result<AudioLearner<'l>> {
         // The new head's initial weights come from the seed, like everything else.
         tch::manual_seed(ft.seed as i64);
-        AudioLearner::new(m, clips, labels, num_classes, ft)
+        AudioLearner::new(m, clips, labels, num_classes, ft, progress)
     }
 }
 

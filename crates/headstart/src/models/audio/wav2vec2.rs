@@ -445,6 +445,26 @@ impl Wav2Vec2Encoder {
         Ok(self.run(0..n + 2, wave.shallow_clone(), lengths, mode, &mut None))
     }
 
+    /// Stage 0 alone, without autograd: the convolutional feature encoder's output `[B, C, T]`
+    /// (what fine-tuning with a frozen feature encoder can compute once per clip).
+    pub fn feature_encoder(&self, wave: &Tensor) -> Result<Tensor> {
+        self.check_input(wave, None)?;
+        Ok(tch::no_grad(|| self.extract(wave)))
+    }
+
+    /// The final hidden states `[B, T, D]` from the feature encoder's output `feats` `[B, C, T]`
+    /// on (stage 1 onwards); `lengths` are the rows' samples. Stages before `first_trainable`
+    /// run without autograd in eval mode.
+    pub fn forward_from_features(&self, feats: &Tensor, lengths: Option<&[usize]>, first_trainable: usize, mode: Mode) -> Tensor {
+        let n = self.stages.len();
+        let first = first_trainable.clamp(1, n);
+        let x = tch::no_grad(|| self.run(1..first, feats.shallow_clone(), lengths, Mode::Eval, &mut None));
+        if first == n {
+            return tch::no_grad(|| self.finish(x));
+        }
+        self.finish(self.run(first..n, x, lengths, mode, &mut None))
+    }
+
     /// The final hidden states `[B, T, D]`; stages before `first_trainable` run without autograd
     /// in eval mode ([`Self::DEFAULT_FIRST_TRAINABLE`] freezes the feature encoder).
     pub fn forward_from(&self, wave: &Tensor, lengths: Option<&[usize]>, first_trainable: usize, mode: Mode) -> Result<Tensor> {
