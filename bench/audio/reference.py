@@ -11,7 +11,7 @@
                                       batch 8, lr 3e-5): training samples/s
 Prints one JSON line.
 """
-import csv, json, math, os, struct, sys, time
+import csv, json, math, os, re, struct, sys, time
 from math import gcd
 
 import numpy as np
@@ -60,7 +60,7 @@ def whisper_encoder(bin_path):
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     v = read_ct2(bin_path)
     d = v["encoder/conv1/weight"].shape[0]
-    layers = 1 + max(int(k.split("/")[1][6:]) for k in v if k.startswith("encoder/layer_"))
+    layers = 1 + max(int(m.group(1)) for k in v if (m := re.match(r"encoder/layer_(\d+)/", k)))
     sd = {"conv1.weight": v["encoder/conv1/weight"], "conv1.bias": v["encoder/conv1/bias"],
           "conv2.weight": v["encoder/conv2/weight"], "conv2.bias": v["encoder/conv2/bias"],
           "embed_positions.weight": v["encoder/position_encodings/encodings"],
@@ -147,7 +147,7 @@ def trainer(d, train, precision):
     model = Wav2Vec2ForSequenceClassification.from_pretrained(d, num_labels=len(labels))
     model.freeze_feature_encoder()
     args = TrainingArguments(output_dir="/tmp/hs-bench-audio-trainer", per_device_train_batch_size=8, num_train_epochs=1,
-                             learning_rate=3e-5, weight_decay=0.01, warmup_ratio=0.1, lr_scheduler_type="linear", seed=0,
+                             learning_rate=3e-5, weight_decay=0.01, warmup_steps=int(0.1 * math.ceil(len(rows) / 8)), lr_scheduler_type="linear", seed=0,
                              use_cpu=True, bf16=precision == "bf16", report_to=[], logging_strategy="no", disable_tqdm=True,
                              dataloader_num_workers=0, eval_strategy="no", save_strategy="no")
     t = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
