@@ -30,7 +30,9 @@ py=$root/.venv-ref/bin/python
 hs=${HEADSTART_BIN:-$root/target/release/headstart}
 : > "$out/results.jsonl"
 rm -rf "$out/cache" "$out/run-"*
-timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$out/$name.time" "$@" > "$out/$name.json"; }
+# Wall seconds, peak RSS KiB, user and system CPU seconds (the CPU time is the steadier figure on
+# a shared machine).
+timed() { local name=$1; shift; /usr/bin/time -f "%e %M %U %S" -o "$out/$name.time" "$@" > "$out/$name.json"; }
 # Feature extraction: cold cache, then the test clips without a cache.
 timed hs_train "$hs" train --data "$data/train.csv" --model whisper_tiny_en --out "$out/run-features" --cache-dir "$out/cache" \
   --progress none --json

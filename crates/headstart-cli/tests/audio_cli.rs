@@ -114,6 +114,18 @@ fn audio_folder_train_eval_predict_with_a_bad_file() {
     assert_eq!(got, vec!["hum", "whistle", "hiss"]);
     assert_eq!(p["skipped"].as_array().unwrap().len(), 1);
 
+    // The HTML report of an evaluation.
+    let html = tmp.path().join("eval.html");
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", test.to_str().unwrap(), "--report", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&html).unwrap().contains("hum"));
+
+    // The learning-rate range test fine-tunes the audio encoder.
+    let o = headstart(&["lr-find", "--data", data.to_str().unwrap(), "--model", &model, "--steps", "4", "--batch-size", "6", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["lrs"].as_array().is_some_and(|a| !a.is_empty()) && r["suggestion"].as_f64().is_some(), "{r}");
+
     // Only bad files: a data error (exit 3).
     let o = headstart(&["predict", bundle.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));

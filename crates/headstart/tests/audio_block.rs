@@ -236,6 +236,11 @@ fn whisper_fine_tuning_saves_the_tuned_layer() {
     assert_eq!(preds.len(), 1);
     // The metrics log has both epochs.
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 2);
+    // The run reads back as an audio run, and resumes from its last checkpoint.
+    let saved = headstart::learn::resume::saved_run(&run).unwrap();
+    assert_eq!(saved.modality(), headstart::models::registry::Modality::Audio);
+    let (modality, again) = headstart::learn::resume::resume(&run, &Silent).unwrap();
+    assert_eq!((modality, again.tuned_stages), (headstart::models::registry::Modality::Audio, o.tuned_stages.clone()));
 }
 
 /// Wav2Vec2 fine-tuning: a clip's logits do not depend on the batch it is padded into, and a
