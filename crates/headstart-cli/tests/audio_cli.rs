@@ -121,7 +121,7 @@ fn audio_folder_train_eval_predict_with_a_bad_file() {
     assert!(std::fs::read_to_string(&html).unwrap().contains("hum"));
 
     // The learning-rate range test fine-tunes the audio encoder.
-    let o = headstart(&["lr-find", "--data", data.to_str().unwrap(), "--model", &model, "--steps", "4", "--batch-size", "6", "--json"]);
+    let o = headstart(&["lr-find", "--data", data.to_str().unwrap(), "--model", &model, "--steps", "10", "--batch-size", "6", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(r["lrs"].as_array().is_some_and(|a| !a.is_empty()) && r["suggestion"].as_f64().is_some(), "{r}");
