@@ -293,12 +293,45 @@ pub fn find_text(name: &str) -> Option<&'static TextEntry> {
     TEXT_ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.source.repo.eq_ignore_ascii_case(name))
 }
 
+/// A CLIP model known by a short name (or its open_clip name), read from the Hugging Face hub
+/// cache: nothing is downloaded, and no package registry has CLIP weights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClipEntry {
+    pub name: &'static str,
+    /// open_clip's name of the shape (`ViT-B-32`; `ViT-B/32` is accepted too).
+    pub open_clip_name: &'static str,
+    pub modality: Modality,
+    pub family: &'static str,
+    pub repo: &'static str,
+    pub revision: &'static str,
+    pub license: &'static str,
+}
+
+const fn clip(name: &'static str, open_clip_name: &'static str, repo: &'static str) -> ClipEntry {
+    ClipEntry { name, open_clip_name, modality: Modality::Image, family: "clip", repo, revision: "main", license: "mit" }
+}
+
+pub static CLIP_ENTRIES: &[ClipEntry] = &[
+    clip("clip-vit-b-32", "ViT-B-32", "openai/clip-vit-base-patch32"),
+    clip("clip-vit-b-16", "ViT-B-16", "openai/clip-vit-base-patch16"),
+    clip("clip-vit-l-14", "ViT-L-14", "openai/clip-vit-large-patch14"),
+    clip("clip-rn50", "RN50", "timm/resnet50_clip.openai"),
+];
+
+/// A CLIP entry by short name, open_clip name (`ViT-B/32` as `ViT-B-32`) or hub repo id
+/// (case-insensitive).
+pub fn find_clip(name: &str) -> Option<&'static ClipEntry> {
+    let n = name.replace('/', "-");
+    CLIP_ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.open_clip_name.eq_ignore_ascii_case(&n) || e.repo.eq_ignore_ascii_case(name))
+}
+
 /// One registered model of any modality, as listed.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(untagged)]
 pub enum Listed {
     Image(&'static Entry),
     Text(&'static TextEntry),
+    Clip(&'static ClipEntry),
 }
 
 impl Listed {
@@ -306,12 +339,14 @@ impl Listed {
         match self {
             Listed::Image(e) => e.name,
             Listed::Text(e) => e.name,
+            Listed::Clip(e) => e.name,
         }
     }
     pub fn modality(&self) -> Modality {
         match self {
             Listed::Image(e) => e.modality,
             Listed::Text(e) => e.modality,
+            Listed::Clip(e) => e.modality,
         }
     }
     /// Architecture family.
@@ -319,6 +354,7 @@ impl Listed {
         match self {
             Listed::Image(e) => serde_json::to_value(&e.arch).ok().and_then(|v| v["family"].as_str().map(str::to_string)).unwrap_or_default(),
             Listed::Text(e) => e.family.to_string(),
+            Listed::Clip(e) => e.family.to_string(),
         }
     }
     /// Where the weights come from, in one line.
@@ -329,11 +365,12 @@ impl Listed {
                 WeightSource::Hub { repo, revision, .. } => format!("hub:{repo}@{revision}"),
             },
             Listed::Text(e) => format!("assets:{} or hub:{}@{}", e.source.asset, e.source.repo, e.source.revision),
+            Listed::Clip(e) => format!("hub cache:{}@{}", e.repo, e.revision),
         }
     }
 }
 
-/// Every registered model, images first.
+/// Every registered model: images, CLIP, text.
 pub fn list() -> Vec<Listed> {
-    ENTRIES.iter().map(Listed::Image).chain(TEXT_ENTRIES.iter().map(Listed::Text)).collect()
+    ENTRIES.iter().map(Listed::Image).chain(CLIP_ENTRIES.iter().map(Listed::Clip)).chain(TEXT_ENTRIES.iter().map(Listed::Text)).collect()
 }

@@ -6,6 +6,12 @@
 //!
 //! Objective: mean (class-weighted, optionally smoothed) cross-entropy + `l2 / 2 · ‖W‖²`; the
 //! bias is not penalised. scikit-learn's `C` on `n` examples is `1 / (l2 · n)`.
+//!
+//! With an initial head (a CLIP zero-shot classifier, [`super::HeadInit::ZeroShot`]) the
+//! penalty is `l2 / 2 · ‖θ − θ₀‖²` over weight and bias in the standardised space, every fit
+//! starts at `θ₀`, and the strengths run from nearly `θ₀` itself to nearly unconstrained
+//! ([`ANCHORED_GRID`]): a few labelled examples move the zero-shot head only as far as
+//! held-out examples say they should.
 
 use tch::{Kind, Tensor};
 
@@ -15,6 +21,11 @@ use crate::error::Result;
 
 /// Candidate L2 strengths.
 pub const L2_GRID: [f64; 8] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
+/// Candidate strengths of the pull toward an initial head, strongest first.
+pub const ANCHORED_GRID: [f64; 7] = [1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4];
+/// The pull toward an initial head when nothing is held out to choose it (one example per
+/// class): strong enough that a single example cannot undo the zero-shot head.
+pub const ANCHORED_DEFAULT: f64 = 1.0;
 const MAX_ITER: usize = 500;
 /// Converged when no gradient entry exceeds this (the objective is a mean over examples; the
 /// features standardised), scikit-learn's `tol` in the same units.
@@ -70,6 +81,8 @@ pub(super) struct Objective {
     q_rows: Tensor,
     d: i64,
     k: i64,
+    /// The penalty's centre over weight and bias (standardised space); `None`: zero weight.
+    anchor: Option<Tensor>,
 }
 
 impl Objective {
@@ -80,7 +93,7 @@ impl Objective {
         let onehot = Tensor::zeros([y.size()[0], k], opts).scatter_value(1, &y.unsqueeze(1), 1.0);
         let q = (onehot * wy.unsqueeze(1) * (1.0 - smoothing) + w.unsqueeze(0) * (smoothing / k as f64)) / wy.sum(Kind::Double);
         let q_rows = q.sum_dim_intlist(&[1i64][..], true, Kind::Double);
-        Objective { z: z.shallow_clone(), q, q_rows, d: z.size()[1], k }
+        Objective { z: z.shallow_clone(), q, q_rows, d: z.size()[1], k, anchor: None }
     }
 
     /// Value and gradient at `theta` (`[W.flatten(), b]`) with L2 strength `l2`.
@@ -88,11 +101,18 @@ impl Objective {
         let (d, k) = (self.d, self.k);
         let w = theta.narrow(0, 0, d * k).view([k, d]);
         let logp = logits_of(theta, &self.z, d, k).log_softmax(-1, Kind::Double);
+        let g = logp.exp() * &self.q_rows - &self.q;
+        let gb = g.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        if let Some(a) = &self.anchor {
+            let delta = theta - a;
+            let penalty = delta.square().sum(Kind::Double) * (l2 / 2.0);
+            let value = (penalty - (&self.q * &logp).sum(Kind::Double)).f_double_value(&[])?;
+            let grad = Tensor::cat(&[g.tr().matmul(&self.z).flatten(0, -1), gb], 0) + delta * l2;
+            return Ok((value, grad));
+        }
         let penalty = w.square().sum(Kind::Double) * (l2 / 2.0);
         let value = (penalty - (&self.q * &logp).sum(Kind::Double)).f_double_value(&[])?;
-        let g = logp.exp() * &self.q_rows - &self.q;
         let gw = g.tr().matmul(&self.z) + w * l2;
-        let gb = g.sum_dim_intlist(&[0i64][..], false, Kind::Double);
         Ok((value, Tensor::cat(&[gw.flatten(0, -1), gb], 0)))
     }
 }
@@ -118,17 +138,22 @@ fn path(cfg: &TrainConfig, x: &Tensor, y: &Tensor, judge: Option<&Tensor>, k: i6
     let d = z.size()[1];
     let counts = super::select::class_counts(&Vec::<i64>::try_from(y)?, k as usize);
     let w = cfg.class_weights.resolve(&counts)?.map(|w| Tensor::from_slice(&w).to_kind(Kind::Double));
-    let mut theta = match start {
-        Some((w0, b0)) => st.standardised(w0, b0, d),
-        None => Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu)),
+    let anchor = cfg.init.as_ref().map(|i| st.standardised(&i.weight.to_kind(Kind::Double), &i.bias.to_kind(Kind::Double), d));
+    let mut theta = match (start, &anchor) {
+        (Some((w0, b0)), _) => st.standardised(w0, b0, d),
+        (None, Some(a)) => a.copy(),
+        (None, None) => Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu)),
     };
+    // The penalised entries: the weight, and with an anchor the bias too.
+    let penalised = if anchor.is_some() { d * k + k } else { d * k };
     let mut points = vec![];
-    let objective = Objective::new(&z, y, w.as_ref(), cfg.label_smoothing, k);
+    let mut objective = Objective::new(&z, y, w.as_ref(), cfg.label_smoothing, k);
+    objective.anchor = anchor;
     let mut memory = lbfgs::Memory::default();
     let mut previous: Option<f64> = None;
     for &l2 in grid {
         if let Some(p) = previous {
-            memory.shift_l2(l2 - p, d * k);
+            memory.shift_l2(l2 - p, penalised);
         }
         previous = Some(l2);
         let (t, iterations) = lbfgs::minimize_with(&|t: &Tensor| objective.value_grad(t, l2), &theta, MAX_ITER, GTOL, &mut memory)?;
@@ -231,7 +256,9 @@ fn candidates(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64
 pub(super) fn fit_logistic(cfg: &TrainConfig, train: Split, val: Split, k: i64, plan: Plan, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Fitted> {
     let grid: Vec<f64> = match cfg.l2 {
         Some(l) => vec![l],
+        None if plan == Plan::None && cfg.init.is_some() => vec![ANCHORED_DEFAULT],
         None if plan == Plan::None => vec![1e-4],
+        None if cfg.init.is_some() => ANCHORED_GRID.to_vec(),
         // Strongest regularisation first, each fit warm-started from the previous one.
         None => L2_GRID.iter().rev().copied().collect(),
     };
