@@ -186,7 +186,9 @@ impl Bundle {
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
             }),
-            EncoderRef::Clip(c) => Err(Error::Bundle { path: dir.join(META), message: format!("a bundle on the CLIP model `{}`, not on a registry backbone", c.model) }),
+            EncoderRef::Clip(c) => {
+                Err(Error::Bundle { path: dir.join(META), message: format!("a bundle on the CLIP model `{}`, not on a registry backbone", c.model) })
+            }
             _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not an image bundle", self.modality.name()) }),
         }
     }

@@ -27,7 +27,7 @@ use crate::preprocess::DecodeOptions;
 use crate::progress::Progress;
 use crate::run::{TrainOutcome, TrainRequest};
 use crate::train::finetune::FinetuneConfig;
-use crate::train::{Head, HeadStart, HeadKind, HeadSpec, InitialHead};
+use crate::train::{Head, HeadKind, HeadSpec, HeadStart, InitialHead};
 use crate::zero_shot::ZeroShot;
 
 /// The directory a CLIP model named on the command line lives in: a registry name (hub cache),
@@ -35,7 +35,10 @@ use crate::zero_shot::ZeroShot;
 pub fn resolve_model(model: &str) -> Result<PathBuf> {
     match registry::find_clip(model) {
         Some(e) => clip::resolve(&format!("{}@{}", e.repo, e.revision)).map_err(|err| {
-            Error::Model(format!("{err}; `{}` is read from the Hugging Face hub cache: download {} there (no package registry has CLIP weights)", e.name, e.repo))
+            Error::Model(format!(
+                "{err}; `{}` is read from the Hugging Face hub cache: download {} there (no package registry has CLIP weights)",
+                e.name, e.repo
+            ))
         }),
         None => clip::resolve(model),
     }
@@ -67,7 +70,7 @@ pub struct ClipEncoder {
     pub clip: Clip,
     /// As named by the user.
     pub model: String,
-    /// The sha256 of the weight file (the feature cache's key).
+    /// The sha256 of the weights (the feature cache's key; of every shard for a sharded model).
     pub weights_sha256: String,
     pub weights_source: String,
     /// Bounds of a normalised pixel: bicubic overshoot is clipped to them, as CLIP's own
@@ -85,7 +88,7 @@ impl ClipEncoder {
         };
         let (clip, _) = Clip::load(&dir, tch::Device::Cpu)?;
         let (_, _, weights) = clip::config::read(&dir)?;
-        let weights_sha256 = crate::weights::file_sha256(&weights)?;
+        let weights_sha256 = crate::weights::Weights::open(&weights)?.sha256()?;
         let (mean, std) = (Tensor::from_slice(&clip.input.mean).view([3, 1, 1]), Tensor::from_slice(&clip.input.std).view([3, 1, 1]));
         let lo = (-&mean / &std).to_kind(Kind::Float);
         let hi = ((-&mean + 1.0) / &std).to_kind(Kind::Float);

@@ -22,7 +22,7 @@ use crate::metrics::{self, Report};
 use crate::models::Encoder;
 use crate::progress::Progress;
 use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
-use crate::train::{fit, Cv, EpochRecord, Head, HeadStart, HeadKind, HeadSpec, InitialHead, Selection, Split, TrainConfig};
+use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, HeadStart, InitialHead, Selection, Split, TrainConfig};
 
 /// A labelled data set as a block opened it.
 pub struct Opened<D> {

@@ -9,6 +9,7 @@ use super::vision::convnext::ConvNextCfg;
 use super::vision::efficientnet::LiteCfg;
 use super::vision::mobilenet::MobileNetV2Cfg;
 use super::vision::resnet::ResNetCfg;
+use super::vision::vgg::{VggCfg, VggLayout};
 use super::vision::vit::ViTCfg;
 use super::vision::Arch;
 
@@ -192,6 +193,14 @@ pub static ENTRIES: &[Entry] = &[
         260,
         Some("9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
     ),
+    vgg("vgg11.tv_in1k", "timm/vgg11.tv_in1k", 11, false),
+    vgg("vgg11_bn.tv_in1k", "timm/vgg11_bn.tv_in1k", 11, true),
+    vgg("vgg13.tv_in1k", "timm/vgg13.tv_in1k", 13, false),
+    vgg("vgg13_bn.tv_in1k", "timm/vgg13_bn.tv_in1k", 13, true),
+    vgg("vgg16.tv_in1k", "timm/vgg16.tv_in1k", 16, false),
+    vgg("vgg16_bn.tv_in1k", "timm/vgg16_bn.tv_in1k", 16, true),
+    vgg("vgg19.tv_in1k", "timm/vgg19.tv_in1k", 19, false),
+    vgg("vgg19_bn.tv_in1k", "timm/vgg19_bn.tv_in1k", 19, true),
     vit("vit_base_patch16_224.google_in21k_ft_in1k", "google/vit-base-patch16-224", 768, 12, 12),
     vit("vit_small_patch16_224.augreg_in21k_ft_in1k", "WinKawaks/vit-small-patch16-224", 384, 12, 6),
     Entry {
@@ -223,6 +232,24 @@ pub static ENTRIES: &[Entry] = &[
         sha256: None,
     },
 ];
+
+/// torchvision's VGG weights as timm re-saved them on the hub (`timm/vgg16.tv_in1k`, …).
+const fn vgg(name: &'static str, repo: &'static str, depth: i64, batch_norm: bool) -> Entry {
+    Entry {
+        name,
+        modality: Modality::Image,
+        arch: Arch::Vgg(VggCfg { depth, batch_norm, widths: [64, 128, 256, 512, 512], hidden: 4096, layout: VggLayout::Timm }),
+        input: imagenet(224, 0.875),
+        source: WeightSource::Hub { repo, revision: "main", file: "model.safetensors" },
+        classifier: &["head.fc.weight", "head.fc.bias"],
+        num_classes: 1000,
+        first_conv: "features.0.weight",
+        strip_prefixes: &[],
+        unused: &[],
+        license: "bsd-3-clause",
+        sha256: None,
+    }
+}
 
 const fn vit(name: &'static str, repo: &'static str, d: i64, layers: i64, heads: i64) -> Entry {
     Entry {

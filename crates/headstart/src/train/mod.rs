@@ -199,11 +199,7 @@ impl InitialHead {
     /// Checks the shapes against `d` features and `k` classes.
     pub fn check(&self, d: i64, k: i64) -> Result<()> {
         if self.weight.size() != [k, d] || self.bias.size() != [k] {
-            return Err(Error::Model(format!(
-                "the initial head is {:?} + {:?}, the features need [{k}, {d}] + [{k}]",
-                self.weight.size(),
-                self.bias.size()
-            )));
+            return Err(Error::Model(format!("the initial head is {:?} + {:?}, the features need [{k}, {d}] + [{k}]", self.weight.size(), self.bias.size())));
         }
         Ok(())
     }
