@@ -106,3 +106,24 @@ fn strong_pull_keeps_the_zero_shot_head() {
     let far = fitted(1e-4);
     assert!((&far - &init.weight).abs().max().double_value(&[]) > 10.0 * gap.max(1e-6));
 }
+
+/// CLIP models are recognised by name, directory or hub id, nothing loaded; others are not.
+#[test]
+fn clip_models_are_recognised() {
+    use headstart::blocks::clip::{is_clip_model, prompt_name};
+    use headstart::models::registry::find_clip;
+    for name in ["clip-vit-b-32", "ViT-B/32", "vit-b-32", "openai/clip-vit-base-patch32"] {
+        assert_eq!(find_clip(name).map(|e| e.repo), Some("openai/clip-vit-base-patch32"), "{name}");
+    }
+    assert_eq!(find_clip("RN50").map(|e| e.name), Some("clip-rn50"));
+    assert!(find_clip("ViT-B/8").is_none());
+    assert!(is_clip_model("ViT-L/14"));
+    assert!(is_clip_model(&shapes("model").display().to_string()));
+    let open_clip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/clip/clip_openclip_vit");
+    assert!(is_clip_model(&open_clip.display().to_string()));
+    assert!(!is_clip_model(&shapes("pool").display().to_string()));
+    assert!(!is_clip_model("mobilenet_v2"));
+    let bert = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text/bert_tiny");
+    assert!(!is_clip_model(&bert.display().to_string()));
+    assert_eq!(prompt_name("golden_retriever"), "golden retriever");
+}
