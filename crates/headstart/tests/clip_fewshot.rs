@@ -127,3 +127,21 @@ fn clip_models_are_recognised() {
     assert!(!is_clip_model(&bert.display().to_string()));
     assert_eq!(prompt_name("golden_retriever"), "golden retriever");
 }
+
+/// The features a head trains on are the zero-shot path's image embeddings: the pipeline's
+/// decode, CLIP preprocessing and clipping, normalised, equal `Clip::load_image` +
+/// `encode_image` on the same files.
+#[test]
+fn pipeline_features_are_the_normalised_image_embeddings() {
+    use headstart::blocks::clip::ClipBlock;
+    use headstart::learn::task::Block;
+    let enc = ClipEncoder::load(&shapes("model").display().to_string(), None).unwrap();
+    let files: Vec<PathBuf> = ["red_circle/00.png", "blue_cross/03.png", "yellow_triangle/07.png"].iter().map(|f| shapes("test").join(f)).collect();
+    let f = ClipBlock::reading(DecodeOptions::default(), None).featurise(&enc, &files, &Silent).unwrap();
+    assert_eq!(f.ok, [0, 1, 2]);
+    let images: Vec<Tensor> = files.iter().map(|p| enc.clip.load_image(p).unwrap()).collect();
+    let e = tch::no_grad(|| enc.clip.encode_image(&Tensor::stack(&images, 0)).unwrap());
+    let want = &e / e.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+    let d = (&f.features - &want).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "pipeline features differ from the zero-shot path's by {d}");
+}
