@@ -39,6 +39,10 @@ fn train_eval_predict_and_zero_shot_eval() {
     let e = ok(&headstart(&["eval", &bundle, "--data", &shapes("test"), "--cache-dir", cache, "--json"]));
     assert_eq!(e["n"], 192);
     let trained = e["accuracy"].as_f64().unwrap();
+    let html = tmp.path().join("eval.html");
+    let r = ok(&headstart(&["eval", &bundle, "--data", &shapes("test"), "--cache-dir", cache, "--json", "--report", html.to_str().unwrap()]));
+    assert_eq!(r["accuracy"], e["accuracy"]);
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
 
     // Zero-shot: the same report, class names from the folders.
     let z = ok(&headstart(&["eval", "--zero-shot", "--model", &model, "--data", &shapes("test"), "--cache-dir", cache, "--json"]));
