@@ -581,6 +581,12 @@ impl TrainArgs {
         if !self.refit && !self.no_refit {
             self.no_refit = f.refit == Some(false);
         }
+        if self.head_init.is_none() {
+            self.head_init = config_choice("head_init", f.head_init.as_deref())?;
+        }
+        if self.prompts.templates.is_empty() {
+            self.prompts.templates = f.templates.unwrap_or_default();
+        }
         take!(chunk_overlap, f.chunk_overlap);
         take!(max_chunks, f.max_chunks);
         take!(chunk_batch, f.chunk_batch);

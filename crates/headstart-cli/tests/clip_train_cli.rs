@@ -73,3 +73,26 @@ fn zero_shot_start_needs_a_clip_model_and_templates_need_it() {
     let o = headstart(&["eval", "--zero-shot", "--data", &shapes("test")]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `head_init` and `templates` in a `--config` file, as the flags.
+#[test]
+fn config_file_sets_the_zero_shot_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    let toml = format!(
+        "model = {:?}\ndata = {:?}\noutput_dir = {:?}\nhead_init = \"zero-shot\"\ntemplates = [\"a photo of a {{}}.\", \"a {{}} shape.\"]\n",
+        shapes("model"),
+        shapes("pool"),
+        run.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap(), "--no-cache", "--json"]);
+    ok(&o);
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains("zero_shot") && config.contains("a {} shape."), "{config}");
+    std::fs::write(&cfg, "head_init = \"sometimes\"\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("head_init"), "{}", String::from_utf8_lossy(&o.stderr));
+}
