@@ -37,9 +37,19 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a bundle on labelled data (as `train --data` takes it).
     Eval {
-        bundle: PathBuf,
+        #[arg(required_unless_present = "zero_shot")]
+        bundle: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
+        /// Evaluate a CLIP model's zero-shot classifier instead of a bundle: the class names are
+        /// the data's class folders (underscores read as spaces), put into the templates.
+        #[arg(long, requires = "model", conflicts_with = "bundle")]
+        zero_shot: bool,
+        /// With --zero-shot: the CLIP model (directory, registry name or hub id in the hub cache).
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        prompts: TemplateArgs,
         /// Text bundles: replace invalid UTF-8 instead of failing.
         #[arg(long)]
         lossy: bool,
@@ -233,6 +243,41 @@ impl Common {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HeadInitArg {
+    Default,
+    ZeroShot,
+}
+
+/// Prompt templates of a CLIP model's zero-shot classifier.
+#[derive(clap::Args, Default)]
+struct TemplateArgs {
+    /// Prompt template with `{}` for the class name; repeat to ensemble (default "a photo of a {}.").
+    #[arg(long = "template")]
+    templates: Vec<String>,
+    /// A file of templates, one per line (`#` comments).
+    #[arg(long)]
+    templates_file: Option<PathBuf>,
+}
+
+impl TemplateArgs {
+    /// The templates given (empty: the default), each checked.
+    fn read(&self) -> Result<Vec<String>> {
+        use headstart::zero_shot as zs;
+        let mut templates = self.templates.clone();
+        for t in &templates {
+            zs::check_template(t).map_err(|m| anyhow::anyhow!("--template: {m}"))?;
+        }
+        if let Some(f) = &self.templates_file {
+            templates.extend(zs::read_templates(f)?);
+        }
+        Ok(templates)
+    }
+    fn given(&self) -> bool {
+        !self.templates.is_empty() || self.templates_file.is_some()
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum HeadArg {
     Logistic,
@@ -409,6 +454,13 @@ struct TrainArgs {
     /// examples of some class, else the split), `off` (the split), or a number of folds K.
     #[arg(long, value_name = "K|auto|off")]
     cv: Option<String>,
+    /// CLIP models: where the linear or logistic head starts: `default` (zeros) or `zero-shot`
+    /// (the class names' text embeddings times the logit scale; the logistic head's L2 penalty
+    /// then pulls toward it).
+    #[arg(long, value_enum)]
+    head_init: Option<HeadInitArg>,
+    #[command(flatten)]
+    prompts: TemplateArgs,
     /// Override the model's input size (crop side), warned about.
     #[arg(long)]
     input_size: Option<i64>,
@@ -528,6 +580,12 @@ impl TrainArgs {
         }
         if !self.refit && !self.no_refit {
             self.no_refit = f.refit == Some(false);
+        }
+        if self.head_init.is_none() {
+            self.head_init = config_choice("head_init", f.head_init.as_deref())?;
+        }
+        if self.prompts.templates.is_empty() {
+            self.prompts.templates = f.templates.unwrap_or_default();
         }
         take!(chunk_overlap, f.chunk_overlap);
         take!(max_chunks, f.max_chunks);
@@ -690,6 +748,12 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             None => d.cv,
             Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--cv {e}"))?,
         },
+        head_init: match a.head_init {
+            Some(HeadInitArg::ZeroShot) => headstart::train::HeadStart::ZeroShot { templates: a.prompts.read()? },
+            _ if a.prompts.given() => bail!("--template and --templates-file shape the zero-shot head: give --head-init zero-shot"),
+            _ => headstart::train::HeadStart::Default,
+        },
+        init: None,
     })
 }
 
@@ -1025,7 +1089,11 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
                 train: train_config(a)?,
                 allow_truncated: a.common.allow_truncated,
             };
-            run::train_image(&req, p)?
+            if headstart::blocks::clip::is_clip_model(&req.model) {
+                headstart::blocks::clip::train_clip(&req, p)?
+            } else {
+                run::train_image(&req, p)?
+            }
         }
     };
     Ok((detected.modality, o))
@@ -1091,7 +1159,21 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => train(a, out),
-        Command::Eval { bundle, data, lossy, weights, json, report: html, columns, common } => {
+        Command::Eval { bundle, data, zero_shot, model, prompts, lossy, weights, json, report: html, columns, common } => {
+            if zero_shot || prompts.given() {
+                let (Some(model), true) = (model, zero_shot) else { bail!("--template and --templates-file apply to --zero-shot") };
+                columns.refuse_for_images()?;
+                if html.is_some() {
+                    bail!("--report is not available with --zero-shot yet");
+                }
+                let encoder = headstart::blocks::clip::ClipEncoder::load(&model, weights.as_deref())?;
+                let decode = headstart::preprocess::DecodeOptions { allow_truncated: common.allow_truncated, ..Default::default() };
+                let (report, skipped) =
+                    headstart::blocks::clip::evaluate_zero_shot(&encoder, &data, &prompts.read()?, decode, common.cache().as_deref(), &common.progress())?;
+                write_skipped(&skipped);
+                return write_report(out, &report, json);
+            }
+            let bundle = bundle.context("a BUNDLE to evaluate, or --zero-shot --model CLIP")?;
             let (report, skipped) = if let Some(file) = &html {
                 let (p, cache) = (common.progress(), common.cache());
                 report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
@@ -1099,6 +1181,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
                 p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
+            } else if headstart::blocks::clip::is_clip_bundle(&bundle)? {
+                columns.refuse_for_images()?;
+                let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
+                p.decode.allow_truncated = common.allow_truncated;
+                p.evaluate(&data, common.cache().as_deref(), &common.progress())?
             } else {
                 columns.refuse_for_images()?;
                 let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
@@ -1155,6 +1242,19 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             write_skipped(&inputs.skipped);
             let top = p.predict(&inputs.texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
             write_predictions(out, inputs.origins.iter().cloned().zip(top), &inputs.skipped, json, "input")
+        }
+        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } if headstart::blocks::clip::is_clip_bundle(&bundle)? => {
+            columns.refuse_for_images()?;
+            let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
+            p.decode.allow_truncated = common.allow_truncated;
+            let (probs, ok, skipped) = p.probabilities(&files, common.cache().as_deref(), &common.progress())?;
+            let tops = headstart::learn::task::top_k(&probs, &p.labels, top_k)?;
+            write_skipped(&skipped);
+            write_predictions(out, ok.iter().map(|&i| files[i].display().to_string()).zip(tops), &skipped, json, "file")?;
+            if ok.is_empty() {
+                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
+            }
+            Ok(())
         }
         Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
             columns.refuse_for_images()?;
@@ -1278,7 +1378,7 @@ fn write_models(out: &mut impl Write, json: bool) -> Result<()> {
     for e in &all {
         let (size, crop) = match e {
             registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
-            registry::Listed::Text(_) => ("-".into(), "-".into()),
+            registry::Listed::Text(_) | registry::Listed::Clip(_) => ("-".into(), "-".into()),
         };
         writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;
     }

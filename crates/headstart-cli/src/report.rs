@@ -54,6 +54,17 @@ pub fn eval_with_report(
             let probs = p.probabilities(&ds.texts, ds.pairs.as_deref(), cache, progress)?;
             let previews = ds.texts.iter().map(|t| Some(t.clone())).collect();
             (p.meta.labels.clone(), ds.labels.clone(), probs, ds.origins.clone(), previews, ds.skipped)
+        } else if headstart::blocks::clip::is_clip_bundle(bundle)? {
+            let mut p = headstart::blocks::clip::ClipPredictor::load(bundle, weights)?;
+            p.decode.allow_truncated = allow_truncated;
+            let ds = headstart::data::Dataset::open(data, Some(&p.labels))?;
+            let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
+            let (probs, ok, mut skipped) = p.probabilities(&paths, cache, progress)?;
+            skipped.extend(ds.skipped);
+            let truth = ok.iter().map(|&i| ds.items[i].label).collect();
+            let origins = ok.iter().map(|&i| paths[i].display().to_string()).collect();
+            let previews = ok.iter().map(|_| None).collect();
+            (p.labels.clone(), truth, probs, origins, previews, skipped)
         } else {
             let mut p = headstart::run::Predictor::load(bundle, weights)?;
             p.decode.allow_truncated = allow_truncated;

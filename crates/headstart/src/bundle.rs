@@ -73,6 +73,21 @@ pub enum EncoderRef {
     Vision(VisionRef),
     /// A transformer text encoder (BERT family, GPT-2) from a model directory or the hub.
     Text(TextEncoderRef),
+    /// The image tower of a CLIP model (its normalised image embeddings), images in.
+    Clip(ClipRef),
+}
+
+/// A CLIP model whose image tower featurises a bundle's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipRef {
+    /// As given to `train` (directory, registry name or hub id).
+    pub model: String,
+    /// The sha256 of the model's weight file.
+    pub weights_sha256: String,
+    /// Where the weights were read from.
+    pub weights_source: String,
+    pub config: crate::models::clip::ClipCfg,
+    pub input: ImageInput,
 }
 
 /// An image backbone: registry name, weights, architecture and preprocessing.
@@ -171,6 +186,9 @@ impl Bundle {
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
             }),
+            EncoderRef::Clip(c) => {
+                Err(Error::Bundle { path: dir.join(META), message: format!("a bundle on the CLIP model `{}`, not on a registry backbone", c.model) })
+            }
             _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not an image bundle", self.modality.name()) }),
         }
     }
@@ -341,7 +359,7 @@ pub fn read_meta(dir: &Path) -> Result<Bundle> {
         None => return Err(bad("no format_version".into())),
     };
     let modality_of_encoder = match meta.encoder {
-        EncoderRef::Vision(_) => Modality::Image,
+        EncoderRef::Vision(_) | EncoderRef::Clip(_) => Modality::Image,
         EncoderRef::Text(_) => Modality::Text,
     };
     if meta.modality != modality_of_encoder {

@@ -173,7 +173,24 @@ pub fn extract(
     opts: &DecodeOptions,
     progress: &dyn Progress,
 ) -> Result<Extracted> {
-    let dim = model.backbone.num_features() as usize;
+    let b = &model.backbone;
+    let forward = |x: &Tensor| b.pool(&b.forward_features(x, Mode::Eval));
+    extract_with(&forward, b.num_features() as usize, input, paths, cache, batch_size, opts, progress)
+}
+
+/// [`extract`] with any featuriser: `forward` maps prepared images `[B, 3, S, S]` to `[B, dim]`
+/// (it runs without autograd, on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn extract_with(
+    forward: &dyn Fn(&Tensor) -> Tensor,
+    dim: usize,
+    input: &ImageInput,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch_size: usize,
+    opts: &DecodeOptions,
+    progress: &dyn Progress,
+) -> Result<Extracted> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
     let next = AtomicUsize::new(0);
     let budget = Budget::new(DECODE_BUDGET);
@@ -204,7 +221,7 @@ pub fn extract(
             }
             let xs: Vec<Tensor> = pending.iter().map(|(_, t, _)| t.shallow_clone()).collect();
             let x = Tensor::f_stack(&xs, 0)?;
-            let f = tch::no_grad(|| model.backbone.pool(&model.backbone.forward_features(&x, Mode::Eval))).to_kind(Kind::Float);
+            let f = tch::no_grad(|| forward(&x)).to_kind(Kind::Float);
             BACKBONE_IMAGES.fetch_add(pending.len(), Ordering::SeqCst);
             let flat: Vec<f32> = Vec::try_from(f.flatten(0, -1))?;
             for (k, (i, _, hash)) in pending.drain(..).enumerate() {

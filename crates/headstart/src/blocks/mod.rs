@@ -2,5 +2,6 @@
 //! the feature cache) and turned into fine-tuning inputs, and its learner. The run itself
 //! ([`crate::learn::task`]) is shared.
 
+pub mod clip;
 pub mod image;
 pub mod text;

@@ -32,6 +32,9 @@ pub fn detect(data: &Path, hints: &Hints) -> Detected {
         if registry::find(m).is_some() {
             return found(Modality::Image, format!("`{m}` is an image model of the registry"));
         }
+        if crate::blocks::clip::is_clip_model(m) {
+            return found(Modality::Image, format!("`{m}` is a CLIP model (its image tower featurises the images)"));
+        }
         if is_text_model(m) {
             return found(Modality::Text, format!("`{m}` is a text model"));
         }

@@ -22,7 +22,7 @@ use crate::metrics::{self, Report};
 use crate::models::Encoder;
 use crate::progress::Progress;
 use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
-use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
+use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, HeadStart, InitialHead, Selection, Split, TrainConfig};
 
 /// A labelled data set as a block opened it.
 pub struct Opened<D> {
@@ -132,6 +132,14 @@ pub trait TrainBlock: Block {
     fn load(&self, classes: &[String], data: &Self::Data, warnings: &mut Vec<String>) -> Result<Self::Model>;
     /// The bundle's metadata (no tuned stages yet).
     fn bundle_meta(&self, model: &Self::Model, labels: Vec<String>, head: HeadSpec) -> Result<Bundle>;
+    /// Where the head on features starts, per the request's `head_init`: encoders without a
+    /// zero-shot classifier refuse anything but the default.
+    fn initial_head(&self, _model: &Self::Model, _classes: &[String]) -> Result<Option<InitialHead>> {
+        match self.spec().train.head_init {
+            HeadStart::Default => Ok(None),
+            HeadStart::ZeroShot { .. } => Err(Error::Usage("setting `head_init` zero-shot needs a CLIP model (its text tower names the classes)".into())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,6 +272,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         tch::manual_seed(ft.seed as i64);
     }
     let model = block.load(&g.classes, &g.data, &mut warnings)?;
+    let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, ..spec.train.clone() };
     block.write_config()?;
     let resuming = resume && latest_checkpoint(spec.out).is_some();
     let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
@@ -287,7 +296,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     let fitted = match spec.finetune {
         None => {
             let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
-            let h = fit_head(spec.train, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            let h = fit_head(&head_cfg, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
             // Held out: the validation rows, or (cross-validation) every row, train rows first.
             let held_out = h.judged.map(|l| {
                 let rows = if l.size()[0] as usize == rows.va.len() { rows.va.clone() } else { [&rows.tr[..], &rows.va[..]].concat() };
