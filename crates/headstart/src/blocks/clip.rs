@@ -206,6 +206,10 @@ impl<'a> Block for ClipBlock<'a> {
     fn learner<'l>(&'l self, _: &'l ClipEncoder, _: &'l Vec<Tensor>, _: &[i64], _: i64, _: &'l FinetuneConfig, _: &dyn Progress) -> Result<ImageLearner<'l>> {
         Err(no_finetuning())
     }
+
+    fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
+        (crate::blocks::image::describe_path(&data[i]), None)
+    }
 }
 
 fn no_finetuning() -> Error {
