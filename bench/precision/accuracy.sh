@@ -4,7 +4,8 @@
 # text set (UCI Sentiment Labelled Sentences). Each head is evaluated on its own precision's
 # test features (the bundle records the precision; `eval` uses it).
 # Needs: scripts/fetch-assets mobilenet_v2 fashion_mnist test_photos all_minilm_l6_v2 sentiment;
-# .venv-ref (Pillow). Writes bench/precision/out/accuracy.json.
+# .venv-ref (Pillow). Writes bench/precision/out/accuracy.json. SETS picks the sets; NO_BUILD=1 and
+# HEADSTART_BIN=PATH run another build of the binary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -18,7 +19,7 @@ export OMP_NUM_THREADS=${THREADS:-2}
 [[ -d $out/data/photos/train ]] || "$root/.venv-ref/bin/python" "$here/make_patches.py" "$assets" "$out/data/photos"
 [[ -f $out/data/sentiment/train.csv ]] || python3 "$root/bench/text/prepare.py" "$assets/sentiment/test/fixtures" "$out/data/sentiment" > /dev/null
 [[ -n ${NO_BUILD:-} ]] || cargo build -q --release -p headstart-cli
-hs=$root/target/release/headstart
+hs=${HEADSTART_BIN:-$root/target/release/headstart}
 rm -rf "$out/acc-cache" "$out"/acc-run-*
 for set in ${SETS:-fashion photos sentiment}; do
   case $set in

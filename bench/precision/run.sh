@@ -28,7 +28,7 @@ if [[ -z ${NO_BUILD:-} ]]; then
   cargo build -q --release -p headstart --example extract_throughput --example text_bench
 fi
 py=$root/.venv-ref/bin/python
-hs=$root/target/release/headstart
+hs=${HEADSTART_BIN:-$root/target/release/headstart}
 ex=$root/target/release/examples
 res=$out/results.jsonl
 : > "$res"
