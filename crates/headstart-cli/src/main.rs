@@ -1186,7 +1186,9 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
             write_lr_find(out, &r, json)
         }
-        Command::Predict { bundle, files, text, lossy, top_k, weights, precision: asked, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {
+        Command::Predict { bundle, files, text, lossy, top_k, weights, precision: asked, json, columns, common }
+            if headstart::bundle::modality(&bundle)? == "text" =>
+        {
             let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
             warn_precision(asked.and_then(|a| p.use_precision(a.value())));
             let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();

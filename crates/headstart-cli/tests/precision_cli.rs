@@ -19,7 +19,8 @@ fn ok(o: &Output) -> (Value, String) {
 }
 
 fn train(data: &Path, out: &Path, precision: &str) -> Value {
-    let args = ["train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-cache", "--progress", "none", "--json", "--precision", precision];
+    let args =
+        ["train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-cache", "--progress", "none", "--json", "--precision", precision];
     ok(&headstart(&args)).0
 }
 
@@ -38,7 +39,8 @@ fn bundles_run_at_their_precision_and_another_is_warned_about() {
     assert_eq!(train(&data, &tmp.path().join("auto"), "auto")["precision"], "fp32");
 
     let bundle = tmp.path().join("bf16/bundle");
-    let files: Vec<String> = ["Bag", "Trouser"].iter().map(|c| std::fs::read_dir(data.join(c)).unwrap().next().unwrap().unwrap().path().display().to_string()).collect();
+    let files: Vec<String> =
+        ["Bag", "Trouser"].iter().map(|c| std::fs::read_dir(data.join(c)).unwrap().next().unwrap().unwrap().path().display().to_string()).collect();
     let predict = |extra: &[&str]| {
         let mut args = vec!["predict", bundle.to_str().unwrap(), "--json", "--no-cache"];
         args.extend(extra);

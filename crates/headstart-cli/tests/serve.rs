@@ -451,7 +451,8 @@ fn non_loopback_bind_without_key_warns_and_sigint_stops() {
 fn precision_is_each_bundles_own_unless_asked_and_another_is_warned_about() {
     let b = bundles();
     let (img, txt) = (format!("img={}", b.image.display()), format!("txt={}", b.text.display()));
-    let precisions = |s: &Server| -> Vec<Value> { parse(&get(&s.url("/v1/models"), None).1)["models"].as_array().unwrap().iter().map(|m| m["precision"].clone()).collect() };
+    let precisions =
+        |s: &Server| -> Vec<Value> { parse(&get(&s.url("/v1/models"), None).1)["models"].as_array().unwrap().iter().map(|m| m["precision"].clone()).collect() };
     let s = Server::start(&[&img, &txt, "--addr", "127.0.0.1:0"], &[]);
     assert_eq!(precisions(&s), vec![json!("fp32"), json!("fp32")]);
     assert!(!s.log.lock().unwrap().contains("warning"), "{}", s.log.lock().unwrap());

@@ -156,10 +156,8 @@ fn auto_resolves_once_and_the_run_records_the_concrete_precision() {
     let toml = std::fs::read_to_string(o.bundle.join("bundle.toml")).unwrap();
     assert!(toml.contains(&format!("precision = \"{want}\"")), "{toml}");
     // The feature cache holds one key, naming the concrete precision.
-    let keys: Vec<String> = std::fs::read_dir(cache.join("features"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path().join("key.json")).unwrap())
-        .collect();
+    let keys: Vec<String> =
+        std::fs::read_dir(cache.join("features")).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path().join("key.json")).unwrap()).collect();
     assert_eq!(keys.len(), 1);
     assert!(keys[0].contains(&format!("\"precision\":\"{want}\"")), "{}", keys[0]);
     // Where the time went: the backbone within extraction, the parts within the whole.
