@@ -55,6 +55,9 @@ enum Command {
         lossy: bool,
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Encoder precision (default: the one the head was trained on; another is warned about).
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
         #[arg(long)]
         json: bool,
         /// Also write an HTML report (confusion matrix, per-class table, misclassified examples).
@@ -117,6 +120,9 @@ enum Command {
         top_k: usize,
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Encoder precision (default: the one the head was trained on; another is warned about).
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -310,9 +316,20 @@ enum ScheduleArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum PrecisionArg {
+pub(crate) enum PrecisionArg {
+    Auto,
     Fp32,
     Bf16,
+}
+
+impl PrecisionArg {
+    pub(crate) fn value(self) -> headstart::engine::Precision {
+        match self {
+            PrecisionArg::Auto => headstart::engine::Precision::Auto,
+            PrecisionArg::Fp32 => headstart::engine::Precision::Fp32,
+            PrecisionArg::Bf16 => headstart::engine::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -379,7 +396,10 @@ struct TrainArgs {
     /// Also checkpoint every this many optimiser steps (always after every epoch).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Fine-tuning forward passes in fp32 or with bf16 autocast (CPU).
+    /// Encoder precision: auto, fp32 or bf16 (CPU autocast); convolutional networks run
+    /// channels-last. Feature extraction defaults to auto, which picks bf16 only for the
+    /// networks where measured accuracy allowed it, on hardware with native bf16 (today none:
+    /// it runs fp32). Fine-tuning defaults to fp32.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Fine-tuning: stop after this many epochs without improvement.
@@ -822,10 +842,21 @@ fn write_selection(out: &mut impl Write, s: &headstart::train::Selection, unit: 
     Ok(())
 }
 
+/// Fine-tuning precision: fp32 unless asked; `auto` resolves as for a network that is not
+/// convolutional.
 fn precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
-    match p {
-        Some(PrecisionArg::Bf16) => headstart::engine::Precision::Bf16,
-        _ => headstart::engine::Precision::Fp32,
+    p.map_or(headstart::engine::Precision::Fp32, PrecisionArg::value).resolve(headstart::precision::Family::Other)
+}
+
+/// Feature-extraction precision: the one asked for, else the library's default (`auto`).
+fn extract_precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
+    p.map_or(headstart::precision::DEFAULT_EXTRACT_PRECISION, PrecisionArg::value)
+}
+
+/// Prints a predictor's warning about running at another precision than its head's.
+fn warn_precision(warning: Option<String>) {
+    if let Some(w) = warning {
+        eprintln!("warning: {}", flags(&w));
     }
 }
 
@@ -1067,7 +1098,7 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
                 out,
                 cache,
                 eval_batch_size: eval_batch,
-                precision: if finetuning { headstart::engine::Precision::Fp32 } else { precision(a.precision) },
+                precision: if finetuning { headstart::engine::Precision::Fp32 } else { extract_precision(a.precision) },
                 finetune: if finetuning { Some(finetune_config(a, headstart::text::text_finetune_defaults())?) } else { None },
                 train: train_config(a)?,
             };
@@ -1088,6 +1119,7 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
                 finetune: if finetuning { Some(finetune_config(a, FinetuneConfig::default())?) } else { None },
                 train: train_config(a)?,
                 allow_truncated: a.common.allow_truncated,
+                precision: if finetuning { precision(a.precision) } else { extract_precision(a.precision) },
             };
             if headstart::blocks::clip::is_clip_model(&req.model) {
                 headstart::blocks::clip::train_clip(&req, p)?
@@ -1123,6 +1155,9 @@ fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry
     writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
     writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
     writeln!(out, "backbone    {} {unit} run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
+    if let Some(p) = o.precision {
+        writeln!(out, "precision   {p}")?;
+    }
     let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
     writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
     if !o.tuned_stages.is_empty() {
@@ -1159,7 +1194,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => train(a, out),
-        Command::Eval { bundle, data, zero_shot, model, prompts, lossy, weights, json, report: html, columns, common } => {
+        Command::Eval { bundle, data, zero_shot, model, prompts, lossy, weights, precision: asked, json, report: html, columns, common } => {
+            let asked = asked.map(PrecisionArg::value);
             if zero_shot || prompts.given() {
                 let (Some(model), true) = (model, zero_shot) else { bail!("--template and --templates-file apply to --zero-shot") };
                 columns.refuse_for_images()?;
@@ -1176,9 +1212,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             let bundle = bundle.context("a BUNDLE to evaluate, or --zero-shot --model CLIP")?;
             let (report, skipped) = if let Some(file) = &html {
                 let (p, cache) = (common.progress(), common.cache());
-                report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
+                let how = report::EvalOptions { lossy, weights: weights.as_deref(), allow_truncated: common.allow_truncated, precision: asked };
+                report::eval_with_report(&bundle, &data, &how, cache.as_deref(), &p, file)?
             } else if headstart::bundle::modality(&bundle)? == "text" {
-                let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+                let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+                warn_precision(asked.and_then(|a| p.use_precision(a)));
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
                 p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
             } else if headstart::blocks::clip::is_clip_bundle(&bundle)? {
@@ -1190,6 +1228,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 columns.refuse_for_images()?;
                 let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
                 p.decode.allow_truncated = common.allow_truncated;
+                warn_precision(asked.and_then(|a| p.use_precision(a)));
                 run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
             };
             write_skipped(&skipped);
@@ -1234,8 +1273,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
             write_lr_find(out, &r, json)
         }
-        Command::Predict { bundle, files, text, lossy, top_k, weights, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {
-            let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+        Command::Predict { bundle, files, text, lossy, top_k, weights, precision: asked, json, columns, common }
+            if headstart::bundle::modality(&bundle)? == "text" =>
+        {
+            let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
             let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();
             let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
             let inputs = headstart::blocks::text::predict_inputs(&given, &files, &cols, lossy)?;
@@ -1256,10 +1298,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
+        Command::Predict { bundle, files, top_k, weights, precision: asked, json, columns, common, .. } => {
             columns.refuse_for_images()?;
             let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
             p.decode.allow_truncated = common.allow_truncated;
+            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
             write_skipped(&skipped);
             let n = preds.len();

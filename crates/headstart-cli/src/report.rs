@@ -11,7 +11,11 @@ use tch::Tensor;
 /// Records the outcome and timings next to the run's other files, then writes `report.html`.
 pub fn after_train<T: serde::Serialize>(run_dir: &Path, outcome: &T, elapsed: Duration) -> Result<PathBuf> {
     let mut v = serde_json::to_value(outcome)?;
-    v["timings"] = serde_json::json!({ "train_seconds": elapsed.as_secs_f64() });
+    // The run's own breakdown (if any) keeps its parts; the process's wall time joins them.
+    if !v["timings"].is_object() {
+        v["timings"] = serde_json::json!({});
+    }
+    v["timings"]["train_seconds"] = serde_json::json!(elapsed.as_secs_f64());
     report::remove_stale_temps(run_dir);
     let path = run_dir.join("outcome.json");
     headstart::fsx::atomic_write(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
@@ -33,23 +37,33 @@ fn ranked(probs: &Tensor) -> Result<Vec<Vec<usize>>> {
     Ok(flat.chunks(k as usize).map(|r| r.iter().map(|&i| i as usize).collect()).collect())
 }
 
+/// How `eval` reads and runs a bundle.
+pub struct EvalOptions<'a> {
+    /// Text: replace invalid UTF-8.
+    pub lossy: bool,
+    pub weights: Option<&'a Path>,
+    pub allow_truncated: bool,
+    /// Another encoder precision than the bundle's (warned about).
+    pub precision: Option<headstart::engine::Precision>,
+}
+
 /// Evaluates a bundle on labelled data (as `eval` does) and writes the HTML report to `file`,
 /// with the misclassified examples of the most-confused pairs.
 pub fn eval_with_report(
     bundle: &Path,
     data: &Path,
-    lossy: bool,
-    weights: Option<&Path>,
-    allow_truncated: bool,
+    how: &EvalOptions,
     cache: Option<&Path>,
     progress: &dyn headstart::progress::Progress,
     file: &Path,
 ) -> Result<(Report, Vec<headstart::data::Skip>)> {
+    let EvalOptions { lossy, weights, allow_truncated, precision } = *how;
     let t = std::time::Instant::now();
     let (labels, truth, probs, origins, previews, skipped): (Vec<String>, Vec<usize>, Tensor, Vec<String>, Vec<Option<String>>, _) =
         if headstart::bundle::modality(bundle)? == "text" {
             let model = weights.map(|w| w.display().to_string());
-            let p = headstart::text::TextPredictor::load(bundle, model.as_deref())?;
+            let mut p = headstart::text::TextPredictor::load(bundle, model.as_deref())?;
+            crate::warn_precision(precision.and_then(|a| p.use_precision(a)));
             let ds = headstart::text::data::TextDataset::open(data, &p.meta.columns, Some(&p.meta.labels), lossy)?;
             let probs = p.probabilities(&ds.texts, ds.pairs.as_deref(), cache, progress)?;
             let previews = ds.texts.iter().map(|t| Some(t.clone())).collect();
@@ -68,6 +82,7 @@ pub fn eval_with_report(
         } else {
             let mut p = headstart::run::Predictor::load(bundle, weights)?;
             p.decode.allow_truncated = allow_truncated;
+            crate::warn_precision(precision.and_then(|a| p.use_precision(a)));
             let ds = headstart::data::Dataset::open(data, Some(&p.meta.labels))?;
             let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
             let (probs, ok, mut skipped) = p.probabilities(&paths, cache, progress)?;

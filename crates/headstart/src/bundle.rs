@@ -2,7 +2,7 @@
 //! (format version, modality, label names, a tagged reference to the encoder with everything
 //! its inputs need: registry name, weight sha256 and preprocessing for images; model, weight
 //! and tokenizer sha256, pooling and long-text policy for text; the data columns for text;
-//! head spec; tuned stages) and `head.safetensors` (+ `backbone.safetensors`). Written to a
+//! head spec; tuned stages; the precision the head was trained on) and `head.safetensors` (+ `backbone.safetensors`). Written to a
 //! staging directory, synced, then renamed into place.
 //!
 //! Format 1 (one layout per modality: `[backbone]` + `[pretrained_cfg]` for images, an
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::models::registry::{self, Entry, ImageInput, Modality};
 use crate::models::text::{Pooling, TextCfg};
@@ -63,6 +64,10 @@ pub struct Bundle {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    /// The precision of the encoder pass the head was trained on (`fp32` or `bf16`); bundles
+    /// written before it was recorded read as fp32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Which encoder a bundle runs on, tagged by `kind`.
@@ -126,6 +131,8 @@ pub struct BundleMeta {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// A text bundle's metadata as text code reads it (and format 1 stored it).
@@ -140,6 +147,8 @@ pub struct TextBundleMeta {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl From<BundleMeta> for Bundle {
@@ -154,6 +163,7 @@ impl From<BundleMeta> for Bundle {
             columns: None,
             head: m.head,
             tuned: m.tuned,
+            precision: m.precision,
         }
     }
 }
@@ -169,6 +179,7 @@ impl From<TextBundleMeta> for Bundle {
             columns: Some(m.columns),
             head: m.head,
             tuned: m.tuned,
+            precision: m.precision,
         }
     }
 }
@@ -185,6 +196,7 @@ impl Bundle {
                 labels: self.labels.clone(),
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
+                precision: self.precision,
             }),
             EncoderRef::Clip(c) => {
                 Err(Error::Bundle { path: dir.join(META), message: format!("a bundle on the CLIP model `{}`, not on a registry backbone", c.model) })
@@ -205,6 +217,7 @@ impl Bundle {
                 labels: self.labels.clone(),
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
+                precision: self.precision,
             }),
             _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not a text bundle", self.modality.name()) }),
         }
@@ -223,6 +236,7 @@ impl BundleMeta {
             labels,
             head,
             tuned: None,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -364,6 +378,9 @@ pub fn read_meta(dir: &Path) -> Result<Bundle> {
     };
     if meta.modality != modality_of_encoder {
         return Err(bad(format!("modality `{}` with a {} encoder", meta.modality.name(), modality_of_encoder.name())));
+    }
+    if meta.precision == Precision::Auto {
+        return Err(bad("precision must be the one the head was trained on (fp32 or bf16), not auto".into()));
     }
     if meta.labels.len() as i64 != meta.head.num_classes {
         return Err(bad(format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));

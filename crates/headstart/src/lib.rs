@@ -16,6 +16,7 @@ pub mod fsx;
 pub mod learn;
 pub mod metrics;
 pub mod models;
+pub mod precision;
 pub mod preprocess;
 pub mod progress;
 pub mod report;

@@ -16,6 +16,7 @@ use tch::{Kind, Tensor};
 use crate::blocks::image::{ImageBlock, ImageLearner};
 use crate::bundle::{self, Bundle, ClipRef, EncoderRef};
 use crate::data::Skip;
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::features::{extract_with, Extracted, FeatureCache};
 use crate::learn::task::{self, Block, Featurised, Opened, RunSpec, TrainBlock};
@@ -162,7 +163,7 @@ impl<'a> ClipBlock<'a> {
     }
 
     fn images(&self) -> ImageBlock<'static> {
-        ImageBlock { req: None, decode: self.decode, cache: None, batch_size: self.batch_size }
+        ImageBlock { req: None, decode: self.decode, cache: None, batch_size: self.batch_size, precision: Precision::Fp32 }
     }
 }
 
@@ -187,12 +188,13 @@ impl<'a> Block for ClipBlock<'a> {
     fn featurise(&self, m: &ClipEncoder, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
         let dim = m.num_features() as usize;
         let input = &m.clip.input;
-        let cache = self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, input, "clip-image-embeds", dim)).transpose()?;
+        let cache =
+            self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, input, "clip-image-embeds", dim, Precision::Fp32)).transpose()?;
         let forward = |x: &Tensor| m.embed(x);
-        let Extracted { features, ok, skipped, computed, reused, truncated_kept } =
+        let Extracted { features, ok, skipped, computed, reused, truncated_kept, timing } =
             extract_with(&forward, dim, input, paths, cache.as_ref(), self.batch_size, &self.decode, progress)?;
         let warnings = if truncated_kept > 0 { vec![format!("{truncated_kept} truncated images kept (their missing part decodes grey)")] } else { vec![] };
-        Ok(Featurised { features, ok, skipped, computed, reused, warnings })
+        Ok(Featurised { features, ok, skipped, computed, reused, warnings, timing: Some(timing) })
     }
 
     fn screen(&self, _: &ClipEncoder, _: &Vec<PathBuf>, _: &dyn Progress) -> Result<(Featurised, Vec<Tensor>)> {
@@ -258,6 +260,8 @@ impl TrainBlock for ClipBlock<'_> {
             columns: None,
             head,
             tuned: None,
+            // CLIP towers run in fp32 (no autocast path yet).
+            precision: Precision::Fp32,
         })
     }
 }

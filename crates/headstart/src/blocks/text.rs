@@ -35,14 +35,14 @@ pub struct TextBlock<'a> {
     pub cache: Option<PathBuf>,
     /// Batch size for embedding.
     pub batch_size: usize,
-    /// Precision of the frozen-encoder pass.
+    /// Precision of the frozen-encoder pass (concrete: `auto` resolved).
     pub precision: Precision,
     /// Fine-tuning: at most this many chunks in one forward pass.
     pub chunk_batch: Option<usize>,
 }
 
 impl<'a> TextBlock<'a> {
-    /// The block of a training request.
+    /// The block of a training request, its precision resolved on this machine.
     pub fn for_request(req: &'a TextTrainRequest) -> TextBlock<'a> {
         TextBlock {
             req: Some(req),
@@ -50,14 +50,15 @@ impl<'a> TextBlock<'a> {
             lossy: req.lossy,
             cache: req.cache.clone(),
             batch_size: req.eval_batch_size.max(1),
-            precision: req.precision,
+            precision: req.precision.resolve(crate::precision::Family::Other),
             chunk_batch: req.model_options.chunk_batch,
         }
     }
 
-    /// The block of a bundle's evaluation or prediction.
-    pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>) -> TextBlock<'static> {
-        TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision: Precision::Fp32, chunk_batch: None }
+    /// The block of a bundle's evaluation or prediction, embedding at `precision`.
+    pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>, precision: Precision) -> TextBlock<'static> {
+        let precision = precision.resolve(crate::precision::Family::Other);
+        TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision, chunk_batch: None }
     }
 
     fn req(&self) -> &'a TextTrainRequest {
@@ -146,8 +147,10 @@ impl TrainBlock for TextBlock<'_> {
         RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
     }
 
+    /// The request as run: `auto` recorded as the precision it resolved to.
     fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req().out, self.req())
+        let req = TextTrainRequest { precision: self.precision, ..self.req().clone() };
+        crate::learn::run_dir::write_config(&req.out, &req)
     }
 
     fn model_name(&self) -> String {
@@ -186,6 +189,8 @@ impl TrainBlock for TextBlock<'_> {
             labels,
             head,
             tuned: None,
+            // The precision the head was trained on: the embeddings', or the fine-tuning's.
+            precision: self.req().finetune.as_ref().map_or(self.precision, |ft| ft.precision.resolve(crate::precision::Family::Other)),
         };
         Ok(meta.into())
     }

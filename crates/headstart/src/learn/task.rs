@@ -46,6 +46,8 @@ pub struct Featurised {
     pub computed: usize,
     pub reused: usize,
     pub warnings: Vec<String>,
+    /// Where the encoder pass's time went, for encoders that measure it.
+    pub timing: Option<crate::features::ExtractTiming>,
 }
 
 impl Featurised {
@@ -58,6 +60,7 @@ impl Featurised {
             computed: 0,
             reused: 0,
             warnings: vec![],
+            timing: None,
         }
     }
 }
@@ -170,6 +173,10 @@ pub struct TrainOutcome {
     pub tuned_stages: Vec<String>,
     pub skipped_steps: usize,
     pub resumed_from: Option<(usize, usize)>,
+    /// The concrete precision the bundle's head was trained on.
+    pub precision: Option<crate::engine::Precision>,
+    /// Where the run's time went.
+    pub timings: Option<crate::learn::timings::RunTimings>,
 }
 
 /// The labelled examples of a run: train and validation merged, with the run's checks.
@@ -264,6 +271,7 @@ fn split_rows<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], war
 /// Trains per the block's request; with `resume`, a fine-tuning run continues from its last
 /// checkpoint (a run without one starts afresh).
 pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
+    let mut clock = crate::learn::timings::RunTimings::start();
     let spec = block.spec();
     let g = gather(block)?;
     let mut warnings = g.warnings.clone();
@@ -273,6 +281,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     }
     let model = block.load(&g.classes, &g.data, &mut warnings)?;
     let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, ..spec.train.clone() };
+    clock.loaded();
     block.write_config()?;
     let resuming = resume && latest_checkpoint(spec.out).is_some();
     let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
@@ -326,7 +335,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     };
     log.finish()?;
     write_val_predictions(block, &g, &f.ok, &rows, &fitted)?;
-    let bundle_dir = write_bundle(block, &model, g.classes.clone(), &fitted)?;
+    let (bundle_dir, precision) = write_bundle(block, &model, g.classes.clone(), &fitted)?;
     Ok(TrainOutcome {
         run_dir: spec.out.to_path_buf(),
         bundle: bundle_dir,
@@ -347,6 +356,8 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         tuned_stages: fitted.tuned.map(|t| t.0).unwrap_or_default(),
         skipped_steps: fitted.skipped_steps,
         resumed_from: fitted.resumed_from,
+        precision: Some(precision),
+        timings: Some(clock.finish(f.timing)),
     })
 }
 
@@ -426,8 +437,9 @@ fn write_val_predictions<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[
     crate::fsx::atomic_write(&path, out.as_bytes())
 }
 
-/// Writes the run's bundle: head, tuned stages, metadata.
-fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>, fitted: &Fit) -> Result<PathBuf> {
+/// Writes the run's bundle: head, tuned stages, metadata. Returns where, and the precision it
+/// records.
+fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>, fitted: &Fit) -> Result<(PathBuf, crate::engine::Precision)> {
     let mut meta = block.bundle_meta(model, classes, fitted.head.spec.clone())?;
     let dir = bundle::default_bundle_dir(block.spec().out);
     let tuned = fitted.tuned.as_ref().map(|(s, t)| (&s[..], &t[..]));
@@ -435,7 +447,7 @@ fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>
         meta.tuned = record;
         bundle::to_toml(&meta)
     })?;
-    Ok(dir)
+    Ok((dir, meta.precision))
 }
 
 /// The learning-rate range test: fine-tuning settings `ft` on every usable example of the

@@ -411,13 +411,15 @@ pub fn write(path: &Path, html: &str) -> Result<()> {
     crate::fsx::atomic_write(path, html.as_bytes())
 }
 
-/// Removes temporary files a killed run left while writing its report or `outcome.json`
-/// (another process's writes of these files in the same run directory are not expected).
+/// Removes temporary files a killed run left while writing its report, `outcome.json` or
+/// `val_predictions.jsonl` (another process's writes of these files in the same run directory
+/// are not expected).
 pub fn remove_stale_temps(run: &Path) {
     let own = format!("-{}-", std::process::id());
     for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with(".report.html.tmp-") || name.starts_with(".outcome.json.tmp-")) && !name.contains(&own) {
+        let ours = [".report.html.tmp-", ".outcome.json.tmp-", ".val_predictions.jsonl.tmp-"].iter().any(|p| name.starts_with(p));
+        if ours && !name.contains(&own) {
             let _ = std::fs::remove_file(e.path());
         }
     }

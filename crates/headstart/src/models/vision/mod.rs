@@ -34,6 +34,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Convolutional or not, for the `auto` precision and the channels-last layout.
+    pub fn family(&self) -> crate::precision::Family {
+        match self {
+            Arch::ViT(_) => crate::precision::Family::Other,
+            _ => crate::precision::Family::Conv,
+        }
+    }
+
     /// The same family sized by a Hugging Face `config.json` (ViT and ConvNeXt read their
     /// dimensions from it; other families are fixed by the registry).
     pub fn with_hf_config(&self, config: &serde_json::Value) -> std::result::Result<Arch, String> {
