@@ -1,0 +1,187 @@
+// C interface to libtorch's c10d: a TCPStore for rendezvous and a process group (Gloo on CPU;
+// NCCL on CUDA when built with HEADSTART_NCCL) for all-reduce, broadcast and barrier.
+//
+// Every function that can fail returns NULL on success, or an error message allocated with
+// malloc that the caller frees with hs_free_error. Tensors are passed as `at::Tensor*`, the
+// handle type of the tch crate.
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef HEADSTART_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+// The Gloo names are only declared (see gloo_decl/). ProcessGroupGloo is allocated here by
+// make_intrusive, so its size must be the one libtorch was built with: 488 bytes in torch
+// 2.11 on x86-64 Linux (read from the allocation in ProcessGroupGloo::split). Every Gloo-typed
+// member is a smart pointer, whose size does not depend on the Gloo declarations.
+static_assert(sizeof(c10d::ProcessGroupGloo) == 488, "ProcessGroupGloo layout differs from the one this shim was checked against");
+
+namespace {
+
+struct Store {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+struct Group {
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+char* message(const std::string& m) {
+  char* out = static_cast<char*>(std::malloc(m.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, m.c_str(), m.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception");
+  }
+}
+
+std::vector<at::Tensor> tensors(at::Tensor** ts, size_t n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    v.push_back(*ts[i]);
+  }
+  return v;
+}
+
+// Waits for one collective, rethrowing its failure (a lost peer, a timeout).
+void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
+  if (!work->wait(std::chrono::milliseconds(timeout_ms))) {
+    throw std::runtime_error("collective did not complete in " + std::to_string(timeout_ms) + " ms");
+  }
+}
+
+} // namespace
+
+extern "C" {
+
+void hs_free_error(char* e) {
+  std::free(e);
+}
+
+// Rank 0 serves the store at `port` and waits for `world` clients; the others connect to
+// `host:port`. Blocks until every rank has arrived or `timeout_ms` passed.
+char* hs_store_new(const char* host, int port, int world, int is_server, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<std::uint16_t>(port);
+    o.isServer = is_server != 0;
+    o.numWorkers = static_cast<std::size_t>(world);
+    o.waitWorkers = true;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    auto s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+    *out = new Store{s};
+  });
+}
+
+void hs_store_free(void* s) {
+  delete static_cast<Store*>(s);
+}
+
+// Adds `delta` to the counter `key` (created at 0) and returns its new value.
+char* hs_store_add(void* s, const char* key, int64_t delta, int64_t* value) {
+  return guarded([&] { *value = static_cast<Store*>(s)->store->add(std::string(key), delta); });
+}
+
+// A Gloo process group over the store, its keys under `prefix`. Collectives and connection
+// set-up give up after `timeout_ms`.
+char* hs_group_gloo_new(void* s, const char* prefix, int rank, int world, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), static_cast<Store*>(s)->store);
+    auto options = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+    c10::intrusive_ptr<c10d::Backend> pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    *out = new Group{pg};
+  });
+}
+
+#ifdef HEADSTART_NCCL
+// An NCCL process group: each rank drives the CUDA device it was given (LOCAL_RANK).
+char* hs_group_nccl_new(void* s, const char* prefix, int rank, int world, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), static_cast<Store*>(s)->store);
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = std::chrono::milliseconds(timeout_ms);
+    c10::intrusive_ptr<c10d::Backend> pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
+    *out = new Group{pg};
+  });
+}
+#endif
+
+int hs_has_nccl() {
+#ifdef HEADSTART_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+void hs_group_free(void* g) {
+  delete static_cast<Group*>(g);
+}
+
+// Sums each tensor in place over the ranks: one collective per tensor, all started before
+// any is waited for.
+char* hs_group_allreduce_sum(void* g, at::Tensor** ts, size_t n, int64_t timeout_ms) {
+  return guarded([&] {
+    auto& backend = static_cast<Group*>(g)->backend;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (size_t i = 0; i < n; i++) {
+      std::vector<at::Tensor> one{*ts[i]};
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      o.timeout = std::chrono::milliseconds(timeout_ms);
+      works.push_back(backend->allreduce(one, o));
+    }
+    for (auto& w : works) {
+      finish(w, timeout_ms);
+    }
+  });
+}
+
+// Copies each tensor of rank `root` into the same tensor of every other rank.
+char* hs_group_broadcast(void* g, at::Tensor** ts, size_t n, int root, int64_t timeout_ms) {
+  return guarded([&] {
+    auto& backend = static_cast<Group*>(g)->backend;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& t : tensors(ts, n)) {
+      std::vector<at::Tensor> one{t};
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      o.timeout = std::chrono::milliseconds(timeout_ms);
+      works.push_back(backend->broadcast(one, o));
+    }
+    for (auto& w : works) {
+      finish(w, timeout_ms);
+    }
+  });
+}
+
+char* hs_group_barrier(void* g, int64_t timeout_ms) {
+  return guarded([&] {
+    c10d::BarrierOptions o;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    finish(static_cast<Group*>(g)->backend->barrier(o), timeout_ms);
+  });
+}
+
+} // extern "C"
