@@ -951,6 +951,10 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
         None => new_run(&a, &p)?,
     };
+    if !headstart::dist::is_primary() {
+        eprintln!("note: this data-parallel rank finished; rank 0 writes the checkpoints, bundle and report");
+        return Ok(());
+    }
     let written = report::after_train(&o.run_dir, &o, started.elapsed());
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &o)?;
