@@ -82,6 +82,28 @@ fn max_diff(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> f64 {
     a.iter().zip(b).map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
 }
 
+/// Starts two ranks, SIGKILLs rank `victim` once the run has checkpointed step 2, and checks
+/// the other rank exits within a minute with an error naming the victim.
+fn kill_one(args: &[String], out: &Path, victim: usize) {
+    let mut ranks = launch(args, 2);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while step_of(out) < 2 {
+        assert!(Instant::now() < deadline, "the run did not reach step 2");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut v = ranks.remove(victim);
+    v.kill().unwrap();
+    v.wait().unwrap();
+    let killed_at = Instant::now();
+    let survivor = 1 - victim;
+    let o = wait_for(ranks.pop().unwrap(), Duration::from_secs(60)).unwrap_or_else(|| panic!("rank {survivor} hung after rank {victim} was killed"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("rank {survivor} exited {:?} {:?} after rank {victim} was killed: {err}", o.status.code(), killed_at.elapsed());
+    assert!(!o.status.success());
+    assert!(err.contains(&format!("lost rank {victim}")), "{err}");
+    assert!(step_of(out) < 8, "the run finished before rank {victim} was killed");
+}
+
 #[test]
 fn two_ranks_match_one_and_a_lost_rank_is_named_then_resumed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -104,22 +126,10 @@ fn two_ranks_match_one_and_a_lost_rank_is_named_then_resumed() {
 
     // Rank 1 killed after the second step: rank 0 stops with an error naming it.
     let killed = tmp.path().join("killed");
-    let mut ranks = launch(&train_args(&data, &killed, &cache), 2);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while step_of(&killed) < 2 {
-        assert!(Instant::now() < deadline, "the run did not reach step 2");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut victim = ranks.pop().unwrap();
-    victim.kill().unwrap();
-    victim.wait().unwrap();
-    let killed_at = Instant::now();
-    let o = wait_for(ranks.pop().unwrap(), Duration::from_secs(60)).expect("rank 0 hung after rank 1 was killed");
-    let err = String::from_utf8_lossy(&o.stderr);
-    eprintln!("rank 0 exited {:?} after {:?}: {err}", o.status.code(), killed_at.elapsed());
-    assert!(!o.status.success());
-    assert!(err.contains("lost rank 1"), "{err}");
-    assert!(step_of(&killed) < 8, "the run finished before rank 1 was killed");
+    kill_one(&train_args(&data, &killed, &cache), &killed, 1);
+    // Rank 0, which also serves the store, killed: rank 1 names it.
+    let lost_master = tmp.path().join("lost-master");
+    kill_one(&train_args(&data, &lost_master, &cache), &lost_master, 0);
 
     // Resumed with two ranks, it ends where the uninterrupted two-rank run did.
     finish_all(launch(&resume_args(&killed), 2));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -77,6 +78,16 @@ extern "C" {
 
 void hs_free_error(char* e) {
   std::free(e);
+}
+
+// c10's log level from TORCH_CPP_LOG_LEVEL, as in PyTorch; unset, only errors are logged
+// (c10d warns with a C++ backtrace on every socket a lost peer leaves broken, which the
+// caller already reports as one error naming the lost rank).
+void hs_init_logging() {
+  c10::initLogging();
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) {
+    FLAGS_caffe2_log_level = 2;
+  }
 }
 
 // Rank 0 serves the store at `port` and waits for `world` clients; the others connect to

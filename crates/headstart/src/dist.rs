@@ -12,6 +12,8 @@
 //!   are read twice a moment apart; ranks whose counter stood still are named in the error. A
 //!   store that cannot be reached means rank 0, which serves it, is gone.
 //! - `HEADSTART_DIST_TIMEOUT` (seconds, default 1800) bounds rendezvous and every collective.
+//! - c10's log level follows `TORCH_CPP_LOG_LEVEL` as in PyTorch; unset, only errors show (a
+//!   lost peer otherwise makes c10d print a C++ backtrace per broken socket).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,7 @@ const PG_PREFIX: &str = "headstart/pg";
 
 extern "C" {
     fn hs_free_error(e: *mut c_char);
+    fn hs_init_logging();
     fn hs_store_new(host: *const c_char, port: c_int, world: c_int, is_server: c_int, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
     fn hs_store_free(s: *mut c_void);
     fn hs_store_add(s: *mut c_void, key: *const c_char, delta: i64, value: *mut i64) -> *mut c_char;
@@ -161,6 +164,8 @@ impl Group {
         let ms = timeout.as_millis() as i64;
         let (rank, world) = (env.rank, env.world);
         let host = CString::new(env.master_addr.as_str()).map_err(|_| Error::Usage("environment variable `MASTER_ADDR` holds a NUL byte".into()))?;
+        // SAFETY: sets c10's log level; no arguments.
+        unsafe { hs_init_logging() };
         let mut s = std::ptr::null_mut();
         // SAFETY: valid C string and out pointer; the shim reports failure as a message.
         check(unsafe { hs_store_new(host.as_ptr(), env.master_port as c_int, world as c_int, (rank == 0) as c_int, ms, &mut s) }).map_err(|m| {

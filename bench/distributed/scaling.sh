@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Scaling of data-parallel fine-tuning on one machine: 1 rank against 2 ranks (Gloo on
+# loopback), one compute thread per rank, the same global batch. The fixed costs (loading,
+# featurising through a warm cache) are cancelled by timing E_LONG and E_SHORT epochs and
+# dividing the difference by E_LONG − E_SHORT.
+#
+# Usage: bench/distributed/scaling.sh [headstart binary] [data dir]
+# Prints seconds per epoch for each world size, the speed-up and the efficiency (speed-up / 2).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${1:-target/debug/headstart}
+DATA=${2:-data/sample}
+E_SHORT=${E_SHORT:-1}
+E_LONG=${E_LONG:-3}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export HEADSTART_HOME=${HEADSTART_HOME:-$PWD/.cache}
+
+args() { # out epochs
+  echo train --mode finetune --data "$DATA" --out "$1" --cache-dir "$WORK/cache" --epochs "$2" \
+    --batch-size 32 --unfreeze last:3 --head-epochs 0 --seed 1 --progress none
+}
+
+run() { # world epochs -> wall seconds
+  local world=$1 epochs=$2 out="$WORK/run-$1-$2" port=$((29600 + RANDOM % 2000))
+  local start end pids=()
+  start=$(date +%s.%N)
+  if [ "$world" = 1 ]; then
+    env -u WORLD_SIZE -u RANK "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.log"
+  else
+    for r in $(seq 0 $((world - 1))); do
+      WORLD_SIZE=$world RANK=$r LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+        "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.$r.log" &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+  fi
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+
+# Warm the feature cache and the page cache once.
+run 1 1 >/dev/null
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A per_epoch
+for world in 1 2; do
+  short=$(run "$world" "$E_SHORT")
+  long=$(run "$world" "$E_LONG")
+  per_epoch[$world]=$(echo "($long - $short) / ($E_LONG - $E_SHORT)" | bc -l)
+  printf 'world %d: %d epochs %.1f s, %d epochs %.1f s, %.2f s per epoch\n' "$world" "$E_SHORT" "$short" "$E_LONG" "$long" "${per_epoch[$world]}"
+done
+speedup=$(echo "${per_epoch[1]} / ${per_epoch[2]}" | bc -l)
+printf 'speed-up %.2f, efficiency %.0f%%\n' "$speedup" "$(echo "$speedup * 50" | bc -l)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
