@@ -137,3 +137,28 @@ fn two_ranks_match_one_and_a_lost_rank_is_named_then_resumed() {
     eprintln!("largest difference, resumed vs uninterrupted (2 ranks): {d:e}");
     assert!(d <= 1e-5, "the resumed run differs by {d}");
 }
+
+/// End to end, `--bn sync` reaches the models' BatchNorm: two ranks with it end elsewhere than
+/// two ranks with local BatchNorm (same seeds, same rows; dropout keeps either from matching one
+/// process). The arithmetic itself is checked against one process in the library's `sync_bn`
+/// test.
+#[test]
+fn synchronised_batchnorm_runs_on_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    sample_set(&data);
+    let cache = tmp.path().join("cache");
+    let args = |out: &Path, bn: &str| {
+        let mut a = train_args(&data, out, &cache);
+        let i = a.iter().position(|x| x == "frozen").unwrap();
+        a[i] = bn.into();
+        a
+    };
+    let local = tmp.path().join("local");
+    finish_all(launch(&args(&local, "train"), 2));
+    let synced = tmp.path().join("synced");
+    finish_all(launch(&args(&synced, "sync"), 2));
+    let d = max_diff(&bundle_tensors(&local), &bundle_tensors(&synced));
+    eprintln!("largest difference, local vs synchronised BatchNorm on two ranks: {d:e}");
+    assert!(d > 1e-4, "synchronised BatchNorm changed nothing");
+}

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <c10/util/Logging.h>
+#include <torch/autograd.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -71,6 +72,98 @@ void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
     throw std::runtime_error("collective did not complete in " + std::to_string(timeout_ms) + " ms");
   }
 }
+
+void allreduce_one(Group* g, const at::Tensor& t, int64_t timeout_ms) {
+  std::vector<at::Tensor> one{t};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  o.timeout = std::chrono::milliseconds(timeout_ms);
+  finish(g->backend->allreduce(one, o), timeout_ms);
+}
+
+// BatchNorm over the union of every rank's batch (PyTorch's SyncBatchNorm): the per-channel
+// sums, sums of squares and counts are all-reduced in the forward pass; in the backward pass,
+// the sums of the output gradient and of its product with the normalised input are, so that
+// each rank's input gradient is the one a single process would get for the whole batch. The
+// weight and bias gradients stay local: the data-parallel gradient all-reduce sums them.
+struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
+  static std::vector<int64_t> reduce_dims(const at::Tensor& x) {
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < x.dim(); d++) {
+      dims.push_back(d);
+    }
+    return dims;
+  }
+
+  static std::vector<int64_t> channel_shape(const at::Tensor& x) {
+    std::vector<int64_t> shape(x.dim(), 1);
+    shape[1] = x.size(1);
+    return shape;
+  }
+
+  static at::Tensor forward(
+      torch::autograd::AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      at::Tensor bias,
+      at::Tensor running_mean,
+      at::Tensor running_var,
+      double momentum,
+      double eps,
+      int64_t group,
+      int64_t timeout_ms) {
+    auto* g = reinterpret_cast<Group*>(group);
+    const int64_t c = x.size(1);
+    const auto dims = reduce_dims(x);
+    auto stats = at::cat({x.sum(dims, false, at::kDouble), (x * x).sum(dims, false, at::kDouble), at::full({1}, static_cast<double>(x.numel() / std::max<int64_t>(c, 1)), at::kDouble)});
+    allreduce_one(g, stats, timeout_ms);
+    const double n = stats[2 * c].item<double>();
+    TORCH_CHECK(n > 1, "synchronised BatchNorm needs more than one value per channel over all ranks, got ", n);
+    auto mean = stats.slice(0, 0, c) / n;
+    auto var = (stats.slice(0, c, 2 * c) / n - mean * mean).clamp_min(0);
+    {
+      at::NoGradGuard no_grad;
+      if (running_mean.defined()) {
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.scalar_type()) * momentum);
+      }
+      if (running_var.defined()) {
+        running_var.mul_(1 - momentum).add_((var * (n / (n - 1))).to(running_var.scalar_type()) * momentum);
+      }
+    }
+    const auto shape = channel_shape(x);
+    auto mean_x = mean.to(x.scalar_type()).view(shape);
+    auto invstd_x = (var + eps).rsqrt().to(x.scalar_type()).view(shape);
+    auto y = (x - mean_x) * invstd_x;
+    if (weight.defined()) {
+      y = y * weight.view(shape) + bias.view(shape);
+    }
+    ctx->save_for_backward({x, weight, mean_x, invstd_x});
+    ctx->saved_data["n"] = n;
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["timeout"] = timeout_ms;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto x = saved[0], weight = saved[1], mean_x = saved[2], invstd_x = saved[3];
+    auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+    const double n = ctx->saved_data["n"].toDouble();
+    const auto dims = reduce_dims(x);
+    const auto shape = channel_shape(x);
+    const int64_t c = x.size(1);
+    auto gy = grads[0].contiguous();
+    auto xhat = (x - mean_x) * invstd_x;
+    auto sum_dy = gy.sum(dims);
+    auto sum_dy_xhat = (gy * xhat).sum(dims);
+    auto both = at::cat({sum_dy, sum_dy_xhat}).contiguous();
+    allreduce_one(g, both, ctx->saved_data["timeout"].toInt());
+    auto scale = weight.defined() ? invstd_x * weight.view(shape) : invstd_x;
+    auto gx = scale * (gy - both.slice(0, 0, c).view(shape) / n - xhat * both.slice(0, c, 2 * c).view(shape) / n);
+    at::Tensor none;
+    return {gx, weight.defined() ? sum_dy_xhat : none, weight.defined() ? sum_dy : none, none, none, none, none, none, none};
+  }
+};
 
 } // namespace
 
@@ -184,6 +277,26 @@ char* hs_group_broadcast(void* g, at::Tensor** ts, size_t n, int root, int64_t t
     for (auto& w : works) {
       finish(w, timeout_ms);
     }
+  });
+}
+
+// Synchronised BatchNorm in training mode (see SyncBatchNorm); `*out` receives a new tensor.
+// `weight`, `bias`, `running_mean` and `running_var` may be NULL.
+char* hs_sync_batch_norm(
+    void* g,
+    at::Tensor* x,
+    at::Tensor* weight,
+    at::Tensor* bias,
+    at::Tensor* running_mean,
+    at::Tensor* running_var,
+    double momentum,
+    double eps,
+    int64_t timeout_ms,
+    at::Tensor** out) {
+  return guarded([&] {
+    auto opt = [](at::Tensor* t) { return t == nullptr ? at::Tensor() : *t; };
+    auto y = SyncBatchNorm::apply(*x, opt(weight), opt(bias), opt(running_mean), opt(running_var), momentum, eps, reinterpret_cast<int64_t>(g), timeout_ms);
+    *out = new at::Tensor(y);
   });
 }
 

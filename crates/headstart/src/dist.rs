@@ -40,6 +40,69 @@ extern "C" {
     fn hs_group_allreduce_sum(g: *mut c_void, ts: *const *mut c_void, n: usize, timeout_ms: i64) -> *mut c_char;
     fn hs_group_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: c_int, timeout_ms: i64) -> *mut c_char;
     fn hs_group_barrier(g: *mut c_void, timeout_ms: i64) -> *mut c_char;
+    fn hs_sync_batch_norm(
+        g: *mut c_void,
+        x: *mut c_void,
+        w: *mut c_void,
+        b: *mut c_void,
+        rm: *mut c_void,
+        rv: *mut c_void,
+        momentum: f64,
+        eps: f64,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+}
+
+/// The process group (address) and timeout synchronised BatchNorm uses while a run trains
+/// with it, and the first failure it met (reported by [`Group::check_sync_bn`]).
+static SYNC_BN: std::sync::Mutex<(Option<(usize, i64)>, Option<String>)> = std::sync::Mutex::new((None, None));
+
+/// Training-mode BatchNorm over every rank's batch when a data-parallel run synchronises it
+/// (else `None`: the caller normalises locally). `momentum` as in `tch` (0.1 by default).
+///
+/// A failed collective cannot be returned through a model's forward pass: it is recorded for
+/// the training loop, and the output is NaN so that nothing is learnt from it.
+pub fn sync_batch_norm(x: &Tensor, bn: &tch::nn::BatchNorm, momentum: f64, eps: f64) -> Option<Tensor> {
+    let (g, ms) = SYNC_BN.lock().ok()?.0?;
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the group outlives the registration; every tensor pointer is live for the call;
+    // `out` receives a tensor allocated by the shim, owned from here on.
+    let r = check(unsafe {
+        hs_sync_batch_norm(
+            g as *mut c_void,
+            ptr(Some(x)),
+            ptr(bn.ws.as_ref()),
+            ptr(bn.bs.as_ref()),
+            ptr(Some(&bn.running_mean)),
+            ptr(Some(&bn.running_var)),
+            momentum,
+            eps,
+            ms,
+            &mut out,
+        )
+    });
+    match r {
+        Ok(()) => Some(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) }),
+        Err(m) => {
+            if let Ok(mut s) = SYNC_BN.lock() {
+                s.1.get_or_insert(m);
+            }
+            Some(x.full_like(f64::NAN))
+        }
+    }
+}
+
+/// While alive, synchronised BatchNorm uses the group that made it.
+pub struct SyncBnGuard(());
+
+impl Drop for SyncBnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = SYNC_BN.lock() {
+            *s = (None, None);
+        }
+    }
 }
 
 /// Takes ownership of a shim error message.
@@ -207,7 +270,7 @@ impl Group {
     }
 
     /// The error for a failed collective, naming the ranks found lost.
-    fn failure(&self, what: &str, message: String) -> Error {
+    pub fn failure(&self, what: &str, message: String) -> Error {
         let lost = self.lost_ranks().into_iter().filter(|&r| r != self.rank).collect::<Vec<_>>();
         let who = match lost.len() {
             0 => "no other rank stopped answering (a timeout, or a failure here)".to_string(),
@@ -219,6 +282,28 @@ impl Group {
 
     fn ms(&self) -> i64 {
         self.timeout.as_millis() as i64
+    }
+
+    /// Makes training-mode BatchNorm (`models::vision::ConvBn`) synchronise over this group
+    /// until the guard is dropped.
+    pub fn sync_bn(&self) -> SyncBnGuard {
+        if let Ok(mut s) = SYNC_BN.lock() {
+            *s = (Some((self.pg as usize, self.ms())), None);
+        }
+        SyncBnGuard(())
+    }
+
+    /// The failure synchronised BatchNorm met since the last call, as an error naming the
+    /// lost ranks.
+    pub fn check_sync_bn(&self) -> Result<()> {
+        let failed = SYNC_BN.lock().ok().and_then(|mut s| s.1.take());
+        failed.map_or(Ok(()), |m| Err(self.failure("synchronised BatchNorm", m)))
+    }
+
+    /// The error for a failed step (the backward pass runs synchronised BatchNorm's
+    /// collectives), naming the lost ranks.
+    pub fn step_failure(&self, e: Error) -> Error {
+        self.failure("a training step", e.to_string())
     }
 
     /// Sums each (contiguous) tensor in place over the ranks.

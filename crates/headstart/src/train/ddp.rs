@@ -94,6 +94,19 @@ impl Ddp {
         Ok((meta[n] > 0.0, (meta[n + 1], meta[n + 2].round() as i64, meta[n + 3].round() as usize)))
     }
 
+    /// Synchronised BatchNorm for the rest of the run. Every rank must run each training
+    /// forward pass, so every global batch (the last, short one too) needs a row per rank.
+    pub fn sync_bn(&self, rows: usize, batch_size: usize) -> Result<crate::dist::SyncBnGuard> {
+        let last = rows % batch_size;
+        if batch_size < self.g.world || (last > 0 && last < self.g.world) {
+            return Err(Error::Usage(format!(
+                "synchronised BatchNorm with {} ranks needs every batch to hold at least {} rows: batch size {batch_size}, {rows} training rows (last batch {last})",
+                self.g.world, self.g.world
+            )));
+        }
+        Ok(self.g.sync_bn())
+    }
+
     /// Rank 0's BatchNorm running statistics to every rank.
     pub fn sync_buffers(&self, buffers: &[Tensor]) -> Result<()> {
         if buffers.is_empty() {

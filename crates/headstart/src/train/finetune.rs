@@ -5,7 +5,8 @@
 //!   given to the optimiser.
 //! - BatchNorm in unfrozen stages: `BnPolicy::Train` (default) updates batch statistics as
 //!   usual; `BnPolicy::Frozen` keeps the pre-trained statistics (eval-mode normalisation, which
-//!   also disables dropout inside those stages).
+//!   also disables dropout inside those stages); `BnPolicy::Sync`, in a data-parallel run,
+//!   normalises with the statistics of the whole global batch (one process: as `Train`).
 //! - Per-stage learning rates: the head gets `lr`, the stage below `lr · decay`, the next
 //!   `lr · decay²`, and so on (layer-wise decay).
 //! - Without augmentation, and with at least one stage frozen, the activations entering the
@@ -57,6 +58,8 @@ impl std::str::FromStr for Unfreeze {
 pub enum BnPolicy {
     Train,
     Frozen,
+    /// Batch statistics over every rank's rows (data-parallel runs; else as `Train`).
+    Sync,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -495,6 +498,10 @@ pub fn train_learner<L: Learner>(
         d.start(vs, [state.epoch, state.batch, state.global_step])?;
     }
     let dropout_seed = ddp.as_ref().map_or(cfg.seed, |d| d.seed(cfg.seed));
+    let _sync_bn = match (&ddp, cfg.bn) {
+        (Some(d), BnPolicy::Sync) => Some(d.sync_bn(train.len(), cfg.batch_size)?),
+        _ => None,
+    };
     // Data-parallel: this rank's step sums and non-finite flag, until the step's all-reduce.
     let (mut pending, mut pending_bad): (super::ddp::Sums, bool) = ((0.0, 0, 0), false);
     opt.zero_grad();
@@ -514,7 +521,18 @@ pub fn train_learner<L: Learner>(
                 saved_buffers = buffers.iter().map(|b| b.copy()).collect();
             }
             let scale = rows.len() as f64 / b.len() as f64 / cfg.accumulate as f64;
-            let (lv, correct) = if rows.is_empty() { (0.0, 0) } else { forward_backward(sess, rows, Some(epoch), cfg.label_smoothing, scale, &mut opt)? };
+            let (lv, correct) = if rows.is_empty() {
+                (0.0, 0)
+            } else {
+                let r = forward_backward(sess, rows, Some(epoch), cfg.label_smoothing, scale, &mut opt);
+                match &ddp {
+                    Some(d) => {
+                        d.g.check_sync_bn()?;
+                        r.map_err(|e| d.g.step_failure(e))?
+                    }
+                    None => r?,
+                }
+            };
             let sums = if ddp.is_some() { &mut pending } else { &mut state.epoch_sums };
             if lv.is_finite() {
                 sums.0 += lv * rows.len() as f64;
