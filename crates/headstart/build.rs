@@ -36,7 +36,9 @@ fn dist_shim() {
         .define("USE_C10D_GLOO", None)
         .define("USE_DISTRIBUTED", None)
         .file("csrc/dist_shim.cpp");
+    println!("cargo::rustc-check-cfg=cfg(headstart_nccl)");
     if var("HEADSTART_NCCL").as_deref() == Some("1") {
+        println!("cargo:rustc-cfg=headstart_nccl");
         b.define("HEADSTART_NCCL", None).define("USE_C10D_NCCL", None).define("USE_CUDA", None);
         for v in ["CUDA_HOME", "NCCL_INCLUDE"] {
             if let Some(d) = var(v) {

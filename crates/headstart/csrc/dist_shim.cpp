@@ -231,14 +231,6 @@ char* hs_group_nccl_new(void* s, const char* prefix, int rank, int world, int64_
 }
 #endif
 
-int hs_has_nccl() {
-#ifdef HEADSTART_NCCL
-  return 1;
-#else
-  return 0;
-#endif
-}
-
 void hs_group_free(void* g) {
   delete static_cast<Group*>(g);
 }

@@ -2,9 +2,11 @@
 //!
 //! - Launch: the `torchrun` variables `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE` and
 //!   `LOCAL_RANK`; a run is distributed when `WORLD_SIZE` > 1. Rank 0 serves a `c10d::TCPStore`
-//!   at the master address; every rank connects to it, and the process group rendezvouses
-//!   through it.
-//! - Process group: Gloo (CPU tensors). NCCL is compiled in only with `HEADSTART_NCCL=1`.
+//!   at the master address (under `torchrun`, whose agent serves it already,
+//!   `TORCHELASTIC_USE_AGENT_STORE=True`, rank 0 only connects); every rank connects to it, and
+//!   the process group rendezvouses through it.
+//! - Process group: Gloo (CPU tensors). `HEADSTART_DIST_BACKEND=nccl` asks for NCCL, which a
+//!   build has only when made with `HEADSTART_NCCL=1` (CUDA and NCCL headers needed).
 //! - Collectives are bucketed: tensors are flattened into buffers of at most
 //!   [`BUCKET_BYTES`] (one kind per buffer), all started together, then copied back.
 //! - A lost rank: every rank bumps a heartbeat counter in the store several times a second.
@@ -36,6 +38,8 @@ extern "C" {
     fn hs_store_free(s: *mut c_void);
     fn hs_store_add(s: *mut c_void, key: *const c_char, delta: i64, value: *mut i64) -> *mut c_char;
     fn hs_group_gloo_new(s: *mut c_void, prefix: *const c_char, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
+    #[cfg(headstart_nccl)]
+    fn hs_group_nccl_new(s: *mut c_void, prefix: *const c_char, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
     fn hs_group_free(g: *mut c_void);
     fn hs_group_allreduce_sum(g: *mut c_void, ts: *const *mut c_void, n: usize, timeout_ms: i64) -> *mut c_char;
     fn hs_group_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: c_int, timeout_ms: i64) -> *mut c_char;
@@ -229,17 +233,31 @@ impl Group {
         let host = CString::new(env.master_addr.as_str()).map_err(|_| Error::Usage("environment variable `MASTER_ADDR` holds a NUL byte".into()))?;
         // SAFETY: sets c10's log level; no arguments.
         unsafe { hs_init_logging() };
+        // Under torchrun the agent already serves the store at the master address.
+        let serve = rank == 0 && env_var("TORCHELASTIC_USE_AGENT_STORE").as_deref() != Some("True");
         let mut s = std::ptr::null_mut();
         // SAFETY: valid C string and out pointer; the shim reports failure as a message.
-        check(unsafe { hs_store_new(host.as_ptr(), env.master_port as c_int, world as c_int, (rank == 0) as c_int, ms, &mut s) }).map_err(|m| {
-            Error::Distributed(format!("rank {rank}: rendezvous at {}:{} with {world} ranks failed within {:?}: {m}", env.master_addr, env.master_port, timeout))
+        check(unsafe { hs_store_new(host.as_ptr(), env.master_port as c_int, world as c_int, serve as c_int, ms, &mut s) }).map_err(|m| {
+            Error::Distributed(format!(
+                "rank {rank}: rendezvous at {}:{} with {world} ranks failed within {:?}: {m}",
+                env.master_addr, env.master_port, timeout
+            ))
         })?;
         let store = Arc::new(StoreHandle(s));
         let prefix = CString::new(PG_PREFIX).expect("no NUL");
         let mut pg = std::ptr::null_mut();
+        let backend = env_var("HEADSTART_DIST_BACKEND").unwrap_or_else(|| "gloo".into());
+        let make = match backend.as_str() {
+            "gloo" => hs_group_gloo_new,
+            #[cfg(headstart_nccl)]
+            "nccl" => hs_group_nccl_new,
+            #[cfg(not(headstart_nccl))]
+            "nccl" => return Err(Error::Usage("HEADSTART_DIST_BACKEND=nccl, but this build has no NCCL (build with HEADSTART_NCCL=1)".into())),
+            other => return Err(Error::Usage(format!("environment variable `HEADSTART_DIST_BACKEND`: `{other}` is not `gloo` or `nccl`"))),
+        };
         // SAFETY: a live store; the group keeps its own reference to it.
-        check(unsafe { hs_group_gloo_new(store.0, prefix.as_ptr(), rank as c_int, world as c_int, ms, &mut pg) })
-            .map_err(|m| Error::Distributed(format!("rank {rank}: creating the Gloo process group failed: {m}")))?;
+        check(unsafe { make(store.0, prefix.as_ptr(), rank as c_int, world as c_int, ms, &mut pg) })
+            .map_err(|m| Error::Distributed(format!("rank {rank}: creating the {backend} process group failed: {m}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let beat = {
             let (store, stop, key) = (store.clone(), stop.clone(), beat_key(rank));

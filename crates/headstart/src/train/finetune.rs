@@ -474,7 +474,11 @@ pub fn train_learner<L: Learner>(
                 return Err(Error::Usage(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
             }
             if st.world_size != world {
-                return Err(Error::Usage(format!("{}: the checkpoint was made by {} processes (WORLD_SIZE); resume with as many, not {world}", dir.display(), st.world_size)));
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made by {} processes (WORLD_SIZE); resume with as many, not {world}",
+                    dir.display(),
+                    st.world_size
+                )));
             }
             restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
             opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
