@@ -5,7 +5,9 @@
 # dividing the difference by E_LONG − E_SHORT.
 #
 # Usage: bench/distributed/scaling.sh [headstart binary] [data dir]
-# Prints seconds per epoch for each world size, the speed-up and the efficiency (speed-up / 2).
+# Prints wall seconds per epoch for each world size, the speed-up and the efficiency
+# (speed-up / 2), and CPU seconds per epoch summed over the ranks: on a machine shared with
+# other work the wall figures follow the load, and the CPU ones show what the second rank adds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${1:-target/debug/headstart}
@@ -22,34 +24,40 @@ args() { # out epochs
     --batch-size 32 --unfreeze last:3 --head-epochs 0 --seed 1 --progress none
 }
 
-run() { # world epochs -> wall seconds
+run() { # world epochs -> "wall-seconds cpu-seconds" (CPU summed over the ranks)
   local world=$1 epochs=$2 out="$WORK/run-$1-$2" port=$((29600 + RANDOM % 2000))
-  local start end pids=()
+  local start end pids=() cpu=0
   start=$(date +%s.%N)
-  if [ "$world" = 1 ]; then
-    env -u WORLD_SIZE -u RANK "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.log"
-  else
-    for r in $(seq 0 $((world - 1))); do
+  for r in $(seq 0 $((world - 1))); do
+    if [ "$world" = 1 ]; then
+      env -u WORLD_SIZE -u RANK /usr/bin/time -f '%U %S' -o "$out.$r.time" "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.$r.log" &
+    else
       WORLD_SIZE=$world RANK=$r LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-        "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.$r.log" &
-      pids+=($!)
-    done
-    for p in "${pids[@]}"; do wait "$p"; done
-  fi
+        /usr/bin/time -f '%U %S' -o "$out.$r.time" "$BIN" $(args "$out" "$epochs") >/dev/null 2>"$out.$r.log" &
+    fi
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
   end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+  for r in $(seq 0 $((world - 1))); do
+    cpu=$(echo "$cpu + $(tail -n1 "$out.$r.time" | tr ' ' '+')" | bc -l)
+  done
+  echo "$(echo "$end - $start" | bc -l) $cpu"
 }
 
 # Warm the feature cache and the page cache once.
 run 1 1 >/dev/null
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A per_epoch
+declare -A per_epoch cpu_epoch
 for world in 1 2; do
-  short=$(run "$world" "$E_SHORT")
-  long=$(run "$world" "$E_LONG")
+  read -r short short_cpu <<<"$(run "$world" "$E_SHORT")"
+  read -r long long_cpu <<<"$(run "$world" "$E_LONG")"
   per_epoch[$world]=$(echo "($long - $short) / ($E_LONG - $E_SHORT)" | bc -l)
-  printf 'world %d: %d epochs %.1f s, %d epochs %.1f s, %.2f s per epoch\n' "$world" "$E_SHORT" "$short" "$E_LONG" "$long" "${per_epoch[$world]}"
+  cpu_epoch[$world]=$(echo "($long_cpu - $short_cpu) / ($E_LONG - $E_SHORT)" | bc -l)
+  printf 'world %d: %d epochs %.1f s, %d epochs %.1f s: %.2f s per epoch (wall), %.2f CPU s per epoch (all ranks)\n' \
+    "$world" "$E_SHORT" "$short" "$E_LONG" "$long" "${per_epoch[$world]}" "${cpu_epoch[$world]}"
 done
 speedup=$(echo "${per_epoch[1]} / ${per_epoch[2]}" | bc -l)
-printf 'speed-up %.2f, efficiency %.0f%%\n' "$speedup" "$(echo "$speedup * 50" | bc -l)"
+printf 'speed-up %.2f, efficiency %.0f%% (wall); CPU per epoch 2 ranks / 1 rank %.2f\n' "$speedup" "$(echo "$speedup * 50" | bc -l)" \
+  "$(echo "${cpu_epoch[2]} / ${cpu_epoch[1]}" | bc -l)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
