@@ -4,7 +4,8 @@
 # featurising through a warm cache) are cancelled by timing E_LONG and E_SHORT epochs and
 # dividing the difference by E_LONG − E_SHORT.
 #
-# Usage: bench/distributed/scaling.sh [headstart binary] [data dir]
+# Usage: [ROUNDS=3] [E_SHORT=1] [E_LONG=4] bench/distributed/scaling.sh [headstart binary] [data dir]
+# The 1-rank and 2-rank measurements alternate for ROUNDS rounds; medians are reported.
 # Prints wall seconds per epoch for each world size, the speed-up and the efficiency
 # (speed-up / 2), and CPU seconds per epoch summed over the ranks: on a machine shared with
 # other work the wall figures follow the load, and the CPU ones show what the second rank adds.
@@ -13,7 +14,8 @@ cd "$(dirname "$0")/../.."
 BIN=${1:-target/debug/headstart}
 DATA=${2:-data/sample}
 E_SHORT=${E_SHORT:-1}
-E_LONG=${E_LONG:-3}
+E_LONG=${E_LONG:-4}
+ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -48,14 +50,23 @@ run() { # world epochs -> "wall-seconds cpu-seconds" (CPU summed over the ranks)
 # Warm the feature cache and the page cache once.
 run 1 1 >/dev/null
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A per_epoch cpu_epoch
+median() { tr -s ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+declare -A walls cpus per_epoch cpu_epoch
+for round in $(seq "$ROUNDS"); do
+  for world in 1 2; do
+    read -r short short_cpu <<<"$(run "$world" "$E_SHORT")"
+    read -r long long_cpu <<<"$(run "$world" "$E_LONG")"
+    w=$(echo "($long - $short) / ($E_LONG - $E_SHORT)" | bc -l)
+    c=$(echo "($long_cpu - $short_cpu) / ($E_LONG - $E_SHORT)" | bc -l)
+    walls[$world]="${walls[$world]:-} $w"
+    cpus[$world]="${cpus[$world]:-} $c"
+    printf 'round %d, world %d: %.2f s per epoch (wall), %.2f CPU s per epoch (all ranks); load %s\n' "$round" "$world" "$w" "$c" "$(cut -d' ' -f1 /proc/loadavg)"
+  done
+done
 for world in 1 2; do
-  read -r short short_cpu <<<"$(run "$world" "$E_SHORT")"
-  read -r long long_cpu <<<"$(run "$world" "$E_LONG")"
-  per_epoch[$world]=$(echo "($long - $short) / ($E_LONG - $E_SHORT)" | bc -l)
-  cpu_epoch[$world]=$(echo "($long_cpu - $short_cpu) / ($E_LONG - $E_SHORT)" | bc -l)
-  printf 'world %d: %d epochs %.1f s, %d epochs %.1f s: %.2f s per epoch (wall), %.2f CPU s per epoch (all ranks)\n' \
-    "$world" "$E_SHORT" "$short" "$E_LONG" "$long" "${per_epoch[$world]}" "${cpu_epoch[$world]}"
+  per_epoch[$world]=$(echo "${walls[$world]}" | median)
+  cpu_epoch[$world]=$(echo "${cpus[$world]}" | median)
+  printf 'world %d median: %.2f s per epoch (wall), %.2f CPU s per epoch\n' "$world" "${per_epoch[$world]}" "${cpu_epoch[$world]}"
 done
 speedup=$(echo "${per_epoch[1]} / ${per_epoch[2]}" | bc -l)
 printf 'speed-up %.2f, efficiency %.0f%% (wall); CPU per epoch 2 ranks / 1 rank %.2f\n' "$speedup" "$(echo "$speedup * 50" | bc -l)" \

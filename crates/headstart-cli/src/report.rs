@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use headstart::metrics::Report;
-use headstart::report::{self, Mistake, Preview, ReportInput};
+use headstart::report::{self, ReportInput};
 use tch::Tensor;
 
 /// Records the outcome and timings next to the run's other files, then writes `report.html`.
@@ -46,13 +46,13 @@ pub fn eval_with_report(
     file: &Path,
 ) -> Result<(Report, Vec<headstart::data::Skip>)> {
     let t = std::time::Instant::now();
-    let (labels, truth, probs, origins, previews, skipped): (Vec<String>, Vec<usize>, Tensor, Vec<String>, Vec<Preview>, _) =
+    let (labels, truth, probs, origins, previews, skipped): (Vec<String>, Vec<usize>, Tensor, Vec<String>, Vec<Option<String>>, _) =
         if headstart::bundle::modality(bundle)? == "text" {
             let model = weights.map(|w| w.display().to_string());
             let p = headstart::text::TextPredictor::load(bundle, model.as_deref())?;
             let ds = headstart::text::data::TextDataset::open(data, &p.meta.columns, Some(&p.meta.labels), lossy)?;
             let probs = p.probabilities(&ds.texts, ds.pairs.as_deref(), cache, progress)?;
-            let previews = ds.texts.iter().map(|t| Preview::Text(t.clone())).collect();
+            let previews = ds.texts.iter().map(|t| Some(t.clone())).collect();
             (p.meta.labels.clone(), ds.labels.clone(), probs, ds.origins.clone(), previews, ds.skipped)
         } else {
             let mut p = headstart::run::Predictor::load(bundle, weights)?;
@@ -63,25 +63,20 @@ pub fn eval_with_report(
             skipped.extend(ds.skipped);
             let truth = ok.iter().map(|&i| ds.items[i].label).collect();
             let origins = ok.iter().map(|&i| paths[i].display().to_string()).collect();
-            // Thumbnails are made only for the mistakes shown (below).
-            let previews = ok.iter().map(|_| Preview::None).collect();
+            // Thumbnails are made only for the mistakes shown.
+            let previews = ok.iter().map(|_| None).collect();
             (p.meta.labels.clone(), truth, probs, origins, previews, skipped)
         };
     let eval = headstart::metrics::report(&labels, &truth, &ranked(&probs)?, 5.min(labels.len()));
     let elapsed = t.elapsed().as_secs_f64();
-    let shown = report::most_confused(&eval, 6);
-    let mut mistakes = vec![];
-    for (((&t, (p, prob)), origin), preview) in truth.iter().zip(best(&probs)?).zip(origins).zip(previews) {
-        let per_pair = mistakes.iter().filter(|m: &&Mistake| m.truth == labels[t] && m.predicted == labels[p]).count();
-        if t == p || per_pair >= 8 || !shown.iter().any(|s| s.0 == t && s.1 == p) {
-            continue;
-        }
-        let preview = match preview {
-            Preview::None => report::thumbnail(Path::new(&origin)),
-            other => other,
-        };
-        mistakes.push(Mistake { truth: labels[t].clone(), predicted: labels[p].clone(), probability: prob, origin, preview });
-    }
+    let judged = truth.iter().zip(best(&probs)?).zip(origins).zip(previews).map(|(((&truth, (predicted, probability)), origin), text)| report::Judged {
+        truth,
+        predicted,
+        probability,
+        origin,
+        text,
+    });
+    let mistakes = report::pick_mistakes(&eval, judged);
     let mut counts: Vec<(String, usize)> = labels.iter().map(|l| (l.clone(), 0)).collect();
     for &t in &truth {
         counts[t].1 += 1;

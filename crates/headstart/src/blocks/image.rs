@@ -166,6 +166,12 @@ impl<'a> Block for ImageBlock<'a> {
     ) -> Result<ImageLearner<'l>> {
         ImageLearner::new(&m.model, &m.input, images, labels, ft, progress)
     }
+
+    fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
+        // Absolute, so a report rebuilt from elsewhere still finds the image for its thumbnail.
+        let p = &data[i];
+        (std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(), None)
+    }
 }
 
 impl TrainBlock for ImageBlock<'_> {

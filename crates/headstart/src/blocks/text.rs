@@ -22,6 +22,8 @@ use crate::train::HeadSpec;
 pub struct TextData {
     pub texts: Vec<String>,
     pub pairs: Option<Vec<String>>,
+    /// Where each text came from (`file.csv:12`); empty for texts given directly.
+    pub origins: Vec<String>,
 }
 
 /// How text data is read and embedded; with a request, how a run trains.
@@ -75,11 +77,18 @@ impl<'a> Block for TextBlock<'a> {
 
     fn open(&self, path: &Path, classes: Option<&[String]>) -> Result<Opened<TextData>> {
         let ds = TextDataset::open(path, &self.columns, classes, self.lossy)?;
-        Ok(Opened { data: TextData { texts: ds.texts, pairs: ds.pairs }, labels: ds.labels, classes: ds.classes, skipped: ds.skipped, warnings: ds.warnings })
+        Ok(Opened {
+            data: TextData { texts: ds.texts, pairs: ds.pairs, origins: ds.origins },
+            labels: ds.labels,
+            classes: ds.classes,
+            skipped: ds.skipped,
+            warnings: ds.warnings,
+        })
     }
 
     fn append(&self, data: &mut TextData, more: TextData) {
         data.texts.extend(more.texts);
+        data.origins.extend(more.origins);
         if let (Some(p), Some(vp)) = (data.pairs.as_mut(), more.pairs) {
             p.extend(vp);
         }
@@ -118,6 +127,16 @@ impl<'a> Block for TextBlock<'a> {
         // The new head's initial weights come from the seed, like everything else.
         tch::manual_seed(ft.seed as i64);
         Ok(TextLearner::new(model, num_classes, docs, labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget))
+    }
+
+    fn describe(&self, data: &TextData, i: usize) -> (String, Option<String>) {
+        let origin = data.origins.get(i).cloned().unwrap_or_else(|| format!("text {}", i + 1));
+        // The report shows a snippet; 500 characters keep the file small.
+        let mut text: String = data.texts[i].chars().take(500).collect();
+        if let Some(pair) = data.pairs.as_ref().and_then(|p| p.get(i)) {
+            text = format!("{text} ‖ {}", pair.chars().take(250).collect::<String>());
+        }
+        (origin, Some(text))
     }
 }
 

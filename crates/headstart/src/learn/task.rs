@@ -97,6 +97,12 @@ pub trait Block {
         ft: &'a FinetuneConfig,
         progress: &dyn Progress,
     ) -> Result<Self::Learner<'a>>;
+    /// Where example `i` of `data` came from, and its text for text data (what the report
+    /// shows of a misclassified example). Default: its position.
+    fn describe(&self, data: &Self::Data, i: usize) -> (String, Option<String>) {
+        let _ = data;
+        (format!("example {}", i + 1), None)
+    }
 }
 
 /// The share of each class held out for validation when no validation set is given.
@@ -204,6 +210,8 @@ struct Fit {
     tuned: Option<(Vec<String>, Vec<(String, Tensor)>)>,
     skipped_steps: usize,
     resumed_from: Option<(usize, usize)>,
+    /// The held-out rows behind `val` and their logits.
+    held_out: Option<(Vec<usize>, Tensor)>,
 }
 
 /// Rows of the usable examples, split into train and validation.
@@ -291,6 +299,11 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         None => {
             let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
             let h = fit_head(spec.train, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            // Held out: the validation rows, or (cross-validation) every row, train rows first.
+            let held_out = h.judged.map(|l| {
+                let rows = if l.size()[0] as usize == rows.va.len() { rows.va.clone() } else { [&rows.tr[..], &rows.va[..]].concat() };
+                (rows, l)
+            });
             Fit {
                 head: h.head,
                 best_epoch: h.best_epoch,
@@ -301,6 +314,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
                 tuned: None,
                 skipped_steps: 0,
                 resumed_from: None,
+                held_out,
             }
         }
         Some(ft) => {
@@ -315,7 +329,12 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     if let Some(l) = log {
         l.finish()?;
     }
-    let bundle_dir = if primary { write_bundle(block, &model, g.classes.clone(), &fitted)? } else { bundle::default_bundle_dir(spec.out) };
+    let bundle_dir = if primary {
+        write_val_predictions(block, &g, &f.ok, &rows, &fitted)?;
+        write_bundle(block, &model, g.classes.clone(), &fitted)?
+    } else {
+        bundle::default_bundle_dir(spec.out)
+    };
     Ok(TrainOutcome {
         run_dir: spec.out.to_path_buf(),
         bundle: bundle_dir,
@@ -385,7 +404,34 @@ fn fine_tune<B: TrainBlock>(
         tuned: Some((stages, tensors)),
         skipped_steps: o.skipped_steps,
         resumed_from: o.resumed_from,
+        held_out: Some((rows.va.clone(), o.val_logits)),
     })
+}
+
+/// Writes the held-out predictions behind the run's validation report to
+/// `val_predictions.jsonl` (one JSON object per example: origin, truth, predicted, probability,
+/// and the text for text data), which the run's report shows mistakes from.
+fn write_val_predictions<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], rows: &Rows, fitted: &Fit) -> Result<()> {
+    let path = block.spec().out.join(crate::report::VAL_PREDICTIONS);
+    let mut out = String::new();
+    if let Some((held, logits)) = fitted.held_out.as_ref().filter(|(held, l)| !held.is_empty() && l.size()[0] as usize == held.len()) {
+        let (prob, pred) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+        let prob: Vec<f64> = Vec::try_from(prob.to_kind(Kind::Double))?;
+        let pred: Vec<i64> = Vec::try_from(pred)?;
+        for ((&r, p), q) in held.iter().zip(pred).zip(prob) {
+            let (origin, text) = block.describe(&g.data, ok[r]);
+            let line = serde_json::json!({
+                "origin": origin,
+                "truth": g.classes[rows.labels[r]],
+                "predicted": g.classes[p as usize],
+                "probability": q,
+                "text": text,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    crate::fsx::atomic_write(&path, out.as_bytes())
 }
 
 /// Writes the run's bundle: head, tuned stages, metadata.

@@ -490,7 +490,7 @@ impl TextPredictor {
 
     /// Class probabilities `[N, classes]`.
     pub fn probabilities(&self, texts: &[String], pairs: Option<&[String]>, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
-        let data = crate::blocks::text::TextData { texts: texts.to_vec(), pairs: pairs.map(<[String]>::to_vec) };
+        let data = crate::blocks::text::TextData { texts: texts.to_vec(), pairs: pairs.map(<[String]>::to_vec), origins: vec![] };
         Ok(task::probabilities(&self.block(None, false, cache_root), &self.model, &self.head, &data, progress)?.0)
     }
 
