@@ -336,6 +336,8 @@ impl PrecisionArg {
 enum BnArg {
     Train,
     Frozen,
+    /// Data-parallel runs: batch statistics over every rank's rows (SyncBatchNorm).
+    Sync,
 }
 
 #[derive(clap::Args)]
@@ -390,9 +392,13 @@ struct TrainArgs {
     /// Random resized crop, flip and colour jitter while fine-tuning (images).
     #[arg(long)]
     augment: bool,
-    /// BatchNorm in unfrozen stages: `train` (batch statistics) or `frozen` (pre-trained ones).
+    /// BatchNorm in unfrozen stages: `train` (batch statistics), `frozen` (pre-trained ones) or
+    /// `sync` (data-parallel runs: statistics over every rank's rows).
     #[arg(long, value_enum, default_value = "train")]
     bn: BnArg,
+    /// The same as `--bn sync`.
+    #[arg(long, conflicts_with = "bn")]
+    sync_bn: bool,
     /// Also checkpoint every this many optimiser steps (always after every epoch).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -808,9 +814,10 @@ fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig
         clip_grad_norm: a.clip_grad,
         accumulate: a.accumulate.unwrap_or(base.accumulate),
         augment: a.augment.then(Augment::default),
-        bn: match a.bn {
+        bn: match if a.sync_bn { BnArg::Sync } else { a.bn } {
             BnArg::Train => BnPolicy::Train,
             BnArg::Frozen => BnPolicy::Frozen,
+            BnArg::Sync => BnPolicy::Sync,
         },
         label_smoothing: a.label_smoothing.unwrap_or(base.label_smoothing),
         seed: a.seed.unwrap_or(base.seed),
@@ -1046,6 +1053,10 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
         None => new_run(&a, &p)?,
     };
+    if !headstart::dist::is_primary() {
+        eprintln!("note: this data-parallel rank finished; rank 0 writes the checkpoints, bundle and report");
+        return Ok(());
+    }
     let written = report::after_train(&o.run_dir, &o, started.elapsed());
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &o)?;

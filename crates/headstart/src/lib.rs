@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod bundle;
 pub mod cache;
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod features;

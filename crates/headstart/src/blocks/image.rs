@@ -275,7 +275,7 @@ impl<'a> ImageLearner<'a> {
         let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
         let n_stages = model.backbone.stages().len();
         let first = first_trainable(cfg.unfreeze, n_stages)?;
-        let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
+        let trainable_mode = if cfg.bn == BnPolicy::Frozen { Mode::Eval } else { Mode::Train };
         let mut s = ImageLearner { model, input, images, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(labels) };
         // Worth it only when there are frozen stages to skip; unfreezing everything would just
         // hold every preprocessed image in memory.

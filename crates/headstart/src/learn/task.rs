@@ -273,6 +273,11 @@ fn split_rows<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], war
 pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
     let mut clock = crate::learn::timings::RunTimings::start();
     let spec = block.spec();
+    // A data-parallel launch (WORLD_SIZE > 1): every rank runs this; rank 0 alone writes.
+    let primary = crate::dist::is_primary();
+    if spec.finetune.is_none() && crate::dist::Env::from_env()?.is_some() {
+        return Err(Error::Usage("WORLD_SIZE > 1: only fine-tuning runs data-parallel; train a head on features in one process".into()));
+    }
     let g = gather(block)?;
     let mut warnings = g.warnings.clone();
     if let Some(ft) = spec.finetune {
@@ -282,7 +287,9 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     let model = block.load(&g.classes, &g.data, &mut warnings)?;
     let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, ..spec.train.clone() };
     clock.loaded();
-    block.write_config()?;
+    if primary {
+        block.write_config()?;
+    }
     let resuming = resume && latest_checkpoint(spec.out).is_some();
     let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
     let (f, mut inputs) = if head_phase {
@@ -293,14 +300,18 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     };
     let mut skipped = g.skipped.clone();
     skipped.extend(f.skipped.iter().cloned());
-    write_errors(spec.out, &skipped)?;
+    if primary {
+        write_errors(spec.out, &skipped)?;
+    }
     warnings.extend(f.warnings.iter().cloned());
     let rows = split_rows(block, &g, &f.ok, &mut warnings)?;
 
-    let mut log = MetricsLog::open(spec.out, resuming)?;
+    let mut log = if primary { Some(MetricsLog::open(spec.out, resuming)?) } else { None };
     let mut on_epoch = |r: &EpochRecord| {
         progress.message(&epoch_line(r));
-        log.record(r);
+        if let Some(l) = log.as_mut() {
+            l.record(r);
+        }
     };
     let fitted = match spec.finetune {
         None => {
@@ -333,9 +344,16 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
             fine_tune(block, &model, &inputs, &g.classes, &rows, head_features, ft, resume, progress, &mut on_epoch)?
         }
     };
-    log.finish()?;
-    write_val_predictions(block, &g, &f.ok, &rows, &fitted)?;
-    let (bundle_dir, precision) = write_bundle(block, &model, g.classes.clone(), &fitted)?;
+    if let Some(l) = log {
+        l.finish()?;
+    }
+    let (bundle_dir, precision) = if primary {
+        write_val_predictions(block, &g, &f.ok, &rows, &fitted)?;
+        write_bundle(block, &model, g.classes.clone(), &fitted)?
+    } else {
+        // Other ranks write nothing; they report what rank 0's bundle records.
+        (bundle::default_bundle_dir(spec.out), block.bundle_meta(&model, g.classes.clone(), fitted.head.spec.clone())?.precision)
+    };
     Ok(TrainOutcome {
         run_dir: spec.out.to_path_buf(),
         bundle: bundle_dir,

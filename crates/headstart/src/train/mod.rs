@@ -5,6 +5,7 @@
 //! setting is then refitted on every labelled example. A non-finite loss stops the run before
 //! anything is saved.
 
+pub mod ddp;
 pub mod finetune;
 mod lbfgs;
 pub mod logistic;
