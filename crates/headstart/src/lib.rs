@@ -10,6 +10,7 @@ pub mod cache;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod fetch;
 pub mod fsx;
