@@ -62,7 +62,8 @@ impl FileMeta {
 
     fn from_key_values(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<FileMeta> {
         let map: HashMap<&str, &str> = kv.into_iter().flatten().filter_map(|k| Some((k.key.as_str(), k.value.as_deref()?))).collect();
-        let get = |key: &str| map.get(key).copied().ok_or_else(|| Error::input(path, format!("no `{key}` in the Parquet metadata: not a headstart feature file")));
+        let get =
+            |key: &str| map.get(key).copied().ok_or_else(|| Error::input(path, format!("no `{key}` in the Parquet metadata: not a headstart feature file")));
         let parse_err = |key: &str, e: serde_json::Error| Error::input(path, format!("Parquet metadata `{key}`: {e}"));
         let record: EncoderRecord = serde_json::from_str(get(KEY_ENCODER)?).map_err(|e| parse_err(KEY_ENCODER, e))?;
         let classes: Vec<String> = serde_json::from_str(get(KEY_CLASSES)?).map_err(|e| parse_err(KEY_CLASSES, e))?;
@@ -81,7 +82,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 /// `I/N` with `I < N`.
 pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}` is not I/N (for example 0/4)"))?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| format!("`{s}`: `{i}` is not a number"))?, n.trim().parse().map_err(|_| format!("`{s}`: `{n}` is not a number"))?);
+    let (i, n): (usize, usize) =
+        (i.trim().parse().map_err(|_| format!("`{s}`: `{i}` is not a number"))?, n.trim().parse().map_err(|_| format!("`{s}`: `{n}` is not a number"))?);
     if n == 0 || i >= n {
         return Err(format!("`{s}`: the shard index must be in 0..{n} and the count at least 1"));
     }

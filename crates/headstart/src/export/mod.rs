@@ -13,6 +13,7 @@ pub mod shard;
 pub mod stored;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,12 +99,24 @@ pub struct Rows {
 }
 
 /// A progress that spans several calls of work reporting their own stages: started once, it
-/// passes the units on and ignores the inner stages' starts and finishes.
-struct Spanning<'a>(&'a dyn Progress);
+/// passes the units on (counting them) and ignores the inner stages' starts and finishes.
+struct Spanning<'a>(&'a dyn Progress, AtomicU64);
+
+impl Spanning<'_> {
+    /// Brings the count up to `n` (work that reports only what it computed, not what it read
+    /// from the cache).
+    fn reach(&self, n: u64) {
+        let done = self.1.load(Ordering::Relaxed);
+        if done < n {
+            self.inc(n - done);
+        }
+    }
+}
 
 impl Progress for Spanning<'_> {
     fn start(&self, _: &str, _: u64) {}
     fn inc(&self, n: u64) {
+        self.1.fetch_add(n, Ordering::Relaxed);
         self.0.inc(n)
     }
     fn finish(&self) {}
@@ -139,10 +152,13 @@ pub fn featurise_rows<B: Export>(
 ) -> Result<Exported> {
     let mut out = Exported::default();
     progress.start("embed", rows.len() as u64);
-    let spanning = Spanning(progress);
+    let spanning = Spanning(progress, AtomicU64::new(0));
+    let mut done = 0;
     for chunk in rows.chunks(EXPORT_CHUNK) {
         let part = block.subset(data, chunk);
         let Featurised { features, ok, skipped, computed, reused, warnings } = block.featurise(model, &part, &spanning)?;
+        done += chunk.len() as u64;
+        spanning.reach(done);
         (out.computed, out.reused) = (out.computed + computed, out.reused + reused);
         out.skipped.extend(skipped);
         out.warnings.extend(warnings);

@@ -121,7 +121,14 @@ fn file_sha256(path: &Path) -> Result<String> {
 }
 
 /// `headstart extract`: embeds shard `shard` of `shards` of the data at `data` into `out`.
-pub fn extract<B: Export>(block: &B, spec: &ModelSpec, data: &Path, (shard, shards): (usize, usize), out: &Path, progress: &dyn Progress) -> Result<Extraction> {
+pub fn extract<B: Export>(
+    block: &B,
+    spec: &ModelSpec,
+    data: &Path,
+    (shard, shards): (usize, usize),
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<Extraction> {
     if shards == 0 || shard >= shards {
         return Err(Error::Usage(format!("setting `shard` must be I/N with I in 0..N, not {shard}/{shards}")));
     }

@@ -56,7 +56,12 @@ pub fn open_set(path: &Path) -> Result<FeatureSet> {
     if !missing.is_empty() {
         return Err(Error::input(
             path,
-            format!("incomplete: shard(s) {} of {} not finished (run `headstart extract --shard I/{}` for each)", missing.join(", "), first.shards, first.shards),
+            format!(
+                "incomplete: shard(s) {} of {} not finished (run `headstart extract --shard I/{}` for each)",
+                missing.join(", "),
+                first.shards,
+                first.shards
+            ),
         ));
     }
     let mut files = vec![];
