@@ -106,7 +106,11 @@ fn three_shards_equal_one_process() {
     let embedded = tmp.path().join("all.parquet");
     let cache = tmp.path().join("cache");
     let args = ["embed", "--data", s(&data), "--model", MODEL, "--weights", &w, "--out", s(&embedded), "--cache-dir", s(&cache)];
-    assert!(ok(&args).contains("24 computed, 0 from the feature cache"));
+    let o = headstart(&[&args[..], &["--progress", "json"]].concat());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("24 computed, 0 from the feature cache"));
+    let progress: Vec<String> = String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.contains("\"stage\":\"embed\"")).map(String::from).collect();
+    let last = progress.last().unwrap_or_else(|| panic!("no embed progress: {}", String::from_utf8_lossy(&o.stderr)));
+    assert!(last.contains("\"done\":24") && last.contains("\"total\":24") && last.contains("finished"), "{last}");
     // A second export reads every vector from the feature cache.
     assert!(ok(&args).contains("0 computed, 24 from the feature cache"));
 
@@ -151,6 +155,11 @@ fn reruns_are_idempotent_and_mixed_shards_refused() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["already_done"], true);
     assert_eq!((std::fs::read(&file).unwrap(), std::fs::metadata(&file).unwrap().modified().unwrap()), (bytes.clone(), modified));
+    for bad in ["3/3", "1", "a/3", "0/0"] {
+        let o = extract(&data, bad, &dir, &[]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--shard"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     // Another split into the same folder.
     let o = extract(&data, "0/2", &dir, &["--no-cache"]);
     assert_eq!(o.status.code(), Some(2));
@@ -244,6 +253,16 @@ fn text_parquet_reads_back_in_rust_and_pyarrow() {
     let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!said.contains("No module named 'pyarrow'"), "{}: pyarrow is missing; run scripts/setup or set HEADSTART_PYTHON", py.display());
     assert!(o.status.success() && said.starts_with("ok 24 rows"), "{said}");
+
+    // From the feature cache the second time, progress still counting every row.
+    let (cached, cache) = (tmp.path().join("cached.parquet"), tmp.path().join("cache"));
+    let args = ["embed", "--data", s(&csv), "--model", s(&bert), "--out", s(&cached), "--cache-dir", s(&cache), "--progress", "json"];
+    ok(&args);
+    let o = headstart(&args);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 computed, 24 from the feature cache"), "{}", String::from_utf8_lossy(&o.stdout));
+    let last = String::from_utf8_lossy(&o.stderr).lines().rfind(|l| l.contains("\"stage\":\"embed\"")).map(String::from).unwrap_or_default();
+    assert!(last.contains("\"done\":24") && last.contains("finished"), "{last}");
+    assert_eq!(std::fs::read(&cached).unwrap(), std::fs::read(&out).unwrap());
 
     let run = tmp.path().join("run");
     ok(&["train", "--features", s(&out), "--out", s(&run), "--val-split", "0.25"]);
