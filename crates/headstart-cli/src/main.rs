@@ -19,6 +19,7 @@ use headstart::train::{ClassWeights, HeadKind, Method, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
+mod export;
 mod fetch;
 mod progress;
 mod report;
@@ -170,6 +171,12 @@ enum Command {
     ZeroShot(ZeroShotArgs),
     /// Serve bundles over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
+    /// Embeddings of every example of a data set, one Parquet row each (path or text, label,
+    /// content sha256, embedding).
+    Embed(export::EmbedArgs),
+    /// Embed slice I of N of a data set (split by content hash) into a shard folder with
+    /// manifests; `train --features DIR` trains on the finished folder.
+    Extract(export::ExtractArgs),
     /// Write RUN_DIR/report.html: learning curves, confusion matrix, per-class scores, data.
     Report {
         #[arg(value_name = "RUN_DIR")]
@@ -350,6 +357,10 @@ struct TrainArgs {
     /// TSV or JSONL file, or a folder of class folders of `.txt` files.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Train a head on stored features: a folder of shards from `extract`, or a Parquet file
+    /// from `embed`. The bundle runs on raw inputs with the encoder the features record.
+    #[arg(long, value_name = "DIR|FILE.parquet", conflicts_with_all = ["data", "resume"])]
+    features: Option<PathBuf>,
     /// Continue an interrupted fine-tuning run from its last checkpoint, with its settings.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -1051,6 +1062,7 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
     let started = std::time::Instant::now();
     let (modality, o) = match &a.resume {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
+        None if a.features.is_some() => export::train_on_features(&features_request(&a)?, &p)?,
         None => new_run(&a, &p)?,
     };
     if !headstart::dist::is_primary() {
@@ -1074,6 +1086,20 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
         eprintln!("warning: the run report was not written: {}", message(&e));
     }
     Ok(())
+}
+
+/// A head on stored features, per the flags.
+fn features_request(a: &TrainArgs) -> Result<headstart::export::stored::FeatureTrainRequest> {
+    if a.mode == Some(TrainMode::Finetune) {
+        bail!("--mode finetune needs the raw inputs (--data); --features trains a head on stored features");
+    }
+    Ok(headstart::export::stored::FeatureTrainRequest {
+        features: a.features.clone().expect("given"),
+        val: a.val.clone(),
+        val_split: if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(headstart::learn::task::DEFAULT_VAL_SPLIT) },
+        out: a.out.clone().context("--out is required (or `output_dir` in the --config file)")?,
+        train: train_config(a)?,
+    })
 }
 
 /// Trains per the flags, in the modality the library detects.
@@ -1343,6 +1369,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Fetch(a) => fetch::run(a, out),
+        Command::Embed(a) => export::embed(a, out),
+        Command::Extract(a) => export::extract(a, out),
         Command::ZeroShot(a) => zero_shot(a, out),
         Command::Classify { model, weights, top_k, json, files } => write_classification(out, &run::classify(&model, weights.as_deref(), &files, top_k)?, json),
     }

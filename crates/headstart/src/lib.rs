@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod fetch;
 pub mod fsx;
