@@ -67,6 +67,10 @@ pub struct RunConfig {
     /// `mean` or `max`.
     pub chunk_pooling: Option<String>,
     pub chunk_batch: Option<usize>,
+    /// CLIP models: `default` or `zero-shot`.
+    pub head_init: Option<String>,
+    /// Prompt templates of the zero-shot start, each with `{}`.
+    pub templates: Option<Vec<String>>,
 }
 
 impl RunConfig {

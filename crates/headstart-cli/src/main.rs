@@ -19,6 +19,7 @@ use headstart::train::{ClassWeights, HeadKind, Method, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
+mod export;
 mod fetch;
 mod progress;
 mod report;
@@ -37,14 +38,27 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a bundle on labelled data (as `train --data` takes it).
     Eval {
-        bundle: PathBuf,
+        #[arg(required_unless_present = "zero_shot")]
+        bundle: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
+        /// Evaluate a CLIP model's zero-shot classifier instead of a bundle: the class names are
+        /// the data's class folders (underscores read as spaces), put into the templates.
+        #[arg(long, requires = "model", conflicts_with = "bundle")]
+        zero_shot: bool,
+        /// With --zero-shot: the CLIP model (directory, registry name or hub id in the hub cache).
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        prompts: TemplateArgs,
         /// Text bundles: replace invalid UTF-8 instead of failing.
         #[arg(long)]
         lossy: bool,
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Encoder precision (default: the one the head was trained on; another is warned about).
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
         #[arg(long)]
         json: bool,
         /// Also write an HTML report (confusion matrix, per-class table, misclassified examples).
@@ -107,6 +121,9 @@ enum Command {
         top_k: usize,
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Encoder precision (default: the one the head was trained on; another is warned about).
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -154,6 +171,12 @@ enum Command {
     ZeroShot(ZeroShotArgs),
     /// Serve bundles over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
+    /// Embeddings of every example of a data set, one Parquet row each (path or text, label,
+    /// content sha256, embedding).
+    Embed(export::EmbedArgs),
+    /// Embed slice I of N of a data set (split by content hash) into a shard folder with
+    /// manifests; `train --features DIR` trains on the finished folder.
+    Extract(export::ExtractArgs),
     /// Write RUN_DIR/report.html: learning curves, confusion matrix, per-class scores, data.
     Report {
         #[arg(value_name = "RUN_DIR")]
@@ -238,6 +261,41 @@ impl Common {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HeadInitArg {
+    Default,
+    ZeroShot,
+}
+
+/// Prompt templates of a CLIP model's zero-shot classifier.
+#[derive(clap::Args, Default)]
+struct TemplateArgs {
+    /// Prompt template with `{}` for the class name; repeat to ensemble (default "a photo of a {}.").
+    #[arg(long = "template")]
+    templates: Vec<String>,
+    /// A file of templates, one per line (`#` comments).
+    #[arg(long)]
+    templates_file: Option<PathBuf>,
+}
+
+impl TemplateArgs {
+    /// The templates given (empty: the default), each checked.
+    fn read(&self) -> Result<Vec<String>> {
+        use headstart::zero_shot as zs;
+        let mut templates = self.templates.clone();
+        for t in &templates {
+            zs::check_template(t).map_err(|m| anyhow::anyhow!("--template: {m}"))?;
+        }
+        if let Some(f) = &self.templates_file {
+            templates.extend(zs::read_templates(f)?);
+        }
+        Ok(templates)
+    }
+    fn given(&self) -> bool {
+        !self.templates.is_empty() || self.templates_file.is_some()
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum HeadArg {
     Logistic,
@@ -270,15 +328,28 @@ enum ScheduleArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum PrecisionArg {
+pub(crate) enum PrecisionArg {
+    Auto,
     Fp32,
     Bf16,
+}
+
+impl PrecisionArg {
+    pub(crate) fn value(self) -> headstart::engine::Precision {
+        match self {
+            PrecisionArg::Auto => headstart::engine::Precision::Auto,
+            PrecisionArg::Fp32 => headstart::engine::Precision::Fp32,
+            PrecisionArg::Bf16 => headstart::engine::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BnArg {
     Train,
     Frozen,
+    /// Data-parallel runs: batch statistics over every rank's rows (SyncBatchNorm).
+    Sync,
 }
 
 #[derive(clap::Args)]
@@ -291,6 +362,10 @@ struct TrainArgs {
     /// Text: a CSV, TSV or JSONL file, or a folder of class folders of `.txt` files.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Train a head on stored features: a folder of shards from `extract`, or a Parquet file
+    /// from `embed`. The bundle runs on raw inputs with the encoder the features record.
+    #[arg(long, value_name = "DIR|FILE.parquet", conflicts_with_all = ["data", "resume"])]
+    features: Option<PathBuf>,
     /// Continue an interrupted fine-tuning run from its last checkpoint, with its settings.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -334,13 +409,20 @@ struct TrainArgs {
     /// seeded SpecAugment-style time and frequency masks (audio).
     #[arg(long)]
     augment: bool,
-    /// BatchNorm in unfrozen stages: `train` (batch statistics) or `frozen` (pre-trained ones).
+    /// BatchNorm in unfrozen stages: `train` (batch statistics), `frozen` (pre-trained ones) or
+    /// `sync` (data-parallel runs: statistics over every rank's rows).
     #[arg(long, value_enum, default_value = "train")]
     bn: BnArg,
+    /// The same as `--bn sync`.
+    #[arg(long, conflicts_with = "bn")]
+    sync_bn: bool,
     /// Also checkpoint every this many optimiser steps (always after every epoch).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Fine-tuning forward passes in fp32 or with bf16 autocast (CPU).
+    /// Encoder precision: auto, fp32 or bf16 (CPU autocast); convolutional networks run
+    /// channels-last. Feature extraction defaults to auto, which picks bf16 only for the
+    /// networks where measured accuracy allowed it, on hardware with native bf16 (today none:
+    /// it runs fp32). Fine-tuning defaults to fp32.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Fine-tuning: stop after this many epochs without improvement.
@@ -417,6 +499,13 @@ struct TrainArgs {
     /// examples of some class, else the split), `off` (the split), or a number of folds K.
     #[arg(long, value_name = "K|auto|off")]
     cv: Option<String>,
+    /// CLIP models: where the linear or logistic head starts: `default` (zeros) or `zero-shot`
+    /// (the class names' text embeddings times the logit scale; the logistic head's L2 penalty
+    /// then pulls toward it).
+    #[arg(long, value_enum)]
+    head_init: Option<HeadInitArg>,
+    #[command(flatten)]
+    prompts: TemplateArgs,
     /// Override the model's input size (crop side), warned about.
     #[arg(long)]
     input_size: Option<i64>,
@@ -544,6 +633,12 @@ impl TrainArgs {
         }
         if !self.refit && !self.no_refit {
             self.no_refit = f.refit == Some(false);
+        }
+        if self.head_init.is_none() {
+            self.head_init = config_choice("head_init", f.head_init.as_deref())?;
+        }
+        if self.prompts.templates.is_empty() {
+            self.prompts.templates = f.templates.unwrap_or_default();
         }
         take!(chunk_overlap, f.chunk_overlap);
         take!(max_chunks, f.max_chunks);
@@ -706,6 +801,12 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             None => d.cv,
             Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--cv {e}"))?,
         },
+        head_init: match a.head_init {
+            Some(HeadInitArg::ZeroShot) => headstart::train::HeadStart::ZeroShot { templates: a.prompts.read()? },
+            _ if a.prompts.given() => bail!("--template and --templates-file shape the zero-shot head: give --head-init zero-shot"),
+            _ => headstart::train::HeadStart::Default,
+        },
+        init: None,
     })
 }
 
@@ -740,9 +841,10 @@ fn finetune_config(a: &TrainArgs, base: FinetuneConfig) -> Result<FinetuneConfig
         clip_grad_norm: a.clip_grad,
         accumulate: a.accumulate.unwrap_or(base.accumulate),
         augment: a.augment.then(Augment::default),
-        bn: match a.bn {
+        bn: match if a.sync_bn { BnArg::Sync } else { a.bn } {
             BnArg::Train => BnPolicy::Train,
             BnArg::Frozen => BnPolicy::Frozen,
+            BnArg::Sync => BnPolicy::Sync,
         },
         label_smoothing: a.label_smoothing.unwrap_or(base.label_smoothing),
         seed: a.seed.unwrap_or(base.seed),
@@ -774,10 +876,21 @@ fn write_selection(out: &mut impl Write, s: &headstart::train::Selection, unit: 
     Ok(())
 }
 
+/// Fine-tuning precision: fp32 unless asked; `auto` resolves as for a network that is not
+/// convolutional.
 fn precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
-    match p {
-        Some(PrecisionArg::Bf16) => headstart::engine::Precision::Bf16,
-        _ => headstart::engine::Precision::Fp32,
+    p.map_or(headstart::engine::Precision::Fp32, PrecisionArg::value).resolve(headstart::precision::Family::Other)
+}
+
+/// Feature-extraction precision: the one asked for, else the library's default (`auto`).
+fn extract_precision(p: Option<PrecisionArg>) -> headstart::engine::Precision {
+    p.map_or(headstart::precision::DEFAULT_EXTRACT_PRECISION, PrecisionArg::value)
+}
+
+/// Prints a predictor's warning about running at another precision than its head's.
+fn warn_precision(warning: Option<String>) {
+    if let Some(w) = warning {
+        eprintln!("warning: {}", flags(&w));
     }
 }
 
@@ -965,8 +1078,13 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
     let started = std::time::Instant::now();
     let (modality, o) = match &a.resume {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
+        None if a.features.is_some() => export::train_on_features(&features_request(&a)?, &p)?,
         None => new_run(&a, &p)?,
     };
+    if !headstart::dist::is_primary() {
+        eprintln!("note: this data-parallel rank finished; rank 0 writes the checkpoints, bundle and report");
+        return Ok(());
+    }
     let written = report::after_train(&o.run_dir, &o, started.elapsed());
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &o)?;
@@ -984,6 +1102,20 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
         eprintln!("warning: the run report was not written: {}", message(&e));
     }
     Ok(())
+}
+
+/// A head on stored features, per the flags.
+fn features_request(a: &TrainArgs) -> Result<headstart::export::stored::FeatureTrainRequest> {
+    if a.mode == Some(TrainMode::Finetune) {
+        bail!("--mode finetune needs the raw inputs (--data); --features trains a head on stored features");
+    }
+    Ok(headstart::export::stored::FeatureTrainRequest {
+        features: a.features.clone().expect("given"),
+        val: a.val.clone(),
+        val_split: if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(headstart::learn::task::DEFAULT_VAL_SPLIT) },
+        out: a.out.clone().context("--out is required (or `output_dir` in the --config file)")?,
+        train: train_config(a)?,
+    })
 }
 
 /// Trains per the flags, in the modality the library detects.
@@ -1040,7 +1172,7 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
                 out,
                 cache,
                 eval_batch_size: eval_batch,
-                precision: if finetuning { headstart::engine::Precision::Fp32 } else { precision(a.precision) },
+                precision: if finetuning { headstart::engine::Precision::Fp32 } else { extract_precision(a.precision) },
                 finetune: if finetuning { Some(finetune_config(a, headstart::text::text_finetune_defaults())?) } else { None },
                 train: train_config(a)?,
             };
@@ -1061,8 +1193,13 @@ fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, r
                 finetune: if finetuning { Some(finetune_config(a, FinetuneConfig::default())?) } else { None },
                 train: train_config(a)?,
                 allow_truncated: a.common.allow_truncated,
+                precision: if finetuning { precision(a.precision) } else { extract_precision(a.precision) },
             };
-            run::train_image(&req, p)?
+            if headstart::blocks::clip::is_clip_model(&req.model) {
+                headstart::blocks::clip::train_clip(&req, p)?
+            } else {
+                run::train_image(&req, p)?
+            }
         }
     };
     Ok((detected.modality, o))
@@ -1096,6 +1233,9 @@ fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry
     writeln!(out, "classes     {} ({})", o.classes.len(), o.classes.join(", "))?;
     writeln!(out, "{unit:<11} {} train, {} validation, {} skipped", o.n_train, o.n_val, o.skipped)?;
     writeln!(out, "backbone    {} {unit} run, {} from the feature cache", o.backbone_computed, o.backbone_reused)?;
+    if let Some(p) = o.precision {
+        writeln!(out, "precision   {p}")?;
+    }
     let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
     writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
     if !o.tuned_stages.is_empty() {
@@ -1132,22 +1272,45 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => train(a, out),
-        Command::Eval { bundle, data, lossy, weights, json, report: html, columns, common } => {
+        Command::Eval { bundle, data, zero_shot, model, prompts, lossy, weights, precision: asked, json, report: html, columns, common } => {
+            let asked = asked.map(PrecisionArg::value);
+            if zero_shot || prompts.given() {
+                let (Some(model), true) = (model, zero_shot) else { bail!("--template and --templates-file apply to --zero-shot") };
+                columns.refuse_for_images()?;
+                if html.is_some() {
+                    bail!("--report is not available with --zero-shot yet");
+                }
+                let encoder = headstart::blocks::clip::ClipEncoder::load(&model, weights.as_deref())?;
+                let decode = headstart::preprocess::DecodeOptions { allow_truncated: common.allow_truncated, ..Default::default() };
+                let (report, skipped) =
+                    headstart::blocks::clip::evaluate_zero_shot(&encoder, &data, &prompts.read()?, decode, common.cache().as_deref(), &common.progress())?;
+                write_skipped(&skipped);
+                return write_report(out, &report, json);
+            }
+            let bundle = bundle.context("a BUNDLE to evaluate, or --zero-shot --model CLIP")?;
             let (report, skipped) = if let Some(file) = &html {
                 let (p, cache) = (common.progress(), common.cache());
-                report::eval_with_report(&bundle, &data, lossy, weights.as_deref(), common.allow_truncated, cache.as_deref(), &p, file)?
+                let how = report::EvalOptions { lossy, weights: weights.as_deref(), allow_truncated: common.allow_truncated, precision: asked };
+                report::eval_with_report(&bundle, &data, &how, cache.as_deref(), &p, file)?
             } else if headstart::bundle::modality(&bundle)? == "audio" {
                 columns.refuse_for("an audio")?;
                 let p = headstart::blocks::audio::AudioPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
                 p.evaluate(&data, common.cache().as_deref(), &common.progress())?
             } else if headstart::bundle::modality(&bundle)? == "text" {
-                let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+                let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+                warn_precision(asked.and_then(|a| p.use_precision(a)));
                 let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
                 p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
+            } else if headstart::blocks::clip::is_clip_bundle(&bundle)? {
+                columns.refuse_for_images()?;
+                let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
+                p.decode.allow_truncated = common.allow_truncated;
+                p.evaluate(&data, common.cache().as_deref(), &common.progress())?
             } else {
                 columns.refuse_for_images()?;
                 let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
                 p.decode.allow_truncated = common.allow_truncated;
+                warn_precision(asked.and_then(|a| p.use_precision(a)));
                 run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
             };
             write_skipped(&skipped);
@@ -1199,8 +1362,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
             write_lr_find(out, &r, json)
         }
-        Command::Predict { bundle, files, text, lossy, top_k, weights, json, columns, common } if headstart::bundle::modality(&bundle)? == "text" => {
-            let p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+        Command::Predict { bundle, files, text, lossy, top_k, weights, precision: asked, json, columns, common }
+            if headstart::bundle::modality(&bundle)? == "text" =>
+        {
+            let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
+            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
             let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();
             let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
             let inputs = headstart::blocks::text::predict_inputs(&given, &files, &cols, lossy)?;
@@ -1220,10 +1386,24 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } => {
+        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } if headstart::blocks::clip::is_clip_bundle(&bundle)? => {
+            columns.refuse_for_images()?;
+            let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
+            p.decode.allow_truncated = common.allow_truncated;
+            let (probs, ok, skipped) = p.probabilities(&files, common.cache().as_deref(), &common.progress())?;
+            let tops = headstart::learn::task::top_k(&probs, &p.labels, top_k)?;
+            write_skipped(&skipped);
+            write_predictions(out, ok.iter().map(|&i| files[i].display().to_string()).zip(tops), &skipped, json, "file")?;
+            if ok.is_empty() {
+                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
+            }
+            Ok(())
+        }
+        Command::Predict { bundle, files, top_k, weights, precision: asked, json, columns, common, .. } => {
             columns.refuse_for_images()?;
             let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
             p.decode.allow_truncated = common.allow_truncated;
+            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
             let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
             write_skipped(&skipped);
             let n = preds.len();
@@ -1253,6 +1433,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Fetch(a) => fetch::run(a, out),
+        Command::Embed(a) => export::embed(a, out),
+        Command::Extract(a) => export::extract(a, out),
         Command::ZeroShot(a) => zero_shot(a, out),
         Command::Classify { model, weights, top_k, json, files } => write_classification(out, &run::classify(&model, weights.as_deref(), &files, top_k)?, json),
     }
@@ -1342,7 +1524,7 @@ fn write_models(out: &mut impl Write, json: bool) -> Result<()> {
     for e in &all {
         let (size, crop) = match e {
             registry::Listed::Image(i) => (i.input.size.to_string(), format!("{:.3}", i.input.crop_pct)),
-            registry::Listed::Text(_) => ("-".into(), "-".into()),
+            registry::Listed::Text(_) | registry::Listed::Clip(_) => ("-".into(), "-".into()),
             registry::Listed::Audio(a) => (format!("{}s", a.input.window_seconds), "-".into()),
         };
         writeln!(out, "{:<w$}  {:<8}  {:<17}  {size:>4}  {crop:>5}  {}", e.name(), e.modality().name(), e.family(), e.source())?;

@@ -105,3 +105,60 @@ fn reports_render_in_headless_chromium() {
     assert!(html.contains("Confusion matrix (test set)") && html.contains("broken.png"));
     check_page(&chrome, dir.path(), &eval, 1);
 }
+
+/// `train` records its held-out predictions, and the report shows the mistakes among them with
+/// thumbnails. The validation set holds bags filed under `Trouser`, which a head trained on
+/// real bags takes for bags: those mistakes must be recorded and shown.
+#[test]
+fn the_run_report_shows_thumbnails_of_misclassified_validation_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::sample_set(&data);
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
+    let val = dir.path().join("val");
+    for (class, from, n) in [("Bag", "Bag", 3), ("Trouser", "Bag", 3), ("Sandal", "Sandal", 3)] {
+        std::fs::create_dir_all(val.join(class)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(sample.join(from)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let skip = if class == "Trouser" { 20 } else { 10 };
+        for f in files.iter().skip(skip).take(n) {
+            std::fs::copy(f, val.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let run = dir.path().join("run");
+    let o = headstart(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--val",
+        val.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--no-cache",
+        "--progress",
+        "none",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("outcome.json")).unwrap()).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("val_predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // With this few examples the setting is chosen by cross-validation: every image is held
+    // out once, so every image has a line (with a split, only the validation images would).
+    assert_eq!(outcome["selection"]["method"], "cross_validation", "{outcome}");
+    assert_eq!(lines.len() as u64, outcome["n_train"].as_u64().unwrap() + outcome["n_val"].as_u64().unwrap(), "one line per held-out image");
+    // The recorded predictions are the ones the validation report counts.
+    let classes: Vec<&str> = outcome["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let confusion = &outcome["val"]["confusion"];
+    for (t, truth) in classes.iter().enumerate() {
+        for (p, pred) in classes.iter().enumerate() {
+            let n = lines.iter().filter(|l| l["truth"] == *truth && l["predicted"] == *pred).count() as u64;
+            assert_eq!(confusion[t][p].as_u64().unwrap(), n, "{truth} → {pred}");
+        }
+    }
+    let bags_as_trousers: Vec<&serde_json::Value> = lines.iter().filter(|l| l["truth"] == "Trouser" && l["predicted"] == "Bag").collect();
+    assert!(bags_as_trousers.len() >= 2, "the mislabelled bags should be predicted as bags: {lines:?}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    let pairs = &html[html.find("Most-confused pairs").unwrap()..];
+    assert!(pairs.contains("<b>Trouser</b> taken for <b>Bag</b>"), "{pairs}");
+    assert!(pairs.matches("src=\"data:image/png;base64,").count() >= bags_as_trousers.len(), "one thumbnail per shown mistake");
+}

@@ -446,3 +446,30 @@ fn non_loopback_bind_without_key_warns_and_sigint_stops() {
     let log = s.log.lock().unwrap().clone();
     assert!(log.contains("warning: listening on 0.0.0.0:0 without --api-key-file"), "{log}");
 }
+
+#[test]
+fn precision_is_each_bundles_own_unless_asked_and_another_is_warned_about() {
+    let b = bundles();
+    let (img, txt) = (format!("img={}", b.image.display()), format!("txt={}", b.text.display()));
+    let precisions =
+        |s: &Server| -> Vec<Value> { parse(&get(&s.url("/v1/models"), None).1)["models"].as_array().unwrap().iter().map(|m| m["precision"].clone()).collect() };
+    let s = Server::start(&[&img, &txt, "--addr", "127.0.0.1:0"], &[]);
+    assert_eq!(precisions(&s), vec![json!("fp32"), json!("fp32")]);
+    assert!(!s.log.lock().unwrap().contains("warning"), "{}", s.log.lock().unwrap());
+    drop(s);
+    let s = Server::start(&[&img, &txt, "--addr", "127.0.0.1:0", "--precision", "bf16"], &[]);
+    assert_eq!(precisions(&s), vec![json!("bf16"), json!("bf16")]);
+    let log = s.log.lock().unwrap().clone();
+    for name in ["img", "txt"] {
+        assert!(log.contains(&format!("warning: {name}: the head was trained on fp32 features but bf16 was asked for")), "{log}");
+    }
+    // The answers come from the bf16 encoder: close to predict's fp32 ones, not equal.
+    let (st, _, body) = post_json(&s.url("/v1/predict"), &json!({"model": "img", "inputs": [b64(&b.images[0])], "top_k": 3}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let o = headstart(&["predict", b.image.to_str().unwrap(), "--top-k", "3", "--json", "--no-cache", b.images[0].to_str().unwrap()]);
+    let want = &parse(&String::from_utf8_lossy(&o.stdout))["predictions"][0]["top"];
+    let got = &parse(&body)["predictions"][0]["top"];
+    assert_ne!(got, want);
+    assert_eq!(got[0][0], want[0][0]);
+    assert!((got[0][1].as_f64().unwrap() - want[0][1].as_f64().unwrap()).abs() < 0.1, "{got} {want}");
+}

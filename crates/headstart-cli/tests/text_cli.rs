@@ -66,6 +66,17 @@ fn config_file_with_flag_overrides_and_text_bundle_eval_predict() {
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 3);
     let errors = std::fs::read_to_string(run.join("errors.jsonl")).unwrap();
     assert!(errors.contains("reviews.jsonl:1") && errors.contains("empty text"), "{errors}");
+    // The held-out predictions behind the report: one per validation text, with where it came
+    // from and the text itself.
+    let held: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("val_predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(held.len() as u64, v["n_val"].as_u64().unwrap());
+    for h in &held {
+        let line: usize = h["origin"].as_str().unwrap().rsplit_once("reviews.jsonl:").unwrap().1.parse().unwrap();
+        assert!((2..=41).contains(&line), "{h}");
+        assert!(h["text"].as_str().unwrap().starts_with("the movie was "), "{h}");
+        assert!(["pos", "neg"].contains(&h["predicted"].as_str().unwrap()));
+    }
 
     let bundle = run.join("bundle");
     let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json", "--no-cache"]);

@@ -29,9 +29,9 @@ fn features(dir: &Path, classes: Option<&[String]>, cache: &Path) -> (Tensor, Te
     let (model, _) = pretrained(entry, &weights, 3, HeadInit::None).unwrap();
     let ds = Dataset::open(dir, classes).unwrap();
     let dim = model.backbone.num_features() as usize;
-    let fc = FeatureCache::new(cache, &weights.sha256().unwrap(), &entry.input, "pooled", dim).unwrap();
+    let fc = FeatureCache::new(cache, &weights.sha256().unwrap(), &entry.input, "pooled", dim, headstart::engine::Precision::Fp32).unwrap();
     let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
-    let ex = extract(&model, &entry.input, &paths, Some(&fc), 32, &Default::default(), &Silent).unwrap();
+    let ex = extract(&model, &entry.input, &paths, Some(&fc), 32, &Default::default(), headstart::engine::Precision::Fp32, &Silent).unwrap();
     let y: Vec<i64> = ex.ok.iter().map(|&i| ds.items[i].label as i64).collect();
     (ex.features, Tensor::from_slice(&y), ds.classes)
 }

@@ -1,6 +1,6 @@
 //! Text benchmark, headstart side (bench/text/run.sh runs the Python references beside it).
 //!
-//!   text_bench embed MODEL_DIR CSV            sentence embeddings/s, batch 32, real lengths
+//!   text_bench embed MODEL_DIR CSV [fp32|bf16] sentence embeddings/s, batch 32, real lengths
 //!   text_bench step MODEL_DIR CSV fp32|bf16 N  full fine-tuning steps/s at length 128, batch 16
 //!
 //! Prints one JSON line.
@@ -21,12 +21,14 @@ fn main() {
     let ds = TextDataset::open(csv, &Columns::default(), None, false).unwrap();
     match cmd {
         "embed" => {
+            let precision: Precision = args.get(4).map_or(Precision::Fp32, |p| p.parse().unwrap());
             let m = TextModel::load(dir, &TextModelOptions::default()).unwrap();
-            embed(&m, &ds.texts[..64], None, None, 32, Precision::Fp32, &Silent).unwrap();
+            embed(&m, &ds.texts[..64], None, None, 32, precision, &Silent).unwrap();
             let t = Instant::now();
-            embed(&m, &ds.texts, None, None, 32, Precision::Fp32, &Silent).unwrap();
+            embed(&m, &ds.texts, None, None, 32, precision, &Silent).unwrap();
             let dt = t.elapsed().as_secs_f64();
-            println!("{}", serde_json::json!({"tool": "headstart", "what": "embed", "n": ds.len(), "seconds": dt, "sentences_per_s": ds.len() as f64 / dt}));
+            let v = serde_json::json!({"tool": "headstart", "what": "embed", "precision": precision.name(), "n": ds.len(), "seconds": dt, "sentences_per_s": ds.len() as f64 / dt});
+            println!("{v}");
         }
         "step" => {
             let precision = if args[4] == "bf16" { Precision::Bf16 } else { Precision::Fp32 };

@@ -2,7 +2,8 @@
 //! (format version, modality, label names, a tagged reference to the encoder with everything
 //! its inputs need: registry name, weight sha256 and preprocessing for images; model, weight
 //! and tokenizer sha256, pooling and long-text policy for text; model, weight sha256, layout,
-//! layer and clip limits for audio; the data columns for text; head spec; tuned stages) and `head.safetensors` (+ `backbone.safetensors`). Written to a
+//! layer and clip limits for audio; the data columns for text; head spec; tuned stages; the
+//! precision the head was trained on) and `head.safetensors` (+ `backbone.safetensors`). Written to a
 //! staging directory, synced, then renamed into place.
 //!
 //! Format 1 (one layout per modality: `[backbone]` + `[pretrained_cfg]` for images, an
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::models::registry::{self, Entry, ImageInput, Modality};
 use crate::models::text::{Pooling, TextCfg};
@@ -63,6 +65,10 @@ pub struct Bundle {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    /// The precision of the encoder pass the head was trained on (`fp32` or `bf16`); bundles
+    /// written before it was recorded read as fp32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Which encoder a bundle runs on, tagged by `kind`.
@@ -75,6 +81,21 @@ pub enum EncoderRef {
     Text(TextEncoderRef),
     /// An audio encoder (Whisper, Wav2Vec2, HuBERT) and how clips are read for it.
     Audio(AudioEncoderRef),
+    /// The image tower of a CLIP model (its normalised image embeddings), images in.
+    Clip(ClipRef),
+}
+
+/// A CLIP model whose image tower featurises a bundle's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipRef {
+    /// As given to `train` (directory, registry name or hub id).
+    pub model: String,
+    /// The sha256 of the model's weight file.
+    pub weights_sha256: String,
+    /// Where the weights were read from.
+    pub weights_source: String,
+    pub config: crate::models::clip::ClipCfg,
+    pub input: ImageInput,
 }
 
 /// An audio encoder: where it is, its weights and layout, and how clips are read.
@@ -134,6 +155,8 @@ pub struct BundleMeta {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// A text bundle's metadata as text code reads it (and format 1 stored it).
@@ -148,6 +171,8 @@ pub struct TextBundleMeta {
     pub head: HeadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<Tuned>,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl From<BundleMeta> for Bundle {
@@ -162,6 +187,7 @@ impl From<BundleMeta> for Bundle {
             columns: None,
             head: m.head,
             tuned: m.tuned,
+            precision: m.precision,
         }
     }
 }
@@ -177,6 +203,7 @@ impl From<TextBundleMeta> for Bundle {
             columns: Some(m.columns),
             head: m.head,
             tuned: m.tuned,
+            precision: m.precision,
         }
     }
 }
@@ -193,7 +220,11 @@ impl Bundle {
                 labels: self.labels.clone(),
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
+                precision: self.precision,
             }),
+            EncoderRef::Clip(c) => {
+                Err(Error::Bundle { path: dir.join(META), message: format!("a bundle on the CLIP model `{}`, not on a registry backbone", c.model) })
+            }
             _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not an image bundle", self.modality.name()) }),
         }
     }
@@ -210,6 +241,7 @@ impl Bundle {
                 labels: self.labels.clone(),
                 head: self.head.clone(),
                 tuned: self.tuned.clone(),
+                precision: self.precision,
             }),
             _ => Err(Error::Bundle { path: dir.join(META), message: format!("a {} bundle, not a text bundle", self.modality.name()) }),
         }
@@ -228,6 +260,7 @@ impl BundleMeta {
             labels,
             head,
             tuned: None,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -365,12 +398,15 @@ pub fn read_meta(dir: &Path) -> Result<Bundle> {
         None => return Err(bad("no format_version".into())),
     };
     let modality_of_encoder = match meta.encoder {
-        EncoderRef::Vision(_) => Modality::Image,
+        EncoderRef::Vision(_) | EncoderRef::Clip(_) => Modality::Image,
         EncoderRef::Text(_) => Modality::Text,
         EncoderRef::Audio(_) => Modality::Audio,
     };
     if meta.modality != modality_of_encoder {
         return Err(bad(format!("modality `{}` with a {} encoder", meta.modality.name(), modality_of_encoder.name())));
+    }
+    if meta.precision == Precision::Auto {
+        return Err(bad("precision must be the one the head was trained on (fp32 or bf16), not auto".into()));
     }
     if meta.labels.len() as i64 != meta.head.num_classes {
         return Err(bad(format!("{} labels but the head has {} classes", meta.labels.len(), meta.head.num_classes)));

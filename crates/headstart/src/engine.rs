@@ -27,7 +27,8 @@ pub fn release_free_memory() {
     }
 }
 
-/// Precision of the trainable forward pass.
+/// Precision of a forward pass: frozen feature extraction, inference, or fine-tuning. How
+/// `auto` resolves, and for which networks, is in [`crate::precision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
@@ -35,6 +36,9 @@ pub enum Precision {
     Fp32,
     /// bf16 autocast on CPU (matmuls and convolutions in bfloat16, reductions and losses fp32).
     Bf16,
+    /// bf16 where the policy allows it for the network and the hardware computes it natively,
+    /// else fp32; resolved once per run ([`Precision::resolve`]).
+    Auto,
 }
 
 // libtorch's autocast switches for a given device type. tch exposes only the CUDA ones, so
@@ -63,8 +67,9 @@ const DEVICE_CPU: i8 = 0;
 const SCALAR_BFLOAT16: i8 = 15;
 
 /// Runs `f` with CPU autocast at `precision` (a no-op for fp32), restoring the previous state.
+/// Resolve `auto` first ([`Precision::resolve`]): an unresolved `auto` runs in fp32.
 pub fn autocast_cpu<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
-    if precision == Precision::Fp32 {
+    if precision != Precision::Bf16 {
         return f();
     }
     // SAFETY: plain setters/getters of libtorch's thread-local autocast state.

@@ -30,6 +30,9 @@ pub enum Error {
     /// Fetching an asset from a package registry failed (network, index, checksum).
     #[error("{0}")]
     Fetch(String),
+    /// A distributed run failed: rendezvous, or a collective (a lost rank, a timeout).
+    #[error("{0}")]
+    Distributed(String),
 }
 
 /// What went wrong, in the classes the exit codes follow.
@@ -79,7 +82,7 @@ impl Error {
     pub fn cause(&self) -> Cause {
         match self {
             Error::Weights { .. } | Error::Model(_) | Error::Torch(_) => Cause::Model,
-            Error::Io { .. } | Error::Fetch(_) => Cause::Io,
+            Error::Io { .. } | Error::Fetch(_) | Error::Distributed(_) => Cause::Io,
             Error::Input { .. } => Cause::Data,
             Error::Usage(_) => Cause::Usage,
             Error::Bundle { .. } => Cause::Bundle,

@@ -1,6 +1,6 @@
 //! Frozen-backbone feature extraction with a persistent, content-addressed cache.
 //!
-//! Cache key = sha256(weights sha256, preprocessing config, layer) → a directory; inside it,
+//! Cache key = sha256(weights sha256, preprocessing config, layer, precision) → a directory; inside it,
 //! one small file per image named by the sha256 of the image's bytes. A second run on the same
 //! data (another head, other hyper-parameters, an added class folder) runs the backbone only
 //! on images whose bytes it has not seen. Decoding runs on worker threads and overlaps with
@@ -8,26 +8,41 @@
 //! bounded by a budget, so a folder of huge or oddly shaped images is decoded one at a time
 //! rather than all at once; prepared tensors have a fixed size and the queue holds a fixed
 //! number of them.
+//!
+//! The backbone runs at a concrete [`Precision`]: bf16 under CPU autocast, and convolutional
+//! networks on channels-last batches at every precision. Features are stored as fp32 whatever
+//! computed them; the precision is part of the cache key.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 pub use crate::cache::{default_cache_root, sha256_hex, FeatureCache};
 use crate::data::Skip;
-use crate::error::Result;
+use crate::engine::{autocast_cpu, Precision};
+use crate::error::{Error, Result};
 use crate::models::registry::ImageInput;
 use crate::models::{Mode, Model};
 use crate::preprocess::{decode_prepared, header_of, DecodeOptions, Source};
 use crate::progress::Progress;
 
-/// The image cache key: weights, preprocessing, layer.
+/// The image cache key: weights, preprocessing, layer, precision.
 impl FeatureCache {
-    pub fn new(root: &Path, weights_sha256: &str, input: &ImageInput, layer: &str, dim: usize) -> Result<FeatureCache> {
-        Self::keyed(root, &serde_json::json!({"weights": weights_sha256, "input": input, "layer": layer, "dim": dim}), dim)
+    /// The cache of features computed at `precision` (a concrete one: `auto` is an error).
+    pub fn new(root: &Path, weights_sha256: &str, input: &ImageInput, layer: &str, dim: usize, precision: Precision) -> Result<FeatureCache> {
+        Self::keyed(root, &Self::key(weights_sha256, input, layer, dim, precision)?, dim)
+    }
+
+    /// The key [`new`](Self::new) stores features under.
+    pub fn key(weights_sha256: &str, input: &ImageInput, layer: &str, dim: usize, precision: Precision) -> Result<serde_json::Value> {
+        if precision == Precision::Auto {
+            return Err(Error::Model("feature cache: resolve the `auto` precision before keying features".into()));
+        }
+        Ok(serde_json::json!({"weights": weights_sha256, "input": input, "layer": layer, "dim": dim, "precision": precision}))
     }
 }
 
@@ -43,6 +58,22 @@ pub struct Extracted {
     pub reused: usize,
     /// Truncated files kept because the decode options allow them.
     pub truncated_kept: usize,
+    pub timing: ExtractTiming,
+}
+
+/// Where an extraction's wall time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ExtractTiming {
+    /// The whole extraction.
+    pub wall_s: f64,
+    /// The backbone's forward passes (with stacking the batch and copying features out).
+    pub backbone_s: f64,
+    /// The backbone thread waiting for decoded images.
+    pub starved_s: f64,
+    /// Reading, hashing, decoding and preparing, summed over the decoding threads.
+    pub decode_s: f64,
+    /// Decoding threads (they share the cores with the backbone's intra-op threads).
+    pub decode_threads: usize,
 }
 
 /// The most bytes the decoding threads of one extraction hold at once.
@@ -163,7 +194,16 @@ fn load_one(path: &Path, input: &ImageInput, cache: Option<&FeatureCache>, opts:
 /// Total backbone images processed by this process, for tests and reports.
 pub static BACKBONE_IMAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs the frozen backbone (eval mode, no autograd) over `paths`, reusing cached features.
+/// Pooled features of one prepared batch, `[B, dim]` fp32, at `precision` (concrete): bf16
+/// under CPU autocast; convolutional networks channels-last.
+pub fn forward_pooled(model: &Model, x: &Tensor, precision: Precision) -> Tensor {
+    let x = if model.arch.family() == crate::precision::Family::Conv { crate::precision::channels_last(x) } else { x.shallow_clone() };
+    tch::no_grad(|| autocast_cpu(precision, || model.backbone.pool(&model.backbone.forward_features(&x, Mode::Eval)))).to_kind(Kind::Float)
+}
+
+/// Runs the frozen backbone (eval mode, no autograd) over `paths` at `precision` (concrete:
+/// resolve `auto` first), reusing cached features.
+#[allow(clippy::too_many_arguments)]
 pub fn extract(
     model: &Model,
     input: &ImageInput,
@@ -171,10 +211,31 @@ pub fn extract(
     cache: Option<&FeatureCache>,
     batch_size: usize,
     opts: &DecodeOptions,
+    precision: Precision,
     progress: &dyn Progress,
 ) -> Result<Extracted> {
-    let dim = model.backbone.num_features() as usize;
+    let b = &model.backbone;
+    let forward = |x: &Tensor| forward_pooled(model, x, precision);
+    extract_with(&forward, b.num_features() as usize, input, paths, cache, batch_size, opts, progress)
+}
+
+/// [`extract`] with any featuriser: `forward` maps prepared images `[B, 3, S, S]` to `[B, dim]`
+/// (it runs without autograd, on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn extract_with(
+    forward: &dyn Fn(&Tensor) -> Tensor,
+    dim: usize,
+    input: &ImageInput,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch_size: usize,
+    opts: &DecodeOptions,
+    progress: &dyn Progress,
+) -> Result<Extracted> {
+    let started = Instant::now();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let decode_nanos = AtomicUsize::new(0);
+    let (mut backbone, mut starved) = (Duration::ZERO, Duration::ZERO);
     let next = AtomicUsize::new(0);
     let budget = Budget::new(DECODE_BUDGET);
     let (tx, rx) = mpsc::sync_channel::<Job>(batch_size * 2);
@@ -185,28 +246,33 @@ pub fn extract(
     let result = std::thread::scope(|s| -> Result<()> {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (next, budget) = (&next, &budget);
+            let (next, budget, decode_nanos) = (&next, &budget, &decode_nanos);
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= paths.len() {
                     break;
                 }
-                if tx.send(load_one(&paths[i], input, cache, opts, budget, i)).is_err() {
+                let t = Instant::now();
+                let job = load_one(&paths[i], input, cache, opts, budget, i);
+                decode_nanos.fetch_add(t.elapsed().as_nanos() as usize, Ordering::Relaxed);
+                if tx.send(job).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
         let mut pending: Vec<(usize, Tensor, String)> = vec![];
-        let run = |pending: &mut Vec<(usize, Tensor, String)>, rows: &mut Vec<Option<Vec<f32>>>| -> Result<()> {
+        let mut run = |pending: &mut Vec<(usize, Tensor, String)>, rows: &mut Vec<Option<Vec<f32>>>| -> Result<()> {
             if pending.is_empty() {
                 return Ok(());
             }
+            let t = Instant::now();
             let xs: Vec<Tensor> = pending.iter().map(|(_, t, _)| t.shallow_clone()).collect();
             let x = Tensor::f_stack(&xs, 0)?;
-            let f = tch::no_grad(|| model.backbone.pool(&model.backbone.forward_features(&x, Mode::Eval))).to_kind(Kind::Float);
+            let f = tch::no_grad(|| forward(&x)).to_kind(Kind::Float);
             BACKBONE_IMAGES.fetch_add(pending.len(), Ordering::SeqCst);
             let flat: Vec<f32> = Vec::try_from(f.flatten(0, -1))?;
+            backbone += t.elapsed();
             for (k, (i, _, hash)) in pending.drain(..).enumerate() {
                 let v = flat[k * dim..(k + 1) * dim].to_vec();
                 if let Some(c) = cache {
@@ -216,7 +282,10 @@ pub fn extract(
             }
             Ok(())
         };
-        for job in rx {
+        loop {
+            let t = Instant::now();
+            let Ok(job) = rx.recv() else { break };
+            starved += t.elapsed();
             match job {
                 Job::Cached(i, v) => {
                     rows[i] = Some(v);
@@ -254,5 +323,31 @@ pub fn extract(
     }
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     let features = Tensor::from_slice(&flat).view([ok.len() as i64, dim as i64]);
-    Ok(Extracted { features, ok, skipped, computed, reused, truncated_kept })
+    let timing = ExtractTiming {
+        wall_s: started.elapsed().as_secs_f64(),
+        backbone_s: backbone.as_secs_f64(),
+        starved_s: starved.as_secs_f64(),
+        decode_s: decode_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        decode_threads: workers,
+    };
+    Ok(Extracted { features, ok, skipped, computed, reused, truncated_kept, timing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_names_the_precision() {
+        let input = crate::models::registry::find("mobilenet_v2").expect("registered").input.clone();
+        let key = |p| FeatureCache::key("abc", &input, "pooled", 1280, p);
+        let (a, b) = (key(Precision::Fp32).unwrap(), key(Precision::Bf16).unwrap());
+        assert_ne!(a, b);
+        assert_eq!((a["precision"].as_str(), b["precision"].as_str()), (Some("fp32"), Some("bf16")));
+        assert!(key(Precision::Auto).unwrap_err().to_string().contains("auto"));
+        let root = tempfile::tempdir().unwrap();
+        let dir = |p| FeatureCache::new(root.path(), "abc", &input, "pooled", 1280, p).unwrap().dir().to_path_buf();
+        assert_ne!(dir(Precision::Fp32), dir(Precision::Bf16));
+        assert_eq!(dir(Precision::Bf16), dir(Precision::Bf16));
+    }
 }

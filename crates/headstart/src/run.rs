@@ -10,6 +10,7 @@ use tch::Tensor;
 use crate::blocks::image::{entry_of, open_weights, ImageBlock, ImageModel};
 use crate::bundle::{self, BundleMeta};
 use crate::data::Skip;
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::learn::task;
 use crate::metrics::Report;
@@ -45,6 +46,10 @@ pub struct TrainRequest {
     /// Keep truncated images (counted in a warning) instead of skipping them.
     #[serde(default)]
     pub allow_truncated: bool,
+    /// Precision of the frozen-backbone pass. `auto` is resolved once; the run's
+    /// `config.json` and bundle record the concrete one. Configs without it read as fp32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainRequest {
@@ -64,6 +69,7 @@ impl TrainRequest {
             train: TrainConfig::default(),
             finetune: None,
             allow_truncated: false,
+            precision: crate::precision::DEFAULT_EXTRACT_PRECISION,
         }
     }
 
@@ -90,6 +96,8 @@ pub struct Predictor {
     head: Head,
     /// How the files to classify are decoded (truncated ones are skipped by default).
     pub decode: DecodeOptions,
+    /// Precision of the backbone pass: the bundle's unless [`Predictor::use_precision`].
+    precision: Precision,
 }
 
 impl Predictor {
@@ -113,11 +121,25 @@ impl Predictor {
         let input = meta.pretrained_cfg.input.clone();
         let model =
             ImageModel { entry, model, input, weights_sha256, file_sha256: meta.backbone.weights_sha256.clone(), source: w.source.display().to_string() };
-        Ok(Predictor { meta, entry, model, head, decode: DecodeOptions::default() })
+        let precision = meta.precision;
+        Ok(Predictor { meta, entry, model, head, decode: DecodeOptions::default(), precision })
+    }
+
+    /// Runs the backbone at `requested` (`auto` resolved for this machine) instead of the
+    /// precision the head was trained on; returns a warning when the two differ.
+    pub fn use_precision(&mut self, requested: Precision) -> Option<String> {
+        let (p, warning) = crate::precision::inference_precision(self.meta.precision, Some(requested), self.model.model.arch.family());
+        self.precision = p;
+        warning
+    }
+
+    /// The precision the backbone runs at.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn block(&self, cache_root: Option<&Path>) -> ImageBlock<'static> {
-        ImageBlock { req: None, decode: self.decode, cache: cache_root.map(Path::to_path_buf), batch_size: 32 }
+        ImageBlock { req: None, decode: self.decode, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision: self.precision }
     }
 
     /// Probabilities for each file (rows) in the order given; unusable files are skipped.
@@ -129,8 +151,7 @@ impl Predictor {
     /// ([`crate::preprocess::decode_prepared`]), stacked as `[N, 3, S, S]`: the same backbone
     /// and head as [`Predictor::probabilities`], without files or the feature cache.
     pub fn probabilities_prepared(&self, images: &Tensor) -> Result<Tensor> {
-        let b = &self.model.model.backbone;
-        let f = tch::no_grad(|| b.pool(&b.forward_features(images, crate::models::Mode::Eval))).to_kind(tch::Kind::Float);
+        let f = crate::features::forward_pooled(&self.model.model, images, self.precision);
         Ok(self.head.forward(&f)?.softmax(-1, tch::Kind::Float))
     }
 }

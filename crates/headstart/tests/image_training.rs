@@ -38,6 +38,7 @@ fn request(data: &Path, out: &Path, cache: &Path, head: HeadKind) -> TrainReques
         finetune: None,
         train: TrainConfig { head, epochs: 15, ..Default::default() },
         allow_truncated: false,
+        precision: Default::default(),
     }
 }
 

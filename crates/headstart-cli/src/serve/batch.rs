@@ -140,7 +140,7 @@ pub fn spawn_workers(queue: &Arc<Queue>, dir: PathBuf, info: model::Info, torch_
                 .name(format!("model-{}-{w}", queue.name))
                 .spawn(move || {
                     tch::set_num_threads(torch_threads as i32);
-                    let m = match model::load(&queue.name, &dir) {
+                    let m = match model::load(&queue.name, &dir, info.requested) {
                         Ok((_, m)) => m,
                         Err(e) => {
                             eprintln!("error: worker {w} of {} could not load {}: {e:#}", queue.name, dir.display());

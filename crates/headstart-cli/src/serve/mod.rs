@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// `Authorization: Bearer <key>`.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// Encoder precision of every bundle: auto, fp32 or bf16 (default: each bundle's own, the
+    /// one its head was trained on; another is warned about).
+    #[arg(long, value_enum)]
+    precision: Option<crate::PrecisionArg>,
 }
 
 /// A bundle argument: `NAME=PATH` or `PATH`.
@@ -102,7 +106,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
             bail!("two bundles are named {name:?}; give NAME=PATH");
         }
         // Loaded once here so a bad bundle stops the server before it listens.
-        let (info, _) = model::load(&name, &dir).with_context(|| format!("loading the bundle {}", dir.display()))?;
+        let requested = a.precision.map(crate::PrecisionArg::value);
+        let (info, _) = model::load(&name, &dir, requested).with_context(|| format!("loading the bundle {}", dir.display()))?;
+        if let Some(w) = &info.precision_warning {
+            eprintln!("warning: {name}: {}", w.replace("setting `precision`", "--precision"));
+        }
         let queue = batch::Queue::new(&name, policy, a.threads, metrics.clone());
         workers.extend(batch::spawn_workers(&queue, dir, info.clone(), torch_threads));
         models.push(http::Served { info, queue });

@@ -28,6 +28,14 @@ pub struct Info {
     pub preprocessing: serde_json::Value,
     /// Text bundles trained on sentence pairs want `{"text", "pair"}` inputs.
     pub pairs: bool,
+    /// The encoder precision it runs at (the bundle's, unless `--precision` said otherwise).
+    pub precision: headstart::engine::Precision,
+    /// The precision asked for with `--precision`, which every worker's copy runs at.
+    #[serde(skip)]
+    pub requested: Option<headstart::engine::Precision>,
+    /// Why the precision differs from the one the head was trained on, if it does.
+    #[serde(skip)]
+    pub precision_warning: Option<String>,
     #[serde(skip)]
     image: Option<headstart::models::registry::ImageInput>,
     #[serde(skip)]
@@ -117,11 +125,13 @@ fn top_of(probs: &Tensor, labels: &[String], top_k: usize) -> Result<Vec<Top>> {
     Ok(vals.chunks(k).zip(idx.chunks(k)).map(|(v, i)| i.iter().zip(v).map(|(&i, &p)| (labels[i as usize].clone(), p)).collect()).collect())
 }
 
-/// Loads a bundle: its description and a runnable model.
-pub fn load(name: &str, dir: &Path) -> Result<(Info, Box<dyn Model>)> {
+/// Loads a bundle: its description and a runnable model, at the `requested` precision (default:
+/// the bundle's).
+pub fn load(name: &str, dir: &Path, requested: Option<headstart::engine::Precision>) -> Result<(Info, Box<dyn Model>)> {
     let modality = headstart::bundle::modality(dir).with_context(|| format!("reading the bundle {}", dir.display()))?;
     if modality == "text" {
-        let p = headstart::text::TextPredictor::load(dir, None)?;
+        let mut p = headstart::text::TextPredictor::load(dir, None)?;
+        let precision_warning = requested.and_then(|r| p.use_precision(r));
         let e = &p.meta.encoder;
         let info = Info {
             name: name.into(),
@@ -130,12 +140,16 @@ pub fn load(name: &str, dir: &Path) -> Result<(Info, Box<dyn Model>)> {
             backbone: e.model.clone(),
             preprocessing: serde_json::json!({"max_length": e.max_length, "pooling": e.pooling, "normalize": e.normalize, "long_text": e.long_text}),
             pairs: p.meta.columns.pair.is_some(),
+            precision: p.precision(),
+            requested,
+            precision_warning,
             image: None,
             decode: DecodeOptions::default(),
         };
         Ok((info, Box::new(TextModel(p))))
     } else {
-        let p = headstart::run::Predictor::load(dir, None)?;
+        let mut p = headstart::run::Predictor::load(dir, None)?;
+        let precision_warning = requested.and_then(|r| p.use_precision(r));
         let input = p.meta.pretrained_cfg.input.clone();
         let info = Info {
             name: name.into(),
@@ -144,6 +158,9 @@ pub fn load(name: &str, dir: &Path) -> Result<(Info, Box<dyn Model>)> {
             backbone: p.meta.backbone.name.clone(),
             preprocessing: serde_json::to_value(&input)?,
             pairs: false,
+            precision: p.precision(),
+            requested,
+            precision_warning,
             image: Some(input),
             decode: p.decode,
         };

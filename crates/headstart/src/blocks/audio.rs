@@ -350,6 +350,7 @@ impl TrainBlock for AudioBlock<'_> {
             columns: None,
             head,
             tuned: None,
+            precision: crate::engine::Precision::Fp32,
         })
     }
 }

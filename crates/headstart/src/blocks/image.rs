@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::bundle::{Bundle, BundleMeta};
 use crate::data::{Dataset, Rng, Skip};
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::features::{extract, Extracted, FeatureCache};
 use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
@@ -68,12 +69,21 @@ pub struct ImageBlock<'a> {
     /// Feature cache root; `None` disables the cache.
     pub cache: Option<PathBuf>,
     pub batch_size: usize,
+    /// Precision of the frozen-backbone pass (concrete: `auto` resolved).
+    pub precision: Precision,
 }
 
 impl<'a> ImageBlock<'a> {
-    /// The block of a training request.
+    /// The block of a training request, its precision resolved for the model on this machine.
     pub fn for_request(req: &'a TrainRequest) -> ImageBlock<'a> {
-        ImageBlock { req: Some(req), decode: req.decode_options(), cache: req.cache.clone(), batch_size: req.extract_batch_size.max(1) }
+        let family = entry_of(&req.model).map_or(crate::precision::Family::Conv, |e| e.arch.family());
+        ImageBlock {
+            req: Some(req),
+            decode: req.decode_options(),
+            cache: req.cache.clone(),
+            batch_size: req.extract_batch_size.max(1),
+            precision: req.precision.resolve(family),
+        }
     }
 
     fn req(&self) -> &'a TrainRequest {
@@ -136,10 +146,11 @@ impl<'a> Block for ImageBlock<'a> {
 
     fn featurise(&self, m: &ImageModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
         let dim = m.num_features() as usize;
-        let cache = self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, &m.input, "pooled", dim)).transpose()?;
-        let Extracted { features, ok, skipped, computed, reused, truncated_kept } =
-            extract(&m.model, &m.input, paths, cache.as_ref(), self.batch_size, &self.decode, progress)?;
-        Ok(Featurised { features, ok, skipped, computed, reused, warnings: truncated_warning(truncated_kept) })
+        let precision = self.precision.resolve(m.model.arch.family());
+        let cache = self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, &m.input, "pooled", dim, precision)).transpose()?;
+        let Extracted { features, ok, skipped, computed, reused, truncated_kept, timing } =
+            extract(&m.model, &m.input, paths, cache.as_ref(), self.batch_size, &self.decode, precision, progress)?;
+        Ok(Featurised { features, ok, skipped, computed, reused, warnings: truncated_warning(truncated_kept), timing: Some(timing) })
     }
 
     fn screen(&self, _: &ImageModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<(Featurised, Vec<Tensor>)> {
@@ -166,6 +177,16 @@ impl<'a> Block for ImageBlock<'a> {
     ) -> Result<ImageLearner<'l>> {
         ImageLearner::new(&m.model, &m.input, images, labels, ft, progress)
     }
+
+    fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
+        (describe_path(&data[i]), None)
+    }
+}
+
+/// An image file as the report names it: absolute, so a report rebuilt from elsewhere still
+/// finds the image for its thumbnail.
+pub fn describe_path(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 impl TrainBlock for ImageBlock<'_> {
@@ -174,8 +195,10 @@ impl TrainBlock for ImageBlock<'_> {
         RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
     }
 
+    /// The request as run: `auto` recorded as the precision it resolved to.
     fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req().out, self.req())
+        let req = TrainRequest { precision: self.precision, ..self.req().clone() };
+        crate::learn::run_dir::write_config(&req.out, &req)
     }
 
     fn model_name(&self) -> String {
@@ -201,8 +224,12 @@ impl TrainBlock for ImageBlock<'_> {
         Ok(ImageModel { entry, model, input, weights_sha256: sha.clone(), file_sha256: sha, source: weights.source.display().to_string() })
     }
 
+    /// The bundle records the precision the head was trained on: the extraction's, or the
+    /// fine-tuning's.
     fn bundle_meta(&self, m: &ImageModel, labels: Vec<String>, head: HeadSpec) -> Result<Bundle> {
-        Ok(BundleMeta::new(m.entry, &m.model.arch, &m.input, &m.file_sha256, &m.source, labels, head).into())
+        let mut meta = BundleMeta::new(m.entry, &m.model.arch, &m.input, &m.file_sha256, &m.source, labels, head);
+        meta.precision = self.req().finetune.as_ref().map_or(self.precision, |ft| ft.precision.resolve(m.model.arch.family()));
+        Ok(meta.into())
     }
 }
 
@@ -248,7 +275,7 @@ impl<'a> ImageLearner<'a> {
         let head = model.head.as_ref().ok_or_else(|| Error::Model("fine-tuning needs a model with a head".into()))?;
         let n_stages = model.backbone.stages().len();
         let first = first_trainable(cfg.unfreeze, n_stages)?;
-        let trainable_mode = if cfg.bn == BnPolicy::Train { Mode::Train } else { Mode::Eval };
+        let trainable_mode = if cfg.bn == BnPolicy::Frozen { Mode::Eval } else { Mode::Train };
         let mut s = ImageLearner { model, input, images, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(labels) };
         // Worth it only when there are frozen stages to skip; unfreezing everything would just
         // hold every preprocessed image in memory.

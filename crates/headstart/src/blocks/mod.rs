@@ -3,5 +3,6 @@
 //! ([`crate::learn::task`]) is shared.
 
 pub mod audio;
+pub mod clip;
 pub mod image;
 pub mod text;

@@ -22,6 +22,8 @@ use crate::train::HeadSpec;
 pub struct TextData {
     pub texts: Vec<String>,
     pub pairs: Option<Vec<String>>,
+    /// Where each text came from (`file.csv:12`); empty for texts given directly.
+    pub origins: Vec<String>,
 }
 
 /// How text data is read and embedded; with a request, how a run trains.
@@ -33,14 +35,14 @@ pub struct TextBlock<'a> {
     pub cache: Option<PathBuf>,
     /// Batch size for embedding.
     pub batch_size: usize,
-    /// Precision of the frozen-encoder pass.
+    /// Precision of the frozen-encoder pass (concrete: `auto` resolved).
     pub precision: Precision,
     /// Fine-tuning: at most this many chunks in one forward pass.
     pub chunk_batch: Option<usize>,
 }
 
 impl<'a> TextBlock<'a> {
-    /// The block of a training request.
+    /// The block of a training request, its precision resolved on this machine.
     pub fn for_request(req: &'a TextTrainRequest) -> TextBlock<'a> {
         TextBlock {
             req: Some(req),
@@ -48,14 +50,15 @@ impl<'a> TextBlock<'a> {
             lossy: req.lossy,
             cache: req.cache.clone(),
             batch_size: req.eval_batch_size.max(1),
-            precision: req.precision,
+            precision: req.precision.resolve(crate::precision::Family::Other),
             chunk_batch: req.model_options.chunk_batch,
         }
     }
 
-    /// The block of a bundle's evaluation or prediction.
-    pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>) -> TextBlock<'static> {
-        TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision: Precision::Fp32, chunk_batch: None }
+    /// The block of a bundle's evaluation or prediction, embedding at `precision`.
+    pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>, precision: Precision) -> TextBlock<'static> {
+        let precision = precision.resolve(crate::precision::Family::Other);
+        TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision, chunk_batch: None }
     }
 
     fn req(&self) -> &'a TextTrainRequest {
@@ -75,11 +78,18 @@ impl<'a> Block for TextBlock<'a> {
 
     fn open(&self, path: &Path, classes: Option<&[String]>) -> Result<Opened<TextData>> {
         let ds = TextDataset::open(path, &self.columns, classes, self.lossy)?;
-        Ok(Opened { data: TextData { texts: ds.texts, pairs: ds.pairs }, labels: ds.labels, classes: ds.classes, skipped: ds.skipped, warnings: ds.warnings })
+        Ok(Opened {
+            data: TextData { texts: ds.texts, pairs: ds.pairs, origins: ds.origins },
+            labels: ds.labels,
+            classes: ds.classes,
+            skipped: ds.skipped,
+            warnings: ds.warnings,
+        })
     }
 
     fn append(&self, data: &mut TextData, more: TextData) {
         data.texts.extend(more.texts);
+        data.origins.extend(more.origins);
         if let (Some(p), Some(vp)) = (data.pairs.as_mut(), more.pairs) {
             p.extend(vp);
         }
@@ -119,6 +129,16 @@ impl<'a> Block for TextBlock<'a> {
         tch::manual_seed(ft.seed as i64);
         Ok(TextLearner::new(model, num_classes, docs, labels, ft.unfreeze, ft.precision)?.with_chunk_budget(budget))
     }
+
+    fn describe(&self, data: &TextData, i: usize) -> (String, Option<String>) {
+        let origin = data.origins.get(i).cloned().unwrap_or_else(|| format!("text {}", i + 1));
+        // The report shows a snippet; 500 characters keep the file small.
+        let mut text: String = data.texts[i].chars().take(500).collect();
+        if let Some(pair) = data.pairs.as_ref().and_then(|p| p.get(i)) {
+            text = format!("{text} ‖ {}", pair.chars().take(250).collect::<String>());
+        }
+        (origin, Some(text))
+    }
 }
 
 impl TrainBlock for TextBlock<'_> {
@@ -127,8 +147,10 @@ impl TrainBlock for TextBlock<'_> {
         RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
     }
 
+    /// The request as run: `auto` recorded as the precision it resolved to.
     fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req().out, self.req())
+        let req = TextTrainRequest { precision: self.precision, ..self.req().clone() };
+        crate::learn::run_dir::write_config(&req.out, &req)
     }
 
     fn model_name(&self) -> String {
@@ -167,6 +189,8 @@ impl TrainBlock for TextBlock<'_> {
             labels,
             head,
             tuned: None,
+            // The precision the head was trained on: the embeddings', or the fine-tuning's.
+            precision: self.req().finetune.as_ref().map_or(self.precision, |ft| ft.precision.resolve(crate::precision::Family::Other)),
         };
         Ok(meta.into())
     }

@@ -35,6 +35,9 @@ pub fn detect(data: &Path, hints: &Hints) -> Detected {
         if is_audio_model(m) {
             return found(Modality::Audio, format!("`{m}` is an audio model"));
         }
+        if crate::blocks::clip::is_clip_model(m) {
+            return found(Modality::Image, format!("`{m}` is a CLIP model (its image tower featurises the images)"));
+        }
         if is_text_model(m) {
             return found(Modality::Text, format!("`{m}` is a text model"));
         }

@@ -15,20 +15,22 @@ pub struct HeadFit {
     pub l2: Option<f64>,
     pub train_accuracy: f64,
     pub val: Option<Report>,
+    /// Logits behind `val`: on the validation rows, or on every row out of fold.
+    pub judged: Option<Tensor>,
     pub selection: Selection,
 }
 
 /// Fits a head on features per `cfg` (selection, then refit) and scores it.
 pub fn fit_head(cfg: &TrainConfig, classes: &[String], train: Split, val: Split, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<HeadFit> {
     let f: Fitted = fit(cfg, train, val, classes.len() as i64, on_epoch)?;
-    let val = match &f.judged {
+    let (val, judged) = match f.judged {
         Some((logits, y)) if logits.size()[0] > 0 => {
-            let truth: Vec<usize> = Vec::<i64>::try_from(y)?.into_iter().map(|l| l as usize).collect();
-            Some(metrics::report(classes, &truth, &ranked(logits)?, 5.min(classes.len())))
+            let truth: Vec<usize> = Vec::<i64>::try_from(&y)?.into_iter().map(|l| l as usize).collect();
+            (Some(metrics::report(classes, &truth, &ranked(&logits)?, 5.min(classes.len()))), Some(logits))
         }
-        _ => None,
+        _ => (None, None),
     };
-    Ok(HeadFit { head: f.head, best_epoch: f.best_epoch, l2: f.l2, train_accuracy: f.train_accuracy, val, selection: f.selection })
+    Ok(HeadFit { head: f.head, best_epoch: f.best_epoch, l2: f.l2, train_accuracy: f.train_accuracy, val, judged, selection: f.selection })
 }
 
 /// A head-only phase before fine-tuning: chosen on the validation split and never refitted, so

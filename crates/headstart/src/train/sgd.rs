@@ -39,6 +39,16 @@ impl Net {
             }
             _ => {
                 let lin = nn::linear(&root, d, k, Default::default());
+                if let Some(init) = &cfg.init {
+                    // A zero-shot start: training continues from the given head.
+                    tch::no_grad(|| -> Result<()> {
+                        lin.ws.shallow_clone().f_copy_(&init.weight.to_kind(Kind::Float))?;
+                        if let Some(bs) = &lin.bs {
+                            bs.shallow_clone().f_copy_(&init.bias.to_kind(Kind::Float))?;
+                        }
+                        Ok(())
+                    })?;
+                }
                 let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
                 (spec, Box::new(move |x: &Tensor, _| lin.forward(x)))
             }

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod resnet;
+pub mod siglip;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;

@@ -23,6 +23,8 @@ pub enum Layout {
 pub enum Act {
     QuickGelu,
     Gelu,
+    /// gelu's tanh approximation (`gelu_pytorch_tanh`, SigLIP).
+    GeluTanh,
 }
 
 impl Act {
@@ -30,13 +32,15 @@ impl Act {
         match s {
             "quick_gelu" => Some(Act::QuickGelu),
             "gelu" => Some(Act::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" => Some(Act::GeluTanh),
             _ => None,
         }
     }
-    fn apply(self, x: &Tensor) -> Tensor {
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Act::QuickGelu => x * (x * 1.702).sigmoid(),
             Act::Gelu => x.gelu("none"),
+            Act::GeluTanh => x.gelu("tanh"),
         }
     }
 }

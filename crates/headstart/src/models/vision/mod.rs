@@ -34,6 +34,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Convolutional or not, for the `auto` precision and the channels-last layout.
+    pub fn family(&self) -> crate::precision::Family {
+        match self {
+            Arch::ViT(_) => crate::precision::Family::Other,
+            _ => crate::precision::Family::Conv,
+        }
+    }
+
     /// The same family sized by a Hugging Face `config.json` (ViT and ConvNeXt read their
     /// dimensions from it; other families are fixed by the registry).
     pub fn with_hf_config(&self, config: &serde_json::Value) -> std::result::Result<Arch, String> {
@@ -75,6 +83,7 @@ pub fn build(arch: &Arch, p: &nn::Path, in_channels: i64, num_classes: Option<i6
 pub struct ConvBn {
     pub conv: nn::Conv2D,
     pub bn: nn::BatchNorm,
+    pub eps: f64,
     /// TF "same" padding (kernel, stride) applied before the conv, asymmetric when odd.
     pub same: Option<(i64, i64)>,
 }
@@ -93,14 +102,19 @@ impl ConvBn {
         let cfg = nn::ConvConfig { stride: s.stride, padding: if same { 0 } else { (s.k - 1) / 2 }, groups: s.groups, bias: false, ..Default::default() };
         let conv = nn::conv2d(conv_p, s.cin, s.cout, s.k, cfg);
         let bn = nn::batch_norm2d(bn_p, s.cout, nn::BatchNormConfig { eps: s.eps, ..Default::default() });
-        ConvBn { conv, bn, same: same.then_some((s.k, s.stride)) }
+        ConvBn { conv, bn, eps: s.eps, same: same.then_some((s.k, s.stride)) }
     }
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
         let xs = match self.same {
             Some((k, s)) => pad_same(xs, k, s),
             None => xs.shallow_clone(),
         };
-        self.conv.forward(&xs).apply_t(&self.bn, train)
+        let ys = self.conv.forward(&xs);
+        // Data-parallel training with synchronised BatchNorm (tch's default momentum, 0.1).
+        if let Some(out) = train.then(|| crate::dist::sync_batch_norm(&ys, &self.bn, 0.1, self.eps)).flatten() {
+            return out;
+        }
+        ys.apply_t(&self.bn, train)
     }
 }
 

@@ -7,9 +7,15 @@
 //! Stages: `block1`..`block5` (each ending with its max pool), then `fc` (pool, fc6, fc7 with
 //! their ReLU and dropout), whose output `[B, hidden, 1, 1]` pools to the 4096-wide pre-logits
 //! features that transfer learning on VGG usually starts from; the head is `classifier.6`.
+//!
+//! timm's checkpoints (`timm/vgg16.tv_in1k`, …: torchvision's weights re-saved) hold fc6 and fc7
+//! as convolutions (`pre_logits.fc1` 7×7, `pre_logits.fc2` 1×1) and the classifier as `head.fc`;
+//! [`VggLayout::Timm`] names the variables so, with the same shapes' numbers: fc6's kernel
+//! `[hidden, C, 7, 7]` is torchvision's `[hidden, C·49]` row for row. Features are computed
+//! as torchvision does (average pool to 7×7, then fc6), which is timm's result at 224 × 224.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use super::linear_head;
@@ -24,6 +30,20 @@ pub struct VggCfg {
     pub widths: [i64; 5],
     /// Width of fc6 and fc7; torchvision uses 4096.
     pub hidden: i64,
+    /// The checkpoint's names for fc6, fc7 and the classifier.
+    #[serde(default)]
+    pub layout: VggLayout,
+}
+
+/// Which names the checkpoint gives the fully connected layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VggLayout {
+    /// torchvision: `classifier.{0,3,6}`, linear layers.
+    #[default]
+    Torchvision,
+    /// timm: `pre_logits.fc1` (7×7 convolution), `pre_logits.fc2` (1×1), `head.fc`.
+    Timm,
 }
 
 impl VggCfg {
@@ -46,10 +66,30 @@ struct Conv {
     bn: Option<nn::BatchNorm>,
 }
 
+/// A fully connected layer stored as a linear layer or as a convolution covering its input.
+struct Fc {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Fc {
+    fn new(p: nn::Path, shape: &[i64]) -> Fc {
+        let fan_in: i64 = shape[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Fc {
+            w: p.var("weight", shape, nn::Init::Uniform { lo: -bound, up: bound }),
+            b: p.var("bias", &[shape[0]], nn::Init::Uniform { lo: -bound, up: bound }),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w.view([self.w.size()[0], -1]), Some(&self.b))
+    }
+}
+
 pub struct Vgg {
     blocks: Vec<Vec<Conv>>,
-    fc6: nn::Linear,
-    fc7: nn::Linear,
+    fc6: Fc,
+    fc7: Fc,
     hidden: i64,
     stages: Vec<Stage>,
 }
@@ -77,11 +117,23 @@ pub fn build(cfg: &VggCfg, p: &nn::Path, in_channels: i64, num_classes: Option<i
         stages.push(Stage::new(format!("block{}", b + 1), &prefixes));
         blocks.push(convs);
     }
-    let c = p / "classifier";
-    let fc6 = nn::linear(&c / 0, cin * 49, cfg.hidden, Default::default());
-    let fc7 = nn::linear(&c / 3, cfg.hidden, cfg.hidden, Default::default());
-    stages.push(Stage::new("fc", &["classifier.0".into(), "classifier.3".into()]));
-    let head = num_classes.map(|n| linear_head(&c / 6, "classifier.6", cfg.hidden, n, 0.0));
+    let h = cfg.hidden;
+    let (fc6, fc7, head) = match cfg.layout {
+        VggLayout::Torchvision => {
+            let c = p / "classifier";
+            stages.push(Stage::new("fc", &["classifier.0".into(), "classifier.3".into()]));
+            (Fc::new(&c / 0, &[h, cin * 49]), Fc::new(&c / 3, &[h, h]), num_classes.map(|n| linear_head(&c / 6, "classifier.6", h, n, 0.0)))
+        }
+        VggLayout::Timm => {
+            let c = p / "pre_logits";
+            stages.push(Stage::new("fc", &["pre_logits.".into()]));
+            (
+                Fc::new(&c / "fc1", &[h, cin, 7, 7]),
+                Fc::new(&c / "fc2", &[h, h, 1, 1]),
+                num_classes.map(|n| linear_head(p / "head" / "fc", "head.fc", h, n, 0.0)),
+            )
+        }
+    };
     Ok((Box::new(Vgg { blocks, fc6, fc7, hidden: cfg.hidden, stages }), head))
 }
 

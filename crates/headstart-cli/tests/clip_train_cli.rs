@@ -1,0 +1,98 @@
+//! `train --model CLIP_DIR`, then `eval` and `predict` on its bundle, and `eval --zero-shot`,
+//! run as a user would, on the tiny CLIP trained on coloured shapes
+//! (tests/fixtures/make_shapes_clip.py).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn shapes(part: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/clip/shapes").join(part).display().to_string()
+}
+
+fn headstart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_headstart")).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn train_eval_predict_and_zero_shot_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, cache) = (tmp.path().join("run"), tmp.path().join("cache"));
+    let (run, cache) = (run.to_str().unwrap(), cache.to_str().unwrap());
+    let model = shapes("model");
+    let t = headstart(&["train", "--model", &model, "--data", &shapes("pool"), "--out", run, "--cache-dir", cache, "--head-init", "zero-shot", "--json"]);
+    let o = ok(&t);
+    assert!(String::from_utf8_lossy(&t.stderr).contains("is a CLIP model"), "{}", String::from_utf8_lossy(&t.stderr));
+    assert_eq!(o["classes"].as_array().unwrap().len(), 16);
+    assert_eq!(o["backbone_computed"], 64);
+    let toml = std::fs::read_to_string(format!("{run}/bundle/bundle.toml")).unwrap();
+    assert!(toml.contains("kind = \"clip\""), "{toml}");
+    let config = std::fs::read_to_string(format!("{run}/config.json")).unwrap();
+    assert!(config.contains("zero_shot"), "{config}");
+
+    // eval on the bundle: the test images run through the image tower once, then the cache.
+    let bundle = format!("{run}/bundle");
+    let e = ok(&headstart(&["eval", &bundle, "--data", &shapes("test"), "--cache-dir", cache, "--json"]));
+    assert_eq!(e["n"], 192);
+    let trained = e["accuracy"].as_f64().unwrap();
+    let html = tmp.path().join("eval.html");
+    let r = ok(&headstart(&["eval", &bundle, "--data", &shapes("test"), "--cache-dir", cache, "--json", "--report", html.to_str().unwrap()]));
+    assert_eq!(r["accuracy"], e["accuracy"]);
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+
+    // Zero-shot: the same report, class names from the folders.
+    let z = ok(&headstart(&["eval", "--zero-shot", "--model", &model, "--data", &shapes("test"), "--cache-dir", cache, "--json"]));
+    assert_eq!(z["n"], 192);
+    assert_eq!(z["per_class"].as_array().unwrap().len(), 16);
+    let zero_shot = z["accuracy"].as_f64().unwrap();
+    assert!(trained >= zero_shot, "trained from zero-shot {trained} < zero-shot {zero_shot}");
+    let text = headstart(&["eval", "--zero-shot", "--model", &model, "--data", &shapes("test"), "--template", "a {} shape.", "--no-cache"]);
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("n 192   accuracy "));
+
+    // predict: top classes of a held-out image, probabilities summing to at most 1.
+    let img = format!("{}/red_circle/00.png", shapes("test"));
+    let p = ok(&headstart(&["predict", &bundle, &img, "--top-k", "3", "--json"]));
+    let top = p["predictions"][0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    let sum: f64 = top.iter().map(|t| t[1].as_f64().unwrap()).sum();
+    assert!(sum <= 1.0 + 1e-6 && sum > 0.0);
+}
+
+#[test]
+fn zero_shot_start_needs_a_clip_model_and_templates_need_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = headstart(&["train", "--data", &shapes("pool"), "--out", run.to_str().unwrap(), "--template", "a {}.", "--no-cache"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--head-init zero-shot"));
+    let o = headstart(&["eval", "--zero-shot", "--data", &shapes("test")]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// `head_init` and `templates` in a `--config` file, as the flags.
+#[test]
+fn config_file_sets_the_zero_shot_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    let toml = format!(
+        "model = {:?}\ndata = {:?}\noutput_dir = {:?}\nhead_init = \"zero-shot\"\ntemplates = [\"a photo of a {{}}.\", \"a {{}} shape.\"]\n",
+        shapes("model"),
+        shapes("pool"),
+        run.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap(), "--no-cache", "--json"]);
+    ok(&o);
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains("zero_shot") && config.contains("a {} shape."), "{config}");
+    std::fs::write(&cfg, "head_init = \"sometimes\"\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("head_init"), "{}", String::from_utf8_lossy(&o.stderr));
+}
