@@ -50,6 +50,9 @@ pub struct ExportArgs {
     /// Text: cls, mean or last (default: the model's).
     #[arg(long)]
     pooling: Option<String>,
+    /// Encoder precision (`auto` resolves as for `train`; recorded in the file's metadata).
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: crate::PrecisionArg,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -116,7 +119,7 @@ impl ExportArgs {
                     bail!("--text-column, --label-column, --pair-column, --max-length, --pooling and --lossy apply to text data");
                 }
                 let decode = DecodeOptions { allow_truncated: self.common.allow_truncated, ..DecodeOptions::default() };
-                let block = ImageBlock { req: None, decode, cache: self.common.cache(), batch_size: self.batch_size };
+                let block = ImageBlock { req: None, decode, cache: self.common.cache(), batch_size: self.batch_size, precision: self.precision.value() };
                 self.go(&block, &spec, job, &p, out)
             }
             Modality::Text => {
@@ -126,7 +129,7 @@ impl ExportArgs {
                     label: self.label_column.clone().unwrap_or(d.label),
                     pair: self.pair_column.clone(),
                 };
-                let mut block = TextBlock::for_predict(columns, self.lossy, self.common.cache().as_deref());
+                let mut block = TextBlock::for_predict(columns, self.lossy, self.common.cache().as_deref(), self.precision.value());
                 block.batch_size = self.batch_size;
                 self.go(&block, &spec, job, &p, out)
             }

@@ -73,14 +73,16 @@ impl Export for ImageBlock<'_> {
             weights_source: m.source.clone(),
             pretrained_cfg: PretrainedCfg { arch: m.model.arch.clone(), input: m.input.clone() },
         };
+        let precision = self.precision.resolve(m.model.arch.family());
         Ok(EncoderRecord {
             modality: Modality::Image,
             model: m.entry.name.to_string(),
             weights_sha256: m.file_sha256.clone(),
-            preprocessing: serde_json::json!({ "input": m.input, "layer": "pooled" }),
+            preprocessing: serde_json::json!({ "input": m.input, "layer": "pooled", "precision": precision }),
             dim: m.num_features() as usize,
             encoder: EncoderRef::Vision(vision),
             columns: None,
+            precision,
         })
     }
 }
@@ -120,6 +122,7 @@ impl Export for TextBlock<'_> {
         TextData {
             texts: rows.iter().map(|&i| data.texts[i].clone()).collect(),
             pairs: data.pairs.as_ref().map(|p| rows.iter().map(|&i| p[i].clone()).collect()),
+            origins: if data.origins.is_empty() { vec![] } else { rows.iter().map(|&i| data.origins[i].clone()).collect() },
         }
     }
 
@@ -146,6 +149,7 @@ impl Export for TextBlock<'_> {
             dim: m.dim() as usize,
             encoder: EncoderRef::Text(encoder),
             columns: Some(self.columns.clone()),
+            precision: self.precision,
         })
     }
 }

@@ -54,6 +54,9 @@ pub struct EncoderRecord {
     /// Text: the columns the data was read with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Columns>,
+    /// The precision the vectors were computed at (concrete; records without it: fp32).
+    #[serde(default)]
+    pub precision: crate::engine::Precision,
 }
 
 impl EncoderRecord {
@@ -156,7 +159,7 @@ pub fn featurise_rows<B: Export>(
     let mut done = 0;
     for chunk in rows.chunks(EXPORT_CHUNK) {
         let part = block.subset(data, chunk);
-        let Featurised { features, ok, skipped, computed, reused, warnings } = block.featurise(model, &part, &spanning)?;
+        let Featurised { features, ok, skipped, computed, reused, warnings, .. } = block.featurise(model, &part, &spanning)?;
         done += chunk.len() as u64;
         spanning.reach(done);
         (out.computed, out.reused) = (out.computed + computed, out.reused + reused);

@@ -286,6 +286,7 @@ impl TrainBlock for FeatureBlock<'_> {
             columns: r.columns,
             head,
             tuned: None,
+            precision: r.precision,
         })
     }
 }
