@@ -95,6 +95,7 @@ impl ExportArgs {
         let default = match modality {
             Modality::Image => registry::DEFAULT_MODEL,
             Modality::Text => headstart::text::DEFAULT_TEXT_MODEL,
+            Modality::Audio => registry::DEFAULT_AUDIO_MODEL,
         };
         let pooling = self.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?;
         Ok(ModelSpec {
@@ -133,6 +134,7 @@ impl ExportArgs {
                 block.batch_size = self.batch_size;
                 self.go(&block, &spec, job, &p, out)
             }
+            Modality::Audio => bail!("extract and embed read images and text; audio features are not exported yet (train and eval cache them)"),
         }
     }
 
