@@ -311,6 +311,11 @@ impl<'a> Block for AudioBlock<'a> {
         tch::manual_seed(ft.seed as i64);
         AudioLearner::new(m, clips, labels, num_classes, ft, progress)
     }
+
+    fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
+        // The report names the clip by its path (no thumbnail for audio).
+        (crate::blocks::image::describe_path(&data[i]), None)
+    }
 }
 
 impl TrainBlock for AudioBlock<'_> {
