@@ -120,6 +120,12 @@ impl ExportArgs {
                     bail!("--text-column, --label-column, --pair-column, --max-length, --pooling and --lossy apply to text data");
                 }
                 let decode = DecodeOptions { allow_truncated: self.common.allow_truncated, ..DecodeOptions::default() };
+                if headstart::blocks::clip::is_clip_model(&spec.name) {
+                    // CLIP's image tower: the normalised embeddings zero-shot and probes use.
+                    let mut block = headstart::blocks::clip::ClipBlock::reading(decode, self.common.cache().as_deref());
+                    block.batch_size = self.batch_size;
+                    return self.go(&block, &spec, job, &p, out);
+                }
                 let block = ImageBlock { req: None, decode, cache: self.common.cache(), batch_size: self.batch_size, precision: self.precision.value() };
                 self.go(&block, &spec, job, &p, out)
             }

@@ -96,3 +96,37 @@ fn config_file_sets_the_zero_shot_start() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("head_init"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `embed` with a CLIP model writes the image tower's normalised embeddings, and a head
+/// trained on that file (`train --features`) is a CLIP bundle that runs on raw images.
+#[test]
+fn clip_embeddings_export_and_train_from_them() {
+    use headstart::export::file::{Reader, EMBEDDING};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pool.parquet");
+    let model = shapes("model");
+    let o = headstart(&["embed", "--model", &model, "--data", &shapes("pool"), "--out", out.to_str().unwrap(), "--no-cache"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = Reader::open(&out).unwrap();
+    assert_eq!(r.rows, 64);
+    let dim = r.meta.record.dim;
+    assert!(serde_json::to_string(&r.meta.record.encoder).unwrap().contains("clip"), "the record names the CLIP encoder");
+    let mut vectors = vec![];
+    for b in r.batches(&[EMBEDDING]).unwrap() {
+        vectors.extend(b.unwrap().vectors(&out).unwrap());
+    }
+    assert_eq!(vectors.len(), 64 * dim);
+    for v in vectors.chunks(dim) {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "CLIP embeddings are unit length, got {norm}");
+    }
+    let run = tmp.path().join("run");
+    let t = ok(&headstart(&["train", "--features", out.to_str().unwrap(), "--out", run.to_str().unwrap(), "--json"]));
+    assert_eq!(t["classes"].as_array().unwrap().len(), 16);
+    let toml = std::fs::read_to_string(run.join("bundle/bundle.toml")).unwrap();
+    assert!(toml.contains("kind = \"clip\""), "{toml}");
+    let e = ok(&headstart(&["eval", run.join("bundle").to_str().unwrap(), "--data", &shapes("test"), "--no-cache", "--json"]));
+    assert_eq!(e["n"], 192);
+    // Chance is 1/16; the probe on exported features must be well above it.
+    assert!(e["accuracy"].as_f64().unwrap() > 0.3, "{e}");
+}

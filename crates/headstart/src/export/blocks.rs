@@ -1,4 +1,4 @@
-//! [`Export`] for the image and text blocks.
+//! [`Export`] for the image, CLIP and text blocks.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::{EncoderRecord, Export, ModelSpec};
+use crate::blocks::clip::{ClipBlock, ClipEncoder};
 use crate::blocks::image::{entry_of, open_weights, ImageBlock, ImageModel};
 use crate::blocks::text::{TextBlock, TextData};
 use crate::bundle::{EncoderRef, PretrainedCfg, TextEncoderRef, VisionRef};
@@ -46,20 +47,11 @@ impl Export for ImageBlock<'_> {
     }
 
     fn string_columns(&self, paths: &Vec<PathBuf>) -> Vec<(&'static str, Vec<String>)> {
-        vec![("path", paths.iter().map(|p| p.display().to_string()).collect())]
+        path_columns(paths)
     }
 
     fn content_hashes(&self, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Vec<String>> {
-        progress.start("hash", paths.len() as u64);
-        let hashes = paths
-            .iter()
-            .map(|p| {
-                progress.inc(1);
-                file_sha256(p).unwrap_or_else(|| sha256_hex(format!("unreadable file {}", p.display()).as_bytes()))
-            })
-            .collect();
-        progress.finish();
-        Ok(hashes)
+        Ok(file_hashes(paths, progress))
     }
 
     fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
@@ -83,6 +75,59 @@ impl Export for ImageBlock<'_> {
             encoder: EncoderRef::Vision(vision),
             columns: None,
             precision,
+        })
+    }
+}
+
+/// The identifying column of files: their paths as given.
+fn path_columns(paths: &[PathBuf]) -> Vec<(&'static str, Vec<String>)> {
+    vec![("path", paths.iter().map(|p| p.display().to_string()).collect())]
+}
+
+/// The sha256 of every file's bytes (of what names it, for a file that cannot be read).
+fn file_hashes(paths: &[PathBuf], progress: &dyn Progress) -> Vec<String> {
+    progress.start("hash", paths.len() as u64);
+    let hashes = paths
+        .iter()
+        .map(|p| {
+            progress.inc(1);
+            file_sha256(p).unwrap_or_else(|| sha256_hex(format!("unreadable file {}", p.display()).as_bytes()))
+        })
+        .collect();
+    progress.finish();
+    hashes
+}
+
+impl Export for ClipBlock<'_> {
+    const ID_COLUMN: &'static str = "path";
+
+    fn load_encoder(&self, spec: &ModelSpec, _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<ClipEncoder> {
+        ClipEncoder::load(&spec.name, spec.weights.as_deref())
+    }
+
+    fn string_columns(&self, paths: &Vec<PathBuf>) -> Vec<(&'static str, Vec<String>)> {
+        path_columns(paths)
+    }
+
+    fn content_hashes(&self, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Vec<String>> {
+        Ok(file_hashes(paths, progress))
+    }
+
+    fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
+        rows.iter().map(|&i| paths[i].clone()).collect()
+    }
+
+    fn record(&self, _: &ModelSpec, m: &ClipEncoder) -> Result<EncoderRecord> {
+        Ok(EncoderRecord {
+            modality: Modality::Image,
+            model: m.model.clone(),
+            weights_sha256: m.weights_sha256.clone(),
+            // The same vectors as zero-shot and a CLIP linear probe use (fp32).
+            preprocessing: serde_json::json!({ "input": m.clip.input, "layer": "clip-image-embeds", "precision": crate::engine::Precision::Fp32 }),
+            dim: m.num_features() as usize,
+            encoder: EncoderRef::Clip(m.record()),
+            columns: None,
+            precision: crate::engine::Precision::Fp32,
         })
     }
 }
