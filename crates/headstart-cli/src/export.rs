@@ -140,7 +140,18 @@ impl ExportArgs {
                 block.batch_size = self.batch_size;
                 self.go(&block, &spec, job, &p, out)
             }
-            Modality::Audio => bail!("extract and embed read images and text; audio features are not exported yet (train and eval cache them)"),
+            Modality::Audio => {
+                if self.text_flags() || self.lossy {
+                    bail!("--text-column, --label-column, --pair-column, --max-length, --pooling and --lossy apply to text data");
+                }
+                let block = headstart::blocks::audio::AudioBlock {
+                    req: None,
+                    max_seconds: headstart::blocks::audio::DEFAULT_MAX_SECONDS,
+                    cache: self.common.cache(),
+                    batch_size: self.batch_size,
+                };
+                self.go(&block, &spec, job, &p, out)
+            }
         }
     }
 

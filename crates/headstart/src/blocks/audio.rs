@@ -360,7 +360,8 @@ impl TrainBlock for AudioBlock<'_> {
     }
 }
 
-fn encoder_ref(m: &AudioModel, max_seconds: f64) -> AudioEncoderRef {
+/// The bundle's record of `m` read with clips of at most `max_seconds`.
+pub(crate) fn encoder_ref(m: &AudioModel, max_seconds: f64) -> AudioEncoderRef {
     AudioEncoderRef {
         model: m.spec.clone(),
         family: m.family().into(),

@@ -1,4 +1,4 @@
-//! [`Export`] for the image, CLIP and text blocks.
+//! [`Export`] for the image, CLIP, text and audio blocks.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::{EncoderRecord, Export, ModelSpec};
+use crate::audio::encoder::AudioModel;
+use crate::blocks::audio::{encoder_ref, AudioBlock};
 use crate::blocks::clip::{ClipBlock, ClipEncoder};
 use crate::blocks::image::{entry_of, open_weights, ImageBlock, ImageModel};
 use crate::blocks::text::{TextBlock, TextData};
@@ -126,6 +128,43 @@ impl Export for ClipBlock<'_> {
             preprocessing: serde_json::json!({ "input": m.clip.input, "layer": "clip-image-embeds", "precision": crate::engine::Precision::Fp32 }),
             dim: m.num_features() as usize,
             encoder: EncoderRef::Clip(m.record()),
+            columns: None,
+            precision: crate::engine::Precision::Fp32,
+        })
+    }
+}
+
+impl Export for AudioBlock<'_> {
+    const ID_COLUMN: &'static str = "path";
+
+    fn load_encoder(&self, spec: &ModelSpec, _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<AudioModel> {
+        AudioModel::open(&spec.name)
+    }
+
+    fn string_columns(&self, paths: &Vec<PathBuf>) -> Vec<(&'static str, Vec<String>)> {
+        path_columns(paths)
+    }
+
+    fn content_hashes(&self, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Vec<String>> {
+        Ok(file_hashes(paths, progress))
+    }
+
+    fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
+        rows.iter().map(|&i| paths[i].clone()).collect()
+    }
+
+    fn record(&self, _: &ModelSpec, m: &AudioModel) -> Result<EncoderRecord> {
+        let encoder = encoder_ref(m, self.max_seconds);
+        Ok(EncoderRecord {
+            modality: Modality::Audio,
+            model: encoder.model.clone(),
+            weights_sha256: encoder.weights_sha256.clone(),
+            preprocessing: serde_json::json!({
+                "sample_rate": encoder.sample_rate, "window_seconds": encoder.window_seconds, "layer": encoder.layer,
+                "normalize": encoder.normalize, "max_seconds": self.max_seconds,
+            }),
+            dim: m.num_features() as usize,
+            encoder: EncoderRef::Audio(encoder),
             columns: None,
             precision: crate::engine::Precision::Fp32,
         })
