@@ -33,7 +33,8 @@ def build(bundle, weights):
     linear.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
     net.classifier = nn.Sequential(linear)
     net.eval()
-    inp = meta["pretrained_cfg"]["input"]
+    # Bundle format 2 keeps the preprocessing under [encoder]; format 1 at the top level.
+    inp = (meta.get("encoder") or meta)["pretrained_cfg"]["input"]
     tf = transforms.Compose([
         transforms.Lambda(lambda im: im.convert("RGB")), transforms.ToTensor(),
         transforms.Resize(int(inp["size"] / inp["crop_pct"]), antialias=True), transforms.CenterCrop(inp["size"]),
