@@ -314,7 +314,7 @@ impl<'a> Block for AudioBlock<'a> {
 
     fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
         // The report names the clip by its path (no thumbnail for audio).
-        (crate::blocks::image::describe_path(&data[i]), None)
+        (super::describe_path(&data[i]), None)
     }
 }
 

@@ -210,7 +210,7 @@ impl<'a> Block for ClipBlock<'a> {
     }
 
     fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
-        (crate::blocks::image::describe_path(&data[i]), None)
+        (super::describe_path(&data[i]), None)
     }
 }
 

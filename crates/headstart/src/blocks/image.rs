@@ -179,14 +179,8 @@ impl<'a> Block for ImageBlock<'a> {
     }
 
     fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
-        (describe_path(&data[i]), None)
+        (super::describe_path(&data[i]), None)
     }
-}
-
-/// An image file as the report names it: absolute, so a report rebuilt from elsewhere still
-/// finds the image for its thumbnail.
-pub fn describe_path(p: &Path) -> String {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 impl TrainBlock for ImageBlock<'_> {

@@ -6,3 +6,9 @@ pub mod audio;
 pub mod clip;
 pub mod image;
 pub mod text;
+
+/// A file-backed example as reports name it: absolute, so a report rebuilt from elsewhere still
+/// finds the file (for an image, its thumbnail).
+pub fn describe_path(p: &std::path::Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}

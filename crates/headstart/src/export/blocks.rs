@@ -57,7 +57,7 @@ impl Export for ImageBlock<'_> {
     }
 
     fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
-        rows.iter().map(|&i| paths[i].clone()).collect()
+        path_subset(paths, rows)
     }
 
     fn record(&self, _: &ModelSpec, m: &ImageModel) -> Result<EncoderRecord> {
@@ -84,6 +84,11 @@ impl Export for ImageBlock<'_> {
 /// The identifying column of files: their paths as given.
 fn path_columns(paths: &[PathBuf]) -> Vec<(&'static str, Vec<String>)> {
     vec![("path", paths.iter().map(|p| p.display().to_string()).collect())]
+}
+
+/// The files at `rows`, in that order.
+fn path_subset(paths: &[PathBuf], rows: &[usize]) -> Vec<PathBuf> {
+    rows.iter().map(|&i| paths[i].clone()).collect()
 }
 
 /// The sha256 of every file's bytes (of what names it, for a file that cannot be read).
@@ -116,7 +121,7 @@ impl Export for ClipBlock<'_> {
     }
 
     fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
-        rows.iter().map(|&i| paths[i].clone()).collect()
+        path_subset(paths, rows)
     }
 
     fn record(&self, _: &ModelSpec, m: &ClipEncoder) -> Result<EncoderRecord> {
@@ -150,7 +155,7 @@ impl Export for AudioBlock<'_> {
     }
 
     fn subset(&self, paths: &Vec<PathBuf>, rows: &[usize]) -> Vec<PathBuf> {
-        rows.iter().map(|&i| paths[i].clone()).collect()
+        path_subset(paths, rows)
     }
 
     fn record(&self, _: &ModelSpec, m: &AudioModel) -> Result<EncoderRecord> {

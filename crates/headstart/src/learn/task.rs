@@ -318,10 +318,8 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
             let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
             let h = fit_head(&head_cfg, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
             // Held out: the validation rows, or (cross-validation) every row, train rows first.
-            let held_out = h.judged.map(|l| {
-                let rows = if l.size()[0] as usize == rows.va.len() { rows.va.clone() } else { [&rows.tr[..], &rows.va[..]].concat() };
-                (rows, l)
-            });
+            let cv = h.selection.method == crate::train::select::Method::CrossValidation;
+            let held_out = h.judged.map(|l| (if cv { [&rows.tr[..], &rows.va[..]].concat() } else { rows.va.clone() }, l));
             Fit {
                 head: h.head,
                 best_epoch: h.best_epoch,
