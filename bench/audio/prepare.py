@@ -1,8 +1,9 @@
 """Spoken letters and syllables (Debian klettres-data asset) as train/test manifests.
 
-  prepare.py KLETTRES_DIR OUT_DIR LANG[,LANG...]
+  prepare.py KLETTRES_DIR OUT_DIR LANG[,LANG...] [PER_LANG]
 
-Every .ogg clip under each language folder, labelled by language; a stratified 80/20 split,
+Every .ogg clip under each language folder (or PER_LANG of them, drawn with the seed, when given
+and positive), labelled by language; a stratified 80/20 split,
 seed 0. Writes OUT_DIR/train.csv and OUT_DIR/test.csv (`path,label`, absolute paths) and
 prints the counts as JSON.
 """
@@ -10,6 +11,7 @@ import csv, json, random, sys
 from pathlib import Path
 
 src, out, langs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(",")
+per_lang = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 out.mkdir(parents=True, exist_ok=True)
 rng = random.Random(0)
 train, test = [], []
@@ -18,6 +20,8 @@ for lang in langs:
     if not clips:
         sys.exit(f"no .ogg clips under {src / lang}")
     rng.shuffle(clips)
+    if per_lang > 0:
+        clips = clips[:per_lang]
     k = round(len(clips) * 0.2)
     test += [(c, lang) for c in clips[:k]]
     train += [(c, lang) for c in clips[k:]]

@@ -7,8 +7,10 @@
                                       end-to-end time and test accuracy
   make-w2v2 DIR N_LABELS              a small random Wav2Vec2ForSequenceClassification saved as a
                                       Hugging Face directory (both tools fine-tune it)
-  trainer DIR TRAIN fp32|bf16         one epoch of HF Trainer fine-tuning (feature encoder frozen,
-                                      batch 8, lr 3e-5): training samples/s
+  trainer DIR TRAIN fp32|bf16 [EPOCHS] HF Trainer fine-tuning (feature encoder frozen, batch 8,
+                                      lr 3e-5; one epoch unless EPOCHS): training samples/s over
+                                      the whole `train()`, and over the optimiser steps alone
+                                      (a callback times each, on_step_begin to on_step_end)
 Prints one JSON line.
 """
 import csv, json, math, os, re, struct, sys, time
@@ -127,7 +129,50 @@ def make_w2v2(out, n_labels):
     print(json.dumps({"made": out}))
 
 
-def trainer(d, train, precision):
+WARMUP_STEPS = 2  # left out of the steady figure, as headstart's `steady_samples_per_s`
+
+
+def step_figures(steps, sizes):
+    """headstart's `timings.finetune` fields from each step's seconds and examples."""
+    def rate(s, n):
+        return sum(n) / sum(s) if sum(s) > 0 else 0.0
+    sec = sorted(steps)
+    med = (sec[len(sec) // 2] if len(sec) % 2 else (sec[len(sec) // 2 - 1] + sec[len(sec) // 2]) / 2) if sec else 0.0
+    steady = rate(steps[WARMUP_STEPS:], sizes[WARMUP_STEPS:]) if len(steps) > WARMUP_STEPS else None
+    return {"steps": len(steps), "samples": sum(sizes), "step_s_total": sum(steps), "step_s_median": med,
+            "samples_per_s": rate(steps, sizes), "steady_samples_per_s": steady}
+
+
+def step_clock(sizes):
+    """A TrainerCallback timing every optimiser step: on_step_begin to on_step_end (forward,
+    backward, clipping, the update; the batch is fetched and collated before on_step_begin),
+    and from the previous step's end (or the epoch's start) to this one's, which adds the fetch."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.steps, self.spans, self.begin, self.last = [], [], None, None
+
+        def on_epoch_begin(self, args, state, control, **kw):
+            self.last = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            self.steps.append(now - self.begin)
+            self.spans.append(now - self.last)
+            self.last = now
+
+        def figures(self):
+            n = sizes[:len(self.steps)]
+            return step_figures(self.steps, n), step_figures(self.spans, n)
+
+    return StepClock()
+
+
+def trainer(d, train, precision, epochs=1):
     from transformers import Trainer, TrainingArguments, Wav2Vec2ForSequenceClassification
     paths, y, labels = read(train)
     waves = [load(p) for p in paths]
@@ -137,7 +182,10 @@ def trainer(d, train, precision):
 
     rows = [{"input_values": norm(w), "labels": l} for w, l in zip(waves, y)]
 
+    sizes = []  # each collated batch's examples, in order (no workers: batch k is step k's)
+
     def collate(batch):
+        sizes.append(len(batch))
         n = max(len(b["input_values"]) for b in batch)
         x = np.zeros((len(batch), n), dtype=np.float32)
         for i, b in enumerate(batch):
@@ -146,16 +194,18 @@ def trainer(d, train, precision):
 
     model = Wav2Vec2ForSequenceClassification.from_pretrained(d, num_labels=len(labels))
     model.freeze_feature_encoder()
-    args = TrainingArguments(output_dir="/tmp/hs-bench-audio-trainer", per_device_train_batch_size=8, num_train_epochs=1,
-                             learning_rate=3e-5, weight_decay=0.01, warmup_steps=int(0.1 * math.ceil(len(rows) / 8)), lr_scheduler_type="linear", seed=0,
+    args = TrainingArguments(output_dir="/tmp/hs-bench-audio-trainer", per_device_train_batch_size=8, num_train_epochs=epochs,
+                             learning_rate=3e-5, weight_decay=0.01, warmup_steps=int(0.1 * epochs * math.ceil(len(rows) / 8)), lr_scheduler_type="linear", seed=0,
                              use_cpu=True, bf16=precision == "bf16", report_to=[], logging_strategy="no", disable_tqdm=True,
                              dataloader_num_workers=0, eval_strategy="no", save_strategy="no")
-    t = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    clock = step_clock(sizes)
+    t = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[clock])
     t0 = time.perf_counter()
     t.train()
     dt = time.perf_counter() - t0
-    print(json.dumps({"tool": "hf-trainer", "what": "finetune", "precision": precision, "samples": len(rows), "seconds": dt,
-                      "samples_per_s": len(rows) / dt}))
+    steps, spans = clock.figures()
+    print(json.dumps({"tool": "hf-trainer", "what": "finetune", "precision": precision, "epochs": epochs, "samples": epochs * len(rows),
+                      "seconds": dt, "samples_per_s": epochs * len(rows) / dt, "steps": steps, "steps_with_fetch": spans}))
 
 
 if __name__ == "__main__":
@@ -166,4 +216,4 @@ if __name__ == "__main__":
     elif cmd == "make-w2v2":
         make_w2v2(sys.argv[2], sys.argv[3])
     elif cmd == "trainer":
-        trainer(sys.argv[2], sys.argv[3], sys.argv[4])
+        trainer(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 1)

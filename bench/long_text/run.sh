@@ -32,7 +32,8 @@ cargo build -q --release -p headstart-cli
 hs=$root/target/release/headstart
 timed() { local name=$1; shift; /usr/bin/time -f "%e %U %S %M" -o "$out/$name.time" "$@" > "$out/$name.json"; }
 rm -rf "$out"/*.time "$out"/hs_*.json "$out"/pt_*.json "$out"/run-*
-n_train=$(($(wc -l < "$data/train.csv") - 1))
+# Rows, not lines: article bodies hold quoted line breaks.
+n_train=$(python3 -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$data/train.csv")
 l2=$(python3 -c "print(1 / $n_train)")
 for r in $(seq 1 "$rounds"); do
   for policy in chunks truncate; do
@@ -45,6 +46,11 @@ for r in $(seq 1 "$rounds"); do
     timed "hsdef_${policy}_train_$r" "$hs" train --data "$data/train.csv" --model "$model" --long-text "$policy" \
       --out "$out/run-default-$policy-$r" --cache-dir "$out/cache" --progress none --json
     timed "hsdef_${policy}_eval_$r" "$hs" eval "$out/run-default-$policy-$r/bundle" --data "$data/test.csv" --cache-dir "$out/cache" --progress none --json
+    # The same fixed-C run with the encoder under bf16 autocast (cold cache: features are keyed by precision).
+    rm -rf "$out/cache"
+    timed "hsbf16_${policy}_train_$r" "$hs" train --data "$data/train.csv" --model "$model" --long-text "$policy" --precision bf16 \
+      --val-split 0 --l2 "$l2" --out "$out/run-bf16-$policy-$r" --cache-dir "$out/cache" --progress none --json
+    timed "hsbf16_${policy}_eval_$r" "$hs" eval "$out/run-bf16-$policy-$r/bundle" --data "$data/test.csv" --cache-dir "$out/cache" --progress none --json
   done
 done
 python3 "$here/summary.py" "$out" | tee "$out/summary.json"

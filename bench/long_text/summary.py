@@ -35,9 +35,22 @@ for policy in ["chunks", "truncate"]:
         train = json.loads((out / f"hsdef_{policy}_train_{r}.json").read_text())
         acc = json.loads((out / f"hsdef_{policy}_eval_{r}.json").read_text())["accuracy"]
         default.append({"wall_s_cached": tw + ew, "test_accuracy": acc, "l2": train["l2"], "val_accuracy": train["val"]["accuracy"]})
+    bf16 = []
+    for r in rounds:
+        if not (out / f"hsbf16_{policy}_train_{r}.time").exists():
+            continue
+        tw, tc, trss = times(f"hsbf16_{policy}_train_{r}")
+        ew, ec, erss = times(f"hsbf16_{policy}_eval_{r}")
+        acc = json.loads((out / f"hsbf16_{policy}_eval_{r}.json").read_text())["accuracy"]
+        bf16.append({"wall_s": tw + ew, "cpu_s": tc + ec, "peak_rss_mib": max(trss, erss) // 1024, "test_accuracy": acc})
     best = lambda xs: min(xs, key=lambda x: x["wall_s"])
     h, p = best(hs), best(pt)
-    rows.append({"policy": policy, "headstart": h, "reference": p, "headstart_default_head": default,
+    extra = {}
+    if bf16:
+        b = best(bf16)
+        extra = {"headstart_bf16": b, "bf16_accuracy_points": round(100 * (b["test_accuracy"] - p["test_accuracy"]), 2),
+                 "bf16_wall_ratio": round(b["wall_s"] / p["wall_s"], 3), "bf16_cpu_ratio": round(b["cpu_s"] / p["cpu_s"], 3)}
+    rows.append({"policy": policy, "headstart": h, "reference": p, "headstart_default_head": default, **extra,
                  "all_rounds": {"headstart": hs, "reference": pt},
                  "accuracy_points": round(100 * (h["test_accuracy"] - p["test_accuracy"]), 2),
                  "wall_ratio": round(h["wall_s"] / p["wall_s"], 3), "cpu_ratio": round(h["cpu_s"] / p["cpu_s"], 3)})

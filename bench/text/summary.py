@@ -3,7 +3,9 @@ import json, sys
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl") if l.startswith('{"')]
 def get(tool, what, prec=None):
-    return next(r for r in rows if r["tool"] == tool and r["what"] == what and r.get("precision") == prec)
+    # Rows without a precision are fp32 (the reference's embed row has none).
+    want = prec or "fp32"
+    return next(r for r in rows if r["tool"] == tool and r["what"] == what and r.get("precision", "fp32") == want)
 t = lambda n: [float(x) for x in open(f"{out}/{n}.time").read().split()]
 # A tool's JSON output: the whole file, or its last JSON line (libraries print lines of
 # their own before it).

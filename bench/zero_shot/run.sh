@@ -1,17 +1,42 @@
 #!/usr/bin/env bash
-# Zero-shot classification at the ViT-B/32 shape (random weights), headstart vs transformers
-# vs open_clip, side by side: 128 JPEGs, 10 labels × 3 templates, batches of 32.
+# CLIP at the ViT-B/32 shape (random weights), headstart vs transformers vs open_clip, side by
+# side in one run, two rounds:
+#   - zero-shot: 128 JPEGs, 10 labels × 3 templates, batches of 32 (images/s of the image loop);
+#   - embedding export: the same 128 JPEGs in two class folders, one Parquet row each
+#     (`headstart embed` against the image tower + pyarrow), rows/s and whole-process wall time.
+# PRECISION=bf16 runs every image tower under bf16 autocast on the CPU (headstart
+# `--precision bf16`, PyTorch `torch.autocast("cpu", dtype=torch.bfloat16)`); default fp32.
 # Needs: scripts/setup, scripts/setup --reference, open_clip_torch in .venv-ref.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${OUT:-$here/out}
-export THREADS=${THREADS:-2} OMP_NUM_THREADS=${THREADS:-2}
+export THREADS=${THREADS:-2} OMP_NUM_THREADS=${THREADS:-2} PRECISION=${PRECISION:-fp32}
 cd "$root"
-[[ -d $out/clip_b32 ]] || .venv-ref/bin/python "$here/reference.py" make "$out"
-cargo build -q --release -p headstart --example zero_shot_bench
+py=$root/.venv-ref/bin/python
+[[ -d $out/clip_b32 ]] || "$py" "$here/reference.py" make "$out"
+if [[ ! -d $out/labelled ]]; then
+  mkdir -p "$out/labelled/a" "$out/labelled/b"
+  for f in "$out"/images/*.jpg; do
+    n=$(basename "$f" .jpg); c=a; (( 10#$n % 2 )) && c=b
+    cp "$f" "$out/labelled/$c/"
+  done
+fi
+if [[ -z ${NO_BUILD:-} ]]; then
+  cargo build -q --release -p headstart --example zero_shot_bench
+  cargo build -q --release -p headstart-cli
+fi
+hs=${HEADSTART_BIN:-$root/target/release/headstart}
+res=$out/results.jsonl
 for i in 1 2; do
-  target/release/examples/zero_shot_bench "$out/clip_b32" "$out/images" | tee -a "$out/results.jsonl"
-  .venv-ref/bin/python "$here/reference.py" hf "$out" 2>/dev/null | tee -a "$out/results.jsonl"
-  .venv-ref/bin/python "$here/reference.py" open_clip "$out" 2>/dev/null | tee -a "$out/results.jsonl"
+  target/release/examples/zero_shot_bench "$out/clip_b32" "$out/images" "$PRECISION" | tee -a "$res"
+  "$py" "$here/reference.py" hf "$out" 2>/dev/null | tee -a "$res"
+  "$py" "$here/reference.py" open_clip "$out" 2>/dev/null | tee -a "$res"
+  /usr/bin/time -f "%e %M" -o "$out/hs.time" "$hs" embed --model "$out/clip_b32" --data "$out/labelled" --no-cache \
+    --precision "$PRECISION" --progress none --json --out "$out/headstart.parquet" > "$out/hs-embed.json"
+  python3 -c "import json,sys; w,m=open(sys.argv[1]).read().split(); print(json.dumps({'impl':'headstart_embed','precision':sys.argv[2],'rows':128,'wall_s':float(w),'peak_rss_mib':int(m)//1024,'rows_per_s_process':round(128/float(w),2)}))" "$out/hs.time" "$PRECISION" | tee -a "$res"
+  for k in embed_hf embed_open_clip; do
+    /usr/bin/time -f "%e %M" -o "$out/ref.time" "$py" "$here/reference.py" $k "$out" 2>/dev/null > "$out/ref.json"
+    python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read()); w,m=open(sys.argv[2]).read().split(); d.update(wall_s=float(w),peak_rss_mib=int(m)//1024,rows_per_s_process=round(128/float(w),2)); print(json.dumps(d))" "$out/ref.json" "$out/ref.time" | tee -a "$res"
+  done
 done

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::{config_choice, BestArg, LayerArg, PrecisionArg, ScheduleArg, TrainArgs};
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -71,6 +73,8 @@ pub struct RunConfig {
     pub head_init: Option<String>,
     /// Prompt templates of the zero-shot start, each with `{}`.
     pub templates: Option<Vec<String>>,
+    /// Audio: a hidden state's number, or `"weighted"` (every one, for the layer-sum head).
+    pub layer: Option<toml::Value>,
 }
 
 impl RunConfig {
@@ -100,6 +104,131 @@ impl RunConfig {
 
     pub fn epochs(&self) -> Option<usize> {
         self.num_train_epochs.map(|e| e as usize)
+    }
+}
+
+/// Fills a flag not given on the command line with the config file's value.
+macro_rules! fill {
+    ($flag:expr, $value:expr) => {
+        if $flag.is_none() {
+            $flag = $value;
+        }
+    };
+}
+
+impl TrainArgs {
+    /// Fills every flag not given on the command line from the config file.
+    pub(crate) fn merge(&mut self, mut f: RunConfig) -> Result<Vec<String>> {
+        self.merge_values(&mut f);
+        self.merge_choices(&mut f)?;
+        self.merge_hf_strategies(&f);
+        if self.common.cache_dir.is_none() {
+            self.common.cache_dir = f.cache_dir.take();
+        }
+        self.lossy |= f.lossy.unwrap_or(false);
+        let mut warnings = vec![];
+        match f.save_strategy.as_deref() {
+            Some("steps") => fill!(self.checkpoint_every, f.save_steps),
+            Some("no") => warnings.push("save_strategy = \"no\": fine-tuning still checkpoints every epoch, so runs can be resumed".into()),
+            _ => {}
+        }
+        Ok(warnings)
+    }
+
+    /// The settings that are plain values, flag for key.
+    fn merge_values(&mut self, f: &mut RunConfig) {
+        fill!(self.out, f.output_dir.take());
+        fill!(self.batch_size, f.per_device_train_batch_size);
+        fill!(self.eval_batch_size, f.per_device_eval_batch_size);
+        fill!(self.epochs, f.epochs());
+        fill!(self.lr, f.learning_rate);
+        fill!(self.warmup_ratio, f.warmup_ratio);
+        fill!(self.warmup, f.warmup_steps);
+        fill!(self.weight_decay, f.weight_decay);
+        fill!(self.seed, f.seed);
+        fill!(self.max_length, f.max_length);
+        fill!(self.accumulate, f.gradient_accumulation_steps);
+        fill!(self.clip_grad, f.max_grad_norm);
+        fill!(self.label_smoothing, f.label_smoothing_factor);
+        fill!(self.early_stopping, f.early_stopping_patience);
+        fill!(self.model, f.model.take());
+        fill!(self.weights, f.weights.take());
+        fill!(self.data, f.data.take());
+        fill!(self.val, f.val.take());
+        fill!(self.val_split, f.val_split);
+        fill!(self.unfreeze, f.unfreeze.take());
+        fill!(self.head_epochs, f.head_epochs);
+        fill!(self.stage_lr_decay, f.stage_lr_decay);
+        fill!(self.text_column, f.text_column.take());
+        fill!(self.label_column, f.label_column.take());
+        fill!(self.pair_column, f.pair_column.take());
+        fill!(self.pooling, f.pooling.take());
+        fill!(self.chunk_overlap, f.chunk_overlap);
+        fill!(self.max_chunks, f.max_chunks);
+        fill!(self.chunk_batch, f.chunk_batch);
+        if self.prompts.templates.is_empty() {
+            self.prompts.templates = f.templates.take().unwrap_or_default();
+        }
+    }
+
+    /// The settings with fixed choices, each checked as its flag would be.
+    fn merge_choices(&mut self, f: &mut RunConfig) -> Result<()> {
+        if self.cv.is_none() {
+            self.cv = match f.cv.take() {
+                None => None,
+                Some(toml::Value::Integer(k)) => Some(k.to_string()),
+                Some(toml::Value::String(s)) => Some(s),
+                Some(v) => bail!("config: cv must be a number of folds, \"auto\" or \"off\", not {v}"),
+            };
+        }
+        if !self.refit && !self.no_refit {
+            self.no_refit = f.refit == Some(false);
+        }
+        fill!(self.head_init, config_choice("head_init", f.head_init.as_deref())?);
+        fill!(self.long_text, config_choice("long_text", f.long_text.as_deref())?);
+        fill!(self.chunk_pooling, config_choice("chunk_pooling", f.chunk_pooling.as_deref())?);
+        fill!(self.mode, config_choice("mode", f.mode.as_deref())?);
+        fill!(self.head, config_choice("head", f.head.as_deref())?);
+        if self.layer.is_none() {
+            self.layer = match f.layer.take() {
+                None => None,
+                Some(toml::Value::Integer(n)) if n >= 0 => Some(LayerArg::Hidden(n as usize)),
+                Some(toml::Value::String(s)) => Some(s.parse().map_err(|e| anyhow::anyhow!("config: layer {e}"))?),
+                Some(v) => bail!("config: layer must be a hidden state's number or \"weighted\", not {v}"),
+            };
+        }
+        if self.schedule.is_none() {
+            self.schedule = match f.lr_scheduler_type.as_deref() {
+                None => None,
+                Some("linear") => Some(ScheduleArg::Linear),
+                Some("cosine") => Some(ScheduleArg::Cosine),
+                Some("constant") => Some(ScheduleArg::Constant),
+                Some(t) => bail!("config: lr_scheduler_type `{t}` is not linear, cosine or constant"),
+            };
+        }
+        if self.best_metric.is_none() {
+            self.best_metric = match f.metric_for_best_model.as_deref() {
+                None => None,
+                Some("loss" | "eval_loss") => Some(BestArg::Loss),
+                Some("accuracy" | "eval_accuracy") => Some(BestArg::Accuracy),
+                Some(m) => bail!("config: metric_for_best_model `{m}` is not loss or accuracy"),
+            };
+        }
+        Ok(())
+    }
+
+    /// Hugging Face settings that map onto other flags: bf16, keeping the last epoch, no
+    /// evaluation.
+    fn merge_hf_strategies(&mut self, f: &RunConfig) {
+        if self.precision.is_none() && f.bf16 == Some(true) {
+            self.precision = Some(PrecisionArg::Bf16);
+        }
+        if f.load_best_model_at_end == Some(false) {
+            self.keep_last = true;
+        }
+        if f.eval_strategy.as_deref() == Some("no") && self.val.is_none() && self.val_split.is_none() {
+            self.val_split = Some(0.0);
+        }
     }
 }
 

@@ -50,6 +50,10 @@ pub struct ExportArgs {
     /// Text: cls, mean or last (default: the model's).
     #[arg(long)]
     pooling: Option<String>,
+    /// Audio, Whisper: the encoder's window, `clip` (each clip's own seconds) or `full` (30 s),
+    /// as for `train`; recorded in the file's metadata.
+    #[arg(long, value_enum)]
+    audio_window: Option<crate::AudioWindowArg>,
     /// Encoder precision (`auto` resolves as for `train`; recorded in the file's metadata).
     #[arg(long, value_enum, default_value = "auto")]
     precision: crate::PrecisionArg,
@@ -124,6 +128,7 @@ impl ExportArgs {
                     // CLIP's image tower: the normalised embeddings zero-shot and probes use.
                     let mut block = headstart::blocks::clip::ClipBlock::reading(decode, self.common.cache().as_deref());
                     block.batch_size = self.batch_size;
+                    block.precision = self.precision.value();
                     return self.go(&block, &spec, job, &p, out);
                 }
                 let block = ImageBlock { req: None, decode, cache: self.common.cache(), batch_size: self.batch_size, precision: self.precision.value() };
@@ -149,6 +154,7 @@ impl ExportArgs {
                     max_seconds: headstart::blocks::audio::DEFAULT_MAX_SECONDS,
                     cache: self.common.cache(),
                     batch_size: self.batch_size,
+                    window: self.audio_window.map(crate::AudioWindowArg::value),
                 };
                 self.go(&block, &spec, job, &p, out)
             }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use headstart::error::Cause;
 use headstart::models::{self, registry};
 use headstart::preprocess::Augment;
-use headstart::run::{self, TrainRequest};
+use headstart::run;
 use headstart::text::chunks::{ChunkPooling, LongText};
 use headstart::train::finetune::{BestMetric, BnPolicy, FinetuneConfig, Unfreeze};
 use headstart::train::optim::OptimKind;
@@ -19,10 +19,14 @@ use headstart::train::{ClassWeights, HeadKind, Method, TrainConfig};
 use headstart::weights::{self, Weights};
 
 mod config;
+mod eval;
 mod export;
 mod fetch;
+mod lr_find;
+mod predict;
 mod progress;
 mod report;
+mod requests;
 mod serve;
 
 #[derive(Parser)]
@@ -37,100 +41,12 @@ enum Command {
     /// Train a classifier head on frozen pre-trained features (feature extraction).
     Train(TrainArgs),
     /// Evaluate a bundle on labelled data (as `train --data` takes it).
-    Eval {
-        #[arg(required_unless_present = "zero_shot")]
-        bundle: Option<PathBuf>,
-        #[arg(long)]
-        data: PathBuf,
-        /// Evaluate a CLIP model's zero-shot classifier instead of a bundle: the class names are
-        /// the data's class folders (underscores read as spaces), put into the templates.
-        #[arg(long, requires = "model", conflicts_with = "bundle")]
-        zero_shot: bool,
-        /// With --zero-shot: the CLIP model (directory, registry name or hub id in the hub cache).
-        #[arg(long)]
-        model: Option<String>,
-        #[command(flatten)]
-        prompts: TemplateArgs,
-        /// Text bundles: replace invalid UTF-8 instead of failing.
-        #[arg(long)]
-        lossy: bool,
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Encoder precision (default: the one the head was trained on; another is warned about).
-        #[arg(long, value_enum)]
-        precision: Option<PrecisionArg>,
-        #[arg(long)]
-        json: bool,
-        /// Also write an HTML report (confusion matrix, per-class table, misclassified examples).
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        #[command(flatten)]
-        columns: ColumnArgs,
-        #[command(flatten)]
-        common: Common,
-    },
+    Eval(eval::EvalArgs),
     /// Learning-rate range test for fine-tuning: prints loss against rate and a suggestion.
-    LrFind {
-        #[arg(long)]
-        data: PathBuf,
-        /// Image registry model or text model (default: mobilenet_v2.tv_in1k; text
-        /// all-minilm-l6-v2).
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Stages to train during the test: `last:N` or `all` (default: images last:1, text all).
-        #[arg(long)]
-        unfreeze: Option<String>,
-        /// Text: the text and label columns.
-        #[arg(long)]
-        text_column: Option<String>,
-        #[arg(long)]
-        label_column: Option<String>,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 1e-7)]
-        min_lr: f64,
-        #[arg(long, default_value_t = 10.0)]
-        max_lr: f64,
-        #[arg(long, default_value_t = 100)]
-        steps: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
-        /// Also save the curve as RUN_DIR/lr_find.json, for the run's report.
-        #[arg(long, value_name = "RUN_DIR")]
-        out: Option<PathBuf>,
-        #[command(flatten)]
-        common: Common,
-    },
+    LrFind(lr_find::LrFindArgs),
     /// Predict classes with a bundle: image files, or for a text bundle CSV/TSV/JSONL files
     /// (the bundle's text column), `.txt` files (one text each) or `--text`.
-    Predict {
-        bundle: PathBuf,
-        #[arg(required_unless_present = "text")]
-        files: Vec<PathBuf>,
-        /// Text bundles: a text to classify (repeatable).
-        #[arg(long)]
-        text: Vec<String>,
-        /// Text bundles: replace invalid UTF-8 instead of failing.
-        #[arg(long)]
-        lossy: bool,
-        #[arg(long, default_value_t = 5)]
-        top_k: usize,
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Encoder precision (default: the one the head was trained on; another is warned about).
-        #[arg(long, value_enum)]
-        precision: Option<PrecisionArg>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        columns: ColumnArgs,
-        #[command(flatten)]
-        common: Common,
-    },
+    Predict(predict::PredictArgs),
     /// List the registered pre-trained models.
     Models {
         #[arg(long)]
@@ -201,6 +117,10 @@ struct ZeroShotArgs {
     templates_file: Option<PathBuf>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// The image tower's precision: fp32 (default; also what auto gives for CLIP) or bf16
+    /// (CPU autocast).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     #[arg(long)]
     json: bool,
     #[arg(required = true)]
@@ -303,6 +223,23 @@ enum HeadArg {
     Mlp,
 }
 
+/// `--layer`: a hidden state's number, or `weighted` (every one, for the layer-sum head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LayerArg {
+    Hidden(usize),
+    Weighted,
+}
+
+impl std::str::FromStr for LayerArg {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<LayerArg, String> {
+        match s.trim() {
+            "weighted" => Ok(LayerArg::Weighted),
+            n => n.parse().map(LayerArg::Hidden).map_err(|_| format!("`{n}` is neither a hidden state's number nor `weighted`")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum TrainMode {
     /// Frozen backbone, head trained on cached features.
@@ -325,6 +262,21 @@ enum ScheduleArg {
     Onecycle,
     Step,
     Plateau,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum AudioWindowArg {
+    Clip,
+    Full,
+}
+
+impl AudioWindowArg {
+    pub(crate) fn value(self) -> headstart::audio::window::AudioWindow {
+        match self {
+            AudioWindowArg::Clip => headstart::audio::window::AudioWindow::Clip,
+            AudioWindowArg::Full => headstart::audio::window::AudioWindow::Full,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -416,6 +368,11 @@ struct TrainArgs {
     /// The same as `--bn sync`.
     #[arg(long, conflicts_with = "bn")]
     sync_bn: bool,
+    /// Data-parallel process group: `auto` (NCCL with each rank on `cuda:LOCAL_RANK` when CUDA
+    /// devices are visible and the build has NCCL, else Gloo on the CPU), `gloo` or `nccl`.
+    /// Default: `HEADSTART_DIST_BACKEND`, else auto.
+    #[arg(long, value_name = "auto|gloo|nccl")]
+    dist_backend: Option<headstart::dist::BackendChoice>,
     /// Also checkpoint every this many optimiser steps (always after every epoch).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -516,13 +473,19 @@ struct TrainArgs {
     #[arg(long)]
     std: Option<String>,
     /// Audio: pool hidden state N of the encoder (0 is the first layer's input) instead of its
-    /// output.
-    #[arg(long, value_name = "N")]
-    layer: Option<usize>,
+    /// output; or `weighted`: pool every hidden state and learn their weighted sum (softmax
+    /// weights, as SUPERB) jointly with a linear classifier, the layer-sum head.
+    #[arg(long, value_name = "N|weighted")]
+    layer: Option<LayerArg>,
     /// Audio: skip clips longer than this many seconds (default 600); longer clips below it
     /// are read as 30 s windows whose features are pooled.
     #[arg(long)]
     max_seconds: Option<f64>,
+    /// Audio, Whisper: run the encoder over the whole 30 s window (`full`, the default, as
+    /// Whisper pads) or over each clip's own length in whole seconds (`clip`: much faster on
+    /// short clips; features only, fine-tuning uses `full`). Recorded in the bundle.
+    #[arg(long, value_enum)]
+    audio_window: Option<AudioWindowArg>,
     /// Text: the column (CSV/TSV header or JSONL field) holding the text (default `text`).
     #[arg(long)]
     text_column: Option<String>,
@@ -586,113 +549,6 @@ enum BestArg {
 }
 
 impl TrainArgs {
-    /// Fills every flag not given on the command line from the config file.
-    fn merge(&mut self, f: config::RunConfig) -> Result<Vec<String>> {
-        let mut warnings = vec![];
-        let epochs = f.epochs();
-        macro_rules! take {
-            ($field:ident, $value:expr) => {
-                if self.$field.is_none() {
-                    self.$field = $value;
-                }
-            };
-        }
-        take!(out, f.output_dir);
-        take!(batch_size, f.per_device_train_batch_size);
-        take!(eval_batch_size, f.per_device_eval_batch_size);
-        take!(epochs, epochs);
-        take!(lr, f.learning_rate);
-        take!(warmup_ratio, f.warmup_ratio);
-        take!(warmup, f.warmup_steps);
-        take!(weight_decay, f.weight_decay);
-        take!(seed, f.seed);
-        take!(max_length, f.max_length);
-        take!(accumulate, f.gradient_accumulation_steps);
-        take!(clip_grad, f.max_grad_norm);
-        take!(label_smoothing, f.label_smoothing_factor);
-        take!(early_stopping, f.early_stopping_patience);
-        take!(model, f.model);
-        take!(weights, f.weights);
-        take!(data, f.data);
-        take!(val, f.val);
-        take!(val_split, f.val_split);
-        take!(unfreeze, f.unfreeze);
-        take!(head_epochs, f.head_epochs);
-        take!(stage_lr_decay, f.stage_lr_decay);
-        take!(text_column, f.text_column);
-        take!(label_column, f.label_column);
-        take!(pair_column, f.pair_column);
-        take!(pooling, f.pooling);
-        if self.cv.is_none() {
-            self.cv = match f.cv {
-                None => None,
-                Some(toml::Value::Integer(k)) => Some(k.to_string()),
-                Some(toml::Value::String(s)) => Some(s),
-                Some(v) => bail!("config: cv must be a number of folds, \"auto\" or \"off\", not {v}"),
-            };
-        }
-        if !self.refit && !self.no_refit {
-            self.no_refit = f.refit == Some(false);
-        }
-        if self.head_init.is_none() {
-            self.head_init = config_choice("head_init", f.head_init.as_deref())?;
-        }
-        if self.prompts.templates.is_empty() {
-            self.prompts.templates = f.templates.unwrap_or_default();
-        }
-        take!(chunk_overlap, f.chunk_overlap);
-        take!(max_chunks, f.max_chunks);
-        take!(chunk_batch, f.chunk_batch);
-        if self.long_text.is_none() {
-            self.long_text = config_choice("long_text", f.long_text.as_deref())?;
-        }
-        if self.chunk_pooling.is_none() {
-            self.chunk_pooling = config_choice("chunk_pooling", f.chunk_pooling.as_deref())?;
-        }
-        if self.common.cache_dir.is_none() {
-            self.common.cache_dir = f.cache_dir;
-        }
-        self.lossy |= f.lossy.unwrap_or(false);
-        if self.mode.is_none() {
-            self.mode = config_choice("mode", f.mode.as_deref())?;
-        }
-        if self.head.is_none() {
-            self.head = config_choice("head", f.head.as_deref())?;
-        }
-        if self.schedule.is_none() {
-            self.schedule = match f.lr_scheduler_type.as_deref() {
-                None => None,
-                Some("linear") => Some(ScheduleArg::Linear),
-                Some("cosine") => Some(ScheduleArg::Cosine),
-                Some("constant") => Some(ScheduleArg::Constant),
-                Some(t) => bail!("config: lr_scheduler_type `{t}` is not linear, cosine or constant"),
-            };
-        }
-        if self.precision.is_none() && f.bf16 == Some(true) {
-            self.precision = Some(PrecisionArg::Bf16);
-        }
-        if self.best_metric.is_none() {
-            self.best_metric = match f.metric_for_best_model.as_deref() {
-                None => None,
-                Some("loss" | "eval_loss") => Some(BestArg::Loss),
-                Some("accuracy" | "eval_accuracy") => Some(BestArg::Accuracy),
-                Some(m) => bail!("config: metric_for_best_model `{m}` is not loss or accuracy"),
-            };
-        }
-        if f.load_best_model_at_end == Some(false) {
-            self.keep_last = true;
-        }
-        if f.eval_strategy.as_deref() == Some("no") && self.val.is_none() && self.val_split.is_none() {
-            self.val_split = Some(0.0);
-        }
-        match f.save_strategy.as_deref() {
-            Some("steps") => take!(checkpoint_every, f.save_steps),
-            Some("no") => warnings.push("save_strategy = \"no\": fine-tuning still checkpoints every epoch, so runs can be resumed".into()),
-            _ => {}
-        }
-        Ok(warnings)
-    }
-
     /// The run's modality: a text model, text settings, or the data's format.
     fn detect(&self) -> Option<headstart::learn::detect::Detected> {
         let text_flags =
@@ -807,6 +663,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             _ => headstart::train::HeadStart::Default,
         },
         init: None,
+        layers: None,
     })
 }
 
@@ -1074,13 +931,22 @@ fn train(mut a: TrainArgs, out: &mut impl Write) -> Result<()> {
             eprintln!("warning: {}", flags(&w));
         }
     }
+    if let Some(b) = a.dist_backend {
+        headstart::dist::set_backend_choice(b);
+    }
     let p = a.common.progress();
     let started = std::time::Instant::now();
     let (modality, o) = match &a.resume {
         Some(run) => headstart::learn::resume::resume(run, &p)?,
         None if a.features.is_some() => export::train_on_features(&features_request(&a)?, &p)?,
-        None => new_run(&a, &p)?,
+        None => requests::new_run(&a, &p)?,
     };
+    if let Some(s) = &o.rank_share {
+        eprintln!(
+            "note: rank {} of {} featurised examples {}..{} of {} ({} computed, {} from the cache)",
+            s.rank, s.world, s.start, s.end, s.total, s.computed, s.reused
+        );
+    }
     if !headstart::dist::is_primary() {
         eprintln!("note: this data-parallel rank finished; rank 0 writes the checkpoints, bundle and report");
         return Ok(());
@@ -1118,93 +984,6 @@ fn features_request(a: &TrainArgs) -> Result<headstart::export::stored::FeatureT
     })
 }
 
-/// Trains per the flags, in the modality the library detects.
-fn new_run(a: &TrainArgs, p: &progress::Render) -> Result<(registry::Modality, run::TrainOutcome)> {
-    let data = a.data.clone().context("--data is required (or `data` in the --config file)")?;
-    let out = a.out.clone().context("--out is required (or `output_dir` in the --config file)")?;
-    let detected = a.detect().expect("data is given");
-    eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
-    let finetuning = a.mode == Some(TrainMode::Finetune);
-    if detected.modality != registry::Modality::Audio && (a.layer.is_some() || a.max_seconds.is_some()) {
-        bail!("--layer and --max-seconds apply to audio runs; this run reads {}", detected.modality.name());
-    }
-    let val_split = if a.val.is_some() { 0.0 } else { a.val_split.unwrap_or(headstart::learn::task::DEFAULT_VAL_SPLIT) };
-    let cache = a.common.cache();
-    let eval_batch = a.eval_batch_size.unwrap_or(headstart::learn::task::DEFAULT_EVAL_BATCH);
-    let o = match detected.modality {
-        registry::Modality::Audio => {
-            let base = headstart::blocks::audio::audio_finetune_defaults();
-            let d = headstart::blocks::audio::AudioTrainRequest::for_data(data);
-            let audio = headstart::blocks::audio::AudioOptions { layer: a.layer, max_seconds: a.max_seconds.unwrap_or(d.audio.max_seconds) };
-            let req = headstart::blocks::audio::AudioTrainRequest {
-                val: a.val.clone(),
-                val_split,
-                model: a.model.clone().unwrap_or(d.model.clone()),
-                audio,
-                out,
-                cache,
-                eval_batch_size: a.eval_batch_size.unwrap_or(d.eval_batch_size),
-                train: train_config(a)?,
-                finetune: if finetuning { Some(finetune_config(a, base)?) } else { None },
-                ..d
-            };
-            headstart::blocks::audio::train_audio(&req, false, p)?
-        }
-        registry::Modality::Text => {
-            let d = headstart::text::data::Columns::default();
-            let req = headstart::text::TextTrainRequest {
-                data,
-                val: a.val.clone(),
-                val_split,
-                columns: headstart::text::data::Columns {
-                    text: a.text_column.clone().unwrap_or(d.text),
-                    label: a.label_column.clone().unwrap_or(d.label),
-                    pair: a.pair_column.clone(),
-                },
-                lossy: a.lossy,
-                model: a.model.clone().unwrap_or_else(|| headstart::text::DEFAULT_TEXT_MODEL.into()),
-                model_options: headstart::text::TextModelOptions {
-                    max_length: a.max_length,
-                    pooling: a.pooling.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--pooling {e}"))?,
-                    long_text: long_text(a)?,
-                    chunk_batch: a.chunk_batch,
-                },
-                out,
-                cache,
-                eval_batch_size: eval_batch,
-                precision: if finetuning { headstart::engine::Precision::Fp32 } else { extract_precision(a.precision) },
-                finetune: if finetuning { Some(finetune_config(a, headstart::text::text_finetune_defaults())?) } else { None },
-                train: train_config(a)?,
-            };
-            headstart::text::train_text(&req, false, p)?
-        }
-        registry::Modality::Image => {
-            let model = a.model.clone().unwrap_or_else(|| registry::DEFAULT_MODEL.into());
-            let req = TrainRequest {
-                data,
-                val: a.val.clone(),
-                val_split,
-                input_override: input_override(a, &model)?,
-                model,
-                weights: a.weights.clone(),
-                out,
-                cache,
-                extract_batch_size: eval_batch,
-                finetune: if finetuning { Some(finetune_config(a, FinetuneConfig::default())?) } else { None },
-                train: train_config(a)?,
-                allow_truncated: a.common.allow_truncated,
-                precision: if finetuning { precision(a.precision) } else { extract_precision(a.precision) },
-            };
-            if headstart::blocks::clip::is_clip_model(&req.model) {
-                headstart::blocks::clip::train_clip(&req, p)?
-            } else {
-                run::train_image(&req, p)?
-            }
-        }
-    };
-    Ok((detected.modality, o))
-}
-
 /// The range test's table and suggestion.
 fn write_lr_find(out: &mut impl Write, r: &headstart::train::finetune::LrFind, json: bool) -> Result<()> {
     if json {
@@ -1238,6 +1017,10 @@ fn write_outcome(out: &mut impl Write, o: &run::TrainOutcome, modality: registry
     }
     let l2 = o.l2.map(|l| format!(", l2 {l:.0e}")).unwrap_or_default();
     writeln!(out, "head        {:?}, best epoch {}{l2}", o.head, o.best_epoch)?;
+    if let Some(w) = &o.layer_weights {
+        let each: Vec<String> = w.iter().enumerate().map(|(i, w)| format!("{i}:{w:.3}")).collect();
+        writeln!(out, "layers      {} (learned weight of each hidden state)", each.join(" "))?;
+    }
     if !o.tuned_stages.is_empty() {
         writeln!(out, "fine-tuned  {} ({} non-finite steps skipped)", o.tuned_stages.join(", "), o.skipped_steps)?;
     }
@@ -1272,147 +1055,9 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => train(a, out),
-        Command::Eval { bundle, data, zero_shot, model, prompts, lossy, weights, precision: asked, json, report: html, columns, common } => {
-            let asked = asked.map(PrecisionArg::value);
-            if zero_shot || prompts.given() {
-                let (Some(model), true) = (model, zero_shot) else { bail!("--template and --templates-file apply to --zero-shot") };
-                columns.refuse_for_images()?;
-                if html.is_some() {
-                    bail!("--report is not available with --zero-shot yet");
-                }
-                let encoder = headstart::blocks::clip::ClipEncoder::load(&model, weights.as_deref())?;
-                let decode = headstart::preprocess::DecodeOptions { allow_truncated: common.allow_truncated, ..Default::default() };
-                let (report, skipped) =
-                    headstart::blocks::clip::evaluate_zero_shot(&encoder, &data, &prompts.read()?, decode, common.cache().as_deref(), &common.progress())?;
-                write_skipped(&skipped);
-                return write_report(out, &report, json);
-            }
-            let bundle = bundle.context("a BUNDLE to evaluate, or --zero-shot --model CLIP")?;
-            let (report, skipped) = if let Some(file) = &html {
-                let (p, cache) = (common.progress(), common.cache());
-                let how = report::EvalOptions { lossy, weights: weights.as_deref(), allow_truncated: common.allow_truncated, precision: asked };
-                report::eval_with_report(&bundle, &data, &how, cache.as_deref(), &p, file)?
-            } else if headstart::bundle::modality(&bundle)? == "audio" {
-                columns.refuse_for("an audio")?;
-                let p = headstart::blocks::audio::AudioPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
-                p.evaluate(&data, common.cache().as_deref(), &common.progress())?
-            } else if headstart::bundle::modality(&bundle)? == "text" {
-                let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
-                warn_precision(asked.and_then(|a| p.use_precision(a)));
-                let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
-                p.evaluate_with(&data, Some(&cols), lossy, common.cache().as_deref(), &common.progress())?
-            } else if headstart::blocks::clip::is_clip_bundle(&bundle)? {
-                columns.refuse_for_images()?;
-                let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
-                p.decode.allow_truncated = common.allow_truncated;
-                p.evaluate(&data, common.cache().as_deref(), &common.progress())?
-            } else {
-                columns.refuse_for_images()?;
-                let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
-                p.decode.allow_truncated = common.allow_truncated;
-                warn_precision(asked.and_then(|a| p.use_precision(a)));
-                run::evaluate(&p, &data, common.cache().as_deref(), &common.progress())?
-            };
-            write_skipped(&skipped);
-            write_report(out, &report, json)
-        }
-        Command::LrFind { data, model, weights, unfreeze, text_column, label_column, batch_size, min_lr, max_lr, steps, seed, json, out: save, common } => {
-            let detected = detect_run(&data, model.as_deref(), text_column.is_some() || label_column.is_some());
-            eprintln!("note: read as {}: {}", detected.modality.name(), detected.reason);
-            let unfreeze = unfreeze.map(|u| u.parse::<Unfreeze>().map_err(|e| anyhow::anyhow!("--unfreeze {e}"))).transpose()?;
-            let (p, val_split) = (common.progress(), 0.0);
-            let r = match detected.modality {
-                registry::Modality::Audio => {
-                    let base = headstart::blocks::audio::audio_finetune_defaults();
-                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
-                    let d = headstart::blocks::audio::AudioTrainRequest::for_data(data);
-                    let req = headstart::blocks::audio::AudioTrainRequest { model: model.unwrap_or(d.model.clone()), val_split, finetune: Some(ft), ..d };
-                    headstart::blocks::audio::lr_find_audio(&req, min_lr, max_lr, steps, &p)?
-                }
-                registry::Modality::Text => {
-                    let base = headstart::text::text_finetune_defaults();
-                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
-                    let d = headstart::text::TextTrainRequest::for_data(data);
-                    let columns = headstart::text::data::Columns {
-                        text: text_column.unwrap_or(d.columns.text.clone()),
-                        label: label_column.unwrap_or(d.columns.label.clone()),
-                        pair: None,
-                    };
-                    let req = headstart::text::TextTrainRequest { columns, model: model.unwrap_or(d.model.clone()), val_split, finetune: Some(ft), ..d };
-                    headstart::text::lr_find_text(&req, min_lr, max_lr, steps, &p)?
-                }
-                registry::Modality::Image => {
-                    let base = FinetuneConfig::default();
-                    let ft = FinetuneConfig { unfreeze: unfreeze.unwrap_or(base.unfreeze), batch_size, seed, ..base };
-                    let d = TrainRequest::for_data(data);
-                    let req = TrainRequest {
-                        model: model.unwrap_or(d.model.clone()),
-                        weights,
-                        val_split,
-                        finetune: Some(ft),
-                        allow_truncated: common.allow_truncated,
-                        ..d
-                    };
-                    run::lr_find_image(&req, min_lr, max_lr, steps, &p)?
-                }
-            };
-            if let Some(dir) = &save {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                headstart::fsx::atomic_write(&dir.join("lr_find.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
-            }
-            write_lr_find(out, &r, json)
-        }
-        Command::Predict { bundle, files, text, lossy, top_k, weights, precision: asked, json, columns, common }
-            if headstart::bundle::modality(&bundle)? == "text" =>
-        {
-            let mut p = headstart::text::TextPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
-            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
-            let given: Vec<(String, String)> = text.iter().enumerate().map(|(i, t)| (format!("--text {}", i + 1), t.clone())).collect();
-            let cols = p.columns(columns.text_column.as_deref(), columns.label_column.as_deref(), columns.pair_column.as_deref());
-            let inputs = headstart::blocks::text::predict_inputs(&given, &files, &cols, lossy)?;
-            write_skipped(&inputs.skipped);
-            let top = p.predict(&inputs.texts, inputs.pairs.as_deref(), top_k, &common.progress())?;
-            write_predictions(out, inputs.origins.iter().cloned().zip(top), &inputs.skipped, json, "input")
-        }
-        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } if headstart::bundle::modality(&bundle)? == "audio" => {
-            columns.refuse_for("an audio")?;
-            let p = headstart::blocks::audio::AudioPredictor::load(&bundle, weights.as_ref().map(|w| w.display().to_string()).as_deref())?;
-            let (preds, skipped) = p.predict(&files, top_k, common.cache().as_deref(), &common.progress())?;
-            write_skipped(&skipped);
-            let n = preds.len();
-            write_predictions(out, preds.into_iter().map(|(f, top)| (f.display().to_string(), top)), &skipped, json, "file")?;
-            if n == 0 {
-                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
-            }
-            Ok(())
-        }
-        Command::Predict { bundle, files, top_k, weights, json, columns, common, .. } if headstart::blocks::clip::is_clip_bundle(&bundle)? => {
-            columns.refuse_for_images()?;
-            let mut p = headstart::blocks::clip::ClipPredictor::load(&bundle, weights.as_deref())?;
-            p.decode.allow_truncated = common.allow_truncated;
-            let (probs, ok, skipped) = p.probabilities(&files, common.cache().as_deref(), &common.progress())?;
-            let tops = headstart::learn::task::top_k(&probs, &p.labels, top_k)?;
-            write_skipped(&skipped);
-            write_predictions(out, ok.iter().map(|&i| files[i].display().to_string()).zip(tops), &skipped, json, "file")?;
-            if ok.is_empty() {
-                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
-            }
-            Ok(())
-        }
-        Command::Predict { bundle, files, top_k, weights, precision: asked, json, columns, common, .. } => {
-            columns.refuse_for_images()?;
-            let mut p = run::Predictor::load(&bundle, weights.as_deref())?;
-            p.decode.allow_truncated = common.allow_truncated;
-            warn_precision(asked.and_then(|a| p.use_precision(a.value())));
-            let (preds, skipped) = run::predict(&p, &files, top_k, common.cache().as_deref(), &common.progress())?;
-            write_skipped(&skipped);
-            let n = preds.len();
-            write_predictions(out, preds.into_iter().map(|pr| (pr.file.display().to_string(), pr.top)), &skipped, json, "file")?;
-            if n == 0 {
-                return Err(fail(Cause::Data, format!("none of the {} files could be read", files.len())));
-            }
-            Ok(())
-        }
+        Command::Eval(a) => eval::run(a, out),
+        Command::LrFind(a) => lr_find::run(a, out),
+        Command::Predict(a) => predict::run(a, out),
         Command::Models { json } => write_models(out, json),
         Command::Inspect { what: Inspect::Weights { path, json } } => write_weights(out, &Weights::open(&path)?, json),
         Command::Inspect { what: Inspect::Load { model, weights, num_classes, in_channels, json } } => {
@@ -1494,7 +1139,10 @@ fn zero_shot(a: ZeroShotArgs, out: &mut impl Write) -> Result<()> {
     if let Some(f) = &a.templates_file {
         templates.extend(zs::read_templates(f)?);
     }
-    let (clip, _) = models::clip::Clip::load(&models::clip::resolve(&a.model)?, tch::Device::Cpu)?;
+    let (mut clip, _) = models::clip::Clip::load(&models::clip::resolve(&a.model)?, tch::Device::Cpu)?;
+    if let Some(p) = a.precision {
+        clip.set_precision(p.value());
+    }
     let results = ZeroShot::new(&clip, &labels, &templates)?.classify_files(&clip, &a.files, a.top_k)?;
     if a.json {
         let v = serde_json::json!({"model": a.model, "labels": labels, "results": results});

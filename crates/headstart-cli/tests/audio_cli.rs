@@ -2,8 +2,12 @@
 //! a bad file) read as audio, trained on the tiny random Whisper's features, then eval and
 //! predict on the audio bundle; `models` lists the audio entries with their input spec.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use common::write_audio_set as write_set;
+
+mod common;
 
 fn tiny_whisper() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper_tiny_random").display().to_string()
@@ -15,50 +19,6 @@ fn headstart(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A mono 16-bit PCM WAV file.
-fn wav(path: &Path, samples: &[f32], rate: u32) {
-    let data: Vec<u8> = samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
-    let mut b = b"RIFF".to_vec();
-    b.extend((36 + data.len() as u32).to_le_bytes());
-    b.extend(b"WAVEfmt ");
-    for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), rate.to_le_bytes().to_vec()] {
-        b.extend(v);
-    }
-    b.extend((rate * 2).to_le_bytes());
-    b.extend(2u16.to_le_bytes());
-    b.extend(16u16.to_le_bytes());
-    b.extend(b"data");
-    b.extend((data.len() as u32).to_le_bytes());
-    b.extend(data);
-    std::fs::write(path, b).unwrap();
-}
-
-/// Class `hum` (150 Hz), `whistle` (3 kHz) or `hiss` (noise), `k` picks the variant.
-fn sound(class: &str, k: u32, rate: u32) -> Vec<f32> {
-    let mut state = 12345u64 + k as u64;
-    let mut noise = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let n = rate as usize * (6 + k as usize % 4) / 10;
-    let f = match class {
-        "hum" => 150.0,
-        "whistle" => 3000.0,
-        _ => 0.0,
-    } * (1.0 + 0.02 * k as f32);
-    (0..n).map(|i| if f > 0.0 { 0.4 * (2.0 * std::f32::consts::PI * f * i as f32 / rate as f32).sin() } else { 0.3 * noise() }).collect()
-}
-
-fn write_set(dir: &Path, per_class: u32, offset: u32) {
-    for class in ["hum", "whistle", "hiss"] {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for k in 0..per_class {
-            let rate = if k % 2 == 0 { 16000 } else { 44100 };
-            wav(&dir.join(class).join(format!("{class}{}.wav", k + offset)), &sound(class, k + offset, rate), rate);
-        }
-    }
 }
 
 #[test]
@@ -135,6 +95,96 @@ fn audio_folder_train_eval_predict_with_a_bad_file() {
     assert!(stderr(&o).contains("this is an audio bundle"), "{}", stderr(&o));
 }
 
+/// `--audio-window clip`: recorded in the bundle, which eval then runs with; fine-tuning and
+/// `embed` of a Wav2Vec2 model refuse it (usage errors).
+#[test]
+fn audio_window_flag_is_recorded_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 4, 0);
+    let run = tmp.path().join("run");
+    let model = tiny_whisper();
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let o = headstart(&["train", "--data", d, "--model", &model, "--audio-window", "clip", "--out", r, "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bundle_toml = std::fs::read_to_string(run.join("bundle/bundle.toml")).unwrap();
+    assert!(bundle_toml.contains("window = \"clip\""), "{bundle_toml}");
+    let o = headstart(&["eval", run.join("bundle").to_str().unwrap(), "--data", d, "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["n"], 12);
+    let ft = tmp.path().join("ft");
+    let o = headstart(&["train", "--data", d, "--model", &model, "--audio-window", "clip", "--mode", "finetune", "--out", ft.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fine-tuning"), "{}", stderr(&o));
+    let w2v = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wav2vec2_group").display().to_string();
+    let out = tmp.path().join("e.parquet");
+    let o = headstart(&["embed", "--data", d, "--model", &w2v, "--audio-window", "full", "--out", out.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("applies to Whisper models"), "{}", stderr(&o));
+}
+
+/// `--layer weighted`: the layer-sum head with its learned layer weights in the outcome, then
+/// `predict` on training clips agrees with the classes `eval` counts for them; an incompatible
+/// head (flag or config file) and fine-tuning are usage errors.
+#[test]
+fn weighted_layers_train_then_predict_agrees_with_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 5, 0);
+    let run = tmp.path().join("run");
+    let model = tiny_whisper();
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let o = headstart(&["train", "--data", d, "--model", &model, "--layer", "weighted", "--out", r, "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["head"], "layer_sum");
+    let w: Vec<f64> = v["layer_weights"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{w:?}");
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["layer_weights"], v["layer_weights"]);
+    let bundle_toml = std::fs::read_to_string(run.join("bundle/bundle.toml")).unwrap();
+    assert!(bundle_toml.contains("all_layers = true") && bundle_toml.contains("kind = \"layer_sum\""), "{bundle_toml}");
+
+    // One training clip per class: eval's confusion row says what each was predicted as.
+    let one = tmp.path().join("one");
+    for class in ["hum", "whistle", "hiss"] {
+        std::fs::create_dir_all(one.join(class)).unwrap();
+        std::fs::copy(data.join(class).join(format!("{class}1.wav")), one.join(class).join(format!("{class}1.wav"))).unwrap();
+    }
+    let bundle = run.join("bundle");
+    let o = headstart(&["eval", bundle.to_str().unwrap(), "--data", one.to_str().unwrap(), "--no-cache", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let labels = ["hiss", "hum", "whistle"];
+    let eval_says: Vec<&str> =
+        (0..3).map(|t| labels[e["confusion"][t].as_array().unwrap().iter().position(|c| c.as_u64() == Some(1)).expect("one clip per class")]).collect();
+    let files: Vec<String> = labels.iter().map(|c| one.join(c).join(format!("{c}1.wav")).display().to_string()).collect();
+    let mut pargs = vec!["predict", bundle.to_str().unwrap(), "--top-k", "1", "--no-cache", "--json"];
+    pargs.extend(files.iter().map(String::as_str));
+    let o = headstart(&pargs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let predicted: Vec<&str> = p["predictions"].as_array().unwrap().iter().map(|x| x["top"][0][0].as_str().unwrap()).collect();
+    assert_eq!(predicted, eval_says);
+    assert_eq!(predicted, labels, "training clips of distinct sounds");
+
+    // Incompatible settings: usage errors naming the flags.
+    let o = headstart(&["train", "--data", d, "--model", &model, "--layer", "weighted", "--head", "mlp", "--out", r]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--head mlp") && stderr(&o).contains("--layer weighted"), "{}", stderr(&o));
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "layer = \"weighted\"\nhead = \"logistic\"\n").unwrap();
+    let o = headstart(&["train", "--config", cfg.to_str().unwrap(), "--data", d, "--model", &model, "--out", r]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--head logistic") && stderr(&o).contains("--layer weighted"), "{}", stderr(&o));
+    let o = headstart(&["train", "--data", d, "--model", &model, "--layer", "weighted", "--mode", "finetune", "--out", r]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--layer") && stderr(&o).contains("fine-tuning"), "{}", stderr(&o));
+    let o = headstart(&["train", "--data", d, "--model", &model, "--layer", "middle", "--out", r]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 #[test]
 fn models_lists_audio_entries_with_their_input_spec() {
     let o = headstart(&["models", "--json"]);
@@ -155,7 +205,7 @@ fn models_lists_audio_entries_with_their_input_spec() {
     std::fs::write(tmp.path().join("a/x.png"), b"x").unwrap();
     let o = headstart(&["train", "--data", tmp.path().to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap(), "--layer", "2"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--layer and --max-seconds apply to audio runs"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--layer, --max-seconds and --audio-window apply to audio runs"), "{}", stderr(&o));
 }
 
 /// `embed` on audio writes one row per clip with the audio encoder's record, and a head trained

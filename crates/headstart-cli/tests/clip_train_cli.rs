@@ -50,6 +50,19 @@ fn train_eval_predict_and_zero_shot_eval() {
     assert_eq!(z["per_class"].as_array().unwrap().len(), 16);
     let zero_shot = z["accuracy"].as_f64().unwrap();
     assert!(trained >= zero_shot, "trained from zero-shot {trained} < zero-shot {zero_shot}");
+    // Its HTML report as any eval writes it: confusion matrix, per-class table, and a
+    // thumbnail of each misclassified image shown.
+    let zs_html = tmp.path().join("zero_shot.html");
+    let zs = ["eval", "--zero-shot", "--model", &model, "--data", &shapes("test"), "--cache-dir", cache, "--json"];
+    let zr = ok(&headstart(&[&zs[..], &["--report", zs_html.to_str().unwrap()]].concat()));
+    assert_eq!(zr["accuracy"], z["accuracy"]);
+    let page = std::fs::read_to_string(&zs_html).unwrap();
+    assert!(page.contains("<svg") && page.contains("zero-shot model"), "{page}");
+    for c in z["per_class"].as_array().unwrap() {
+        assert!(page.contains(c["label"].as_str().unwrap()), "{} missing from the report", c["label"]);
+    }
+    assert!(zero_shot < 1.0, "the tiny CLIP is expected to make mistakes: {zero_shot}");
+    assert!(page.contains("data:image/png;base64,"), "no thumbnail of a misclassified image");
     let text = headstart(&["eval", "--zero-shot", "--model", &model, "--data", &shapes("test"), "--template", "a {} shape.", "--no-cache"]);
     assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("n 192   accuracy "));
@@ -129,4 +142,28 @@ fn clip_embeddings_export_and_train_from_them() {
     assert_eq!(e["n"], 192);
     // Chance is 1/16; the probe on exported features must be well above it.
     assert!(e["accuracy"].as_f64().unwrap() > 0.3, "{e}");
+}
+
+#[test]
+fn bf16_image_tower_is_recorded_and_used_by_the_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let run = run.to_str().unwrap();
+    let model = shapes("model");
+    let o = ok(&headstart(&["train", "--model", &model, "--data", &shapes("pool"), "--out", run, "--no-cache", "--precision", "bf16", "--json"]));
+    assert_eq!(o["precision"], "bf16", "{o}");
+    let toml = std::fs::read_to_string(format!("{run}/bundle/bundle.toml")).unwrap();
+    assert!(toml.contains("precision = \"bf16\""), "{toml}");
+    // eval runs the tower at the bundle's bf16 without a word; fp32 asked for is warned about.
+    let bundle = format!("{run}/bundle");
+    let e = headstart(&["eval", &bundle, "--data", &shapes("test"), "--no-cache", "--json"]);
+    assert!(e.status.success() && !String::from_utf8_lossy(&e.stderr).contains("warning"), "{}", String::from_utf8_lossy(&e.stderr));
+    let f = headstart(&["eval", &bundle, "--data", &shapes("test"), "--no-cache", "--json", "--precision", "fp32"]);
+    assert!(String::from_utf8_lossy(&f.stderr).contains("trained on bf16 features but fp32 was asked for"), "{}", String::from_utf8_lossy(&f.stderr));
+    let (acc_bf16, acc_fp32) = (ok(&e)["accuracy"].as_f64().unwrap(), ok(&f)["accuracy"].as_f64().unwrap());
+    assert!((acc_bf16 - acc_fp32).abs() <= 3.0 / 192.0, "bf16 {acc_bf16} vs fp32 {acc_fp32}");
+    // The zero-shot command takes the precision too.
+    let img = format!("{}/red_circle/00.png", shapes("test"));
+    let z = ok(&headstart(&["zero-shot", "--model", &model, "--labels", "red circle,blue cross", "--precision", "bf16", "--json", &img]));
+    assert_eq!(z["results"][0]["top"].as_array().unwrap().len(), 2, "{z}");
 }

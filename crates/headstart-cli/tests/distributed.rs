@@ -1,7 +1,8 @@
 //! Data-parallel fine-tuning on loopback (Gloo, one thread per rank): two ranks end with the
-//! weights of one process at the same global batch; a rank killed mid-epoch makes the other
-//! exit with an error naming it, within a timeout; the run then resumes with two ranks and ends
-//! where an uninterrupted two-rank run does.
+//! weights of one process at the same global batch, each having featurised only its half of the
+//! data for the head phase; a rank killed mid-epoch makes the other exit with an error naming
+//! it, within a timeout; the run then resumes with two ranks and ends where an uninterrupted
+//! two-rank run does.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -52,11 +53,23 @@ fn wait_for(mut child: Child, limit: Duration) -> Option<Output> {
     None
 }
 
-fn finish_all(children: Vec<Child>) {
+/// Waits for every rank to succeed; their standard error, in rank order.
+fn finish_all(children: Vec<Child>) -> Vec<String> {
+    let mut errs = vec![];
     for (r, c) in children.into_iter().enumerate() {
         let o = wait_for(c, Duration::from_secs(600)).unwrap_or_else(|| panic!("rank {r} did not finish"));
         assert!(o.status.success(), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
+        errs.push(String::from_utf8_lossy(&o.stderr).into_owned());
     }
+    errs
+}
+
+/// What a rank says it featurised: (rank, world, start, end, total, computed, reused).
+fn featurised_share(stderr: &str) -> (usize, usize, usize, usize, usize, usize, usize) {
+    let line = stderr.lines().find(|l| l.contains(" featurised examples ")).unwrap_or_else(|| panic!("no featurisation line in: {stderr}"));
+    let nums: Vec<usize> = line.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    assert_eq!(nums.len(), 7, "{line}");
+    (nums[0], nums[1], nums[2], nums[3], nums[4], nums[5], nums[6])
 }
 
 fn train_args(data: &Path, out: &Path, cache: &Path) -> Vec<String> {
@@ -116,8 +129,12 @@ fn two_ranks_match_one_and_a_lost_rank_is_named_then_resumed() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let one = bundle_tensors(&single);
 
+    // A cache of its own: each rank must compute its half, no more, and none from the cache.
     let pair = tmp.path().join("pair");
-    finish_all(launch(&train_args(&data, &pair, &cache), 2));
+    let errs = finish_all(launch(&train_args(&data, &pair, &tmp.path().join("cache-pair")), 2));
+    let shares: Vec<_> = errs.iter().map(|e| featurised_share(e)).collect();
+    eprintln!("featurised per rank (rank, world, start, end, total, computed, reused): {shares:?}");
+    assert_eq!(shares, [(0, 2, 0, 12, 24, 12, 0), (1, 2, 12, 24, 24, 12, 0)]);
     let two = bundle_tensors(&pair);
     let d = max_diff(&one, &two);
     eprintln!("largest difference, 2 ranks vs 1: {d:e}");

@@ -43,6 +43,17 @@ fn extract(data: &Path, shard: &str, out: &Path, extra: &[&str]) -> Output {
     headstart(&args)
 }
 
+/// The origin and text of each held-out row a run recorded in `val_predictions.jsonl`.
+fn held_out(run: &Path) -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(run.join("val_predictions.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["origin"].as_str().unwrap().to_string(), v["text"].as_str().map(String::from))
+        })
+        .collect()
+}
+
 /// `predict --json` of every file: (file, [(label, prob)]) sorted by file.
 fn predictions(bundle: &Path, files: &[PathBuf]) -> Vec<(String, Vec<(String, f64)>)> {
     let w = tiny_weights();
@@ -120,6 +131,18 @@ fn three_shards_equal_one_process() {
         assert!(out.contains("images      18 train, 6 validation"), "{out}");
     }
     let files = images(&data);
+    // The held-out rows (here every row, out of fold: the head is chosen by cross-validation)
+    // are named by the file each was extracted from, not by position.
+    for run in &runs {
+        let held = held_out(run);
+        assert_eq!(held.len(), 24, "{held:?}");
+        let distinct: std::collections::BTreeSet<&String> = held.iter().map(|h| &h.0).collect();
+        assert_eq!(distinct.len(), 24, "{held:?}");
+        for (origin, text) in &held {
+            assert!(files.iter().any(|f| std::path::absolute(f).unwrap() == Path::new(origin)), "{origin} names none of the images");
+            assert!(text.is_none(), "{origin}: {text:?}");
+        }
+    }
     let p1 = predictions(&runs[0].join("bundle"), &files);
     assert_eq!(p1.len(), 24);
     for run in &runs[1..] {
@@ -232,7 +255,7 @@ fn text_parquet_reads_back_in_rust_and_pyarrow() {
     assert_eq!(labels, rows.iter().map(|r| Some(r[1].clone())).collect::<Vec<_>>());
     let model = headstart::text::TextModel::load(&bert, &Default::default()).unwrap();
     assert_eq!((record.dim, record.weights_sha256.clone()), (model.dim() as usize, model.weights_sha256.clone()));
-    let e = headstart::text::embed(&model, &ids, None, None, 32, headstart::engine::Precision::Fp32, &headstart::progress::Silent).unwrap();
+    let e = headstart::text::embed(&model, &ids, None, None, 32, headstart::engine::Precision::Auto, &headstart::progress::Silent).unwrap();
     let want: Vec<f32> = Vec::try_from(e.features.flatten(0, -1)).unwrap();
     let diff = want.iter().zip(&vectors).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff <= 1e-6 && want.len() == vectors.len(), "{diff}");
@@ -266,6 +289,13 @@ fn text_parquet_reads_back_in_rust_and_pyarrow() {
 
     let run = tmp.path().join("run");
     ok(&["train", "--features", s(&out), "--out", s(&run), "--val-split", "0.25"]);
+    // Held-out text rows (every row, out of fold) carry their text.
+    let held = held_out(&run);
+    assert_eq!(held.len(), 24, "{held:?}");
+    for (origin, text) in &held {
+        let text = text.as_deref().unwrap_or_else(|| panic!("{origin}: no text"));
+        assert!(ids.iter().any(|t| t == text), "{origin}: `{text}` is none of the rows");
+    }
     let v: serde_json::Value = serde_json::from_str(&ok(&["eval", s(&run.join("bundle")), "--data", s(&csv), "--json", "--no-cache"])).unwrap();
     assert_eq!(v["n"], 24);
     let p = ok(&["predict", s(&run.join("bundle")), "--text", "a sunny walk with friends", "--no-cache"]);

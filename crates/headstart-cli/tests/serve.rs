@@ -58,6 +58,10 @@ fn bundles() -> &'static Bundles {
             "--no-cache",
             "--progress",
             "none",
+            // Pinned, so that the precision test below reads the same on every CPU (`auto`
+            // embeds text in bf16 where the CPU has it).
+            "--precision",
+            "fp32",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let mut images = vec![];
@@ -472,4 +476,243 @@ fn precision_is_each_bundles_own_unless_asked_and_another_is_warned_about() {
     assert_ne!(got, want);
     assert_eq!(got[0][0], want[0][0]);
     assert!((got[0][1].as_f64().unwrap() - want[0][1].as_f64().unwrap()).abs() < 0.1, "{got} {want}");
+}
+
+fn fixture(part: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(part)
+}
+
+/// An audio bundle (the tiny random Whisper, clips capped at 2 s) and a CLIP bundle (the tiny
+/// CLIP on coloured shapes), trained once for the tests below, with the inputs they are asked
+/// about: clips in every container symphonia reads (mono, stereo and 3 channels; 16, 22.05 and
+/// 44.1 kHz), and held-out shapes.
+struct MoreBundles {
+    dir: tempfile::TempDir,
+    audio: PathBuf,
+    clip: PathBuf,
+    clips: Vec<PathBuf>,
+    shapes: Vec<PathBuf>,
+}
+
+fn more_bundles() -> &'static MoreBundles {
+    static B: OnceLock<MoreBundles> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sounds");
+        common::write_audio_set(&data, 4, 0);
+        let run = dir.path().join("audio_run");
+        let whisper = fixture("whisper_tiny_random");
+        let o = headstart(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            whisper.to_str().unwrap(),
+            "--max-seconds",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+            "--no-cache",
+            "--progress",
+            "none",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let crun = dir.path().join("clip_run");
+        let (model, pool) = (fixture("clip/shapes/model"), fixture("clip/shapes/pool"));
+        let o = headstart(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            pool.to_str().unwrap(),
+            "--out",
+            crun.to_str().unwrap(),
+            "--no-cache",
+            "--progress",
+            "none",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut clips = vec![];
+        for (class, k, rate) in [("hum", 20, 16000), ("whistle", 21, 44100), ("hiss", 22, 16000)] {
+            let p = dir.path().join(format!("{class}{k}.wav"));
+            common::wav(&p, &common::sound(class, k, rate), rate);
+            clips.push(p);
+        }
+        for f in ["speech.wav", "gen/flac_16_stereo.flac", "gen/vorbis_stereo.ogg", "gen/mp3_stereo.mp3", "gen/pcm_24_3ch.wav"] {
+            clips.push(fixture("audio").join(f));
+        }
+        let test = fixture("clip/shapes/test");
+        let shapes =
+            ["red_circle", "blue_square", "green_triangle", "blue_cross", "red_square", "green_circle"].iter().map(|c| test.join(c).join("00.png")).collect();
+        MoreBundles { audio: run.join("bundle"), clip: crun.join("bundle"), clips, shapes, dir }
+    })
+}
+
+/// What `headstart predict --json` says of `files`: each file's top labels, and the skipped.
+fn predicted(bundle: &Path, files: &[PathBuf], top_k: &str) -> (Vec<Value>, Vec<Value>) {
+    predicted_with(bundle, files, top_k, &[])
+}
+
+/// [`predicted`] with more `predict` flags.
+fn predicted_with(bundle: &Path, files: &[PathBuf], top_k: &str, flags: &[&str]) -> (Vec<Value>, Vec<Value>) {
+    let mut args: Vec<&str> = vec!["predict", bundle.to_str().unwrap(), "--top-k", top_k, "--json", "--no-cache"];
+    args.extend(flags);
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let o = headstart(&args);
+    let v = parse(&String::from_utf8_lossy(&o.stdout));
+    let tops = v["predictions"].as_array().map(|a| a.iter().map(|p| p["top"].clone()).collect()).unwrap_or_default();
+    (tops, v["skipped"].as_array().cloned().unwrap_or_default())
+}
+
+/// Every reply of a JSON or multipart request to `url` against the expected tops.
+fn check_all(url: &str, model: &str, files: &[PathBuf], want: &[Value], what: &str) {
+    let all: Vec<String> =
+        files.iter().enumerate().map(|(i, p)| if i % 2 == 0 { b64(p) } else { format!("data:application/octet-stream;base64,{}", b64(p)) }).collect();
+    let (st, _, body) = post_json(url, &json!({"model": model, "inputs": all, "top_k": 3}).to_string());
+    assert_eq!(st, 200, "{what}: {body}");
+    let v = parse(&body);
+    assert_eq!(v["predictions"].as_array().unwrap().len(), want.len(), "{body}");
+    for (k, w) in want.iter().enumerate() {
+        assert_same_top(&v["predictions"][k]["top"], w, &format!("{what} list, {}", files[k].display()));
+    }
+    let bytes: Vec<Vec<u8>> = files.iter().take(2).map(|p| std::fs::read(p).unwrap()).collect();
+    let (st, _, body) = post_multipart(url, &[("model", model.as_bytes()), ("top_k", b"3"), ("a", &bytes[0]), ("b", &bytes[1])]);
+    assert_eq!(st, 200, "{what} upload: {body}");
+    let v = parse(&body);
+    for (k, w) in want.iter().take(2).enumerate() {
+        assert_same_top(&v["predictions"][k]["top"], w, &format!("{what} upload"));
+    }
+}
+
+#[test]
+fn audio_and_clip_bundles_answer_concurrent_clients_as_predict_does() {
+    let b = more_bundles();
+    let (aud, clip) = (format!("aud={}", b.audio.display()), format!("clip={}", b.clip.display()));
+    let s = Server::start(&[&aud, &clip, "--addr", "127.0.0.1:0", "--max-batch", "4", "--max-wait-ms", "20", "--threads", "2"], &[]);
+    let models = parse(&get(&s.url("/v1/models"), None).1);
+    let (a, c) = (&models["models"][0], &models["models"][1]);
+    assert_eq!((&a["name"], &a["modality"], &a["encoder"]), (&json!("aud"), &json!("audio"), &json!("audio")), "{a}");
+    assert_eq!(a["backbone"], json!(fixture("whisper_tiny_random").display().to_string()));
+    assert_eq!(a["labels"], json!(["hiss", "hum", "whistle"]));
+    let pre = &a["preprocessing"];
+    assert_eq!((&pre["sample_rate"], &pre["feature_extractor"], &pre["max_seconds"]), (&json!(16000), &json!("log-mel 80"), &json!(2.0)), "{pre}");
+    assert_eq!((&pre["family"], &pre["layer"], &pre["window_seconds"]), (&json!("whisper"), &Value::Null, &json!(30)), "{pre}");
+    assert_eq!(pre["audio_window"], json!("full"), "{pre}");
+    assert!(pre["pooling"].as_str().is_some_and(|p| p.contains("mean")), "{pre}");
+    assert_eq!((&c["name"], &c["modality"], &c["encoder"]), (&json!("clip"), &json!("image"), &json!("clip")), "{c}");
+    assert_eq!(c["backbone"], json!(fixture("clip/shapes/model").display().to_string()));
+    assert_eq!(c["labels"].as_array().unwrap().len(), 16);
+    assert_eq!(c["preprocessing"]["size"], 32, "{c}");
+    assert!((c["preprocessing"]["mean"][0].as_f64().unwrap() - 0.48145467).abs() < 1e-6, "{c}");
+    assert_eq!((&a["precision"], &c["precision"]), (&json!("fp32"), &json!("fp32")));
+
+    let (want_audio, skipped) = predicted(&b.audio, &b.clips, "3");
+    assert!(skipped.is_empty() && want_audio.len() == b.clips.len(), "{skipped:?}");
+    let (want_clip, skipped) = predicted(&b.clip, &b.shapes, "3");
+    assert!(skipped.is_empty() && want_clip.len() == b.shapes.len(), "{skipped:?}");
+    // The answers are not all alike (a constant model would pass trivially).
+    assert!(want_audio.iter().any(|t| t[0][0] != want_audio[0][0][0]), "{want_audio:?}");
+    assert!(want_clip.iter().any(|t| t[0][0] != want_clip[0][0][0]), "{want_clip:?}");
+
+    let url = s.url("/v1/predict");
+    std::thread::scope(|sc| {
+        for client in 0..6 {
+            let (url, want_audio, want_clip) = (&url, &want_audio, &want_clip);
+            sc.spawn(move || {
+                for round in 0..2 {
+                    check_all(url, "aud", &b.clips, want_audio, "audio");
+                    check_all(url, "clip", &b.shapes, want_clip, "clip");
+                    let i = (client + round) % b.clips.len();
+                    let (st, _, body) = post_json(url, &json!({"model": "aud", "inputs": [b64(&b.clips[i])], "top_k": 3}).to_string());
+                    assert_eq!(st, 200, "{body}");
+                    assert_same_top(&parse(&body)["predictions"][0]["top"], &want_audio[i], "single clip");
+                }
+            });
+        }
+    });
+    let (_, metrics) = get(&s.url("/metrics"), None);
+    let count = |name: &str| metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse::<u64>().unwrap();
+    for m in ["aud", "clip"] {
+        assert_eq!(count(&format!("headstart_batch_size_bucket{{model=\"{m}\",le=\"4\"}}")), count(&format!("headstart_batch_size_count{{model=\"{m}\"}}")));
+    }
+}
+
+/// A WAV header declaring `seconds` of 16 kHz audio over a few real samples.
+fn declared_wav(seconds: u32) -> Vec<u8> {
+    let mut w = common::wav_bytes(&common::sound("hum", 1, 16000)[..1600], 16000);
+    let data = seconds * 16000 * 2;
+    w[4..8].copy_from_slice(&(36 + data).to_le_bytes());
+    w[40..44].copy_from_slice(&data.to_le_bytes());
+    w
+}
+
+#[test]
+fn audio_inputs_are_refused_with_json_errors_naming_the_input() {
+    let b = more_bundles();
+    let aud = format!("aud={}", b.audio.display());
+    let s = Server::start(&[&aud, "--addr", "127.0.0.1:0", "--max-body-bytes", "300000"], &[]);
+    let url = s.url("/v1/predict");
+    let ok = b64(&b.clips[0]);
+    let enc = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // Malformed base64, and bytes no decoder reads.
+    let (st, _, body) = post_json(&url, &json!({"inputs": [ok, ok, "UklGR*not base64"]}).to_string());
+    error_of(st, &body, 400, "inputs[2]");
+    assert!(body.contains("base64"), "{body}");
+    let (st, _, body) = post_json(&url, &json!({"inputs": [ok, enc(b"RIFF\x24\x00\x00\x00WAVEfmt nonsense")]}).to_string());
+    error_of(st, &body, 400, "inputs[1]");
+    assert!(body.contains("cannot read the audio") && body.contains("not a readable audio file"), "{body}");
+    let (st, _, body) = post_multipart(&url, &[("file", b"plain text, not audio")]);
+    error_of(st, &body, 400, "inputs[0]");
+    let (st, _, body) = post_json(&url, &json!({"inputs": [{"audio": ok}]}).to_string());
+    error_of(st, &body, 400, "inputs[0]");
+    // All silent: left out by predict, refused here.
+    let (st, _, body) = post_json(&url, &json!({"inputs": [enc(&common::wav_bytes(&[0.0; 16000], 16000))]}).to_string());
+    error_of(st, &body, 400, "inputs[0]");
+    assert!(body.contains("all silent"), "{body}");
+    // Over-long: the bundle's 2 s cap, the one predict applies, with predict's very reason;
+    // from the header where it declares the length (an hour in a few kB), else while decoding.
+    let long = b.dir.path().join("long.wav");
+    common::wav(&long, &common::sound("hum", 3, 16000).repeat(5)[..48000], 16000);
+    let hour = b.dir.path().join("hour.wav");
+    std::fs::write(&hour, declared_wav(3600)).unwrap();
+    let ogg = fixture("audio/en_B.ogg");
+    let (tops, skipped) = predicted(&b.audio, &[long.clone(), hour.clone(), ogg.clone()], "1");
+    assert!(tops.is_empty() && skipped.len() == 3, "{skipped:?}");
+    for (i, f) in [&long, &hour, &ogg].iter().enumerate() {
+        let reason = skipped[i]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("over-long: "), "{reason}");
+        let (st, _, body) = post_json(&url, &json!({"inputs": [ok, b64(f)]}).to_string());
+        error_of(st, &body, 413, "inputs[1]");
+        assert_eq!(parse(&body)["error"]["message"], json!(reason), "{}", f.display());
+        let (st, _, body) = post_multipart(&url, &[("f", &std::fs::read(f).unwrap())]);
+        error_of(st, &body, 413, "inputs[0]");
+    }
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("3.0 s") && skipped[1]["reason"].as_str().unwrap().contains("3600.0 s"), "{skipped:?}");
+    // The body limit, as for every model.
+    let big = std::fs::read(fixture("audio/gen/pcm_24_3ch.wav")).unwrap().repeat(3);
+    let (st, _, body) = post_multipart(&url, &[("f", &big)]);
+    error_of(st, &body, 413, "body");
+    // Still well, and an audio model does not take text.
+    let (st, _, body) = post_json(&url, &json!({"inputs": [ok], "top_k": 1}).to_string());
+    assert_eq!(st, 200, "{body}");
+    let (st, _, body) = post_json(&url, &json!({"inputs": ["aGVsbG8="]}).to_string());
+    error_of(st, &body, 400, "inputs[0]");
+}
+
+#[test]
+fn audio_bundles_run_at_fp32_and_clip_bundles_at_the_precision_asked_for() {
+    let b = more_bundles();
+    let (aud, clip) = (format!("aud={}", b.audio.display()), format!("clip={}", b.clip.display()));
+    let s = Server::start(&[&aud, &clip, "--addr", "127.0.0.1:0", "--precision", "bf16"], &[]);
+    let models = parse(&get(&s.url("/v1/models"), None).1);
+    assert_eq!((&models["models"][0]["precision"], &models["models"][1]["precision"]), (&json!("fp32"), &json!("bf16")));
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.contains("warning: aud: audio encoders run in fp32 only; --precision bf16 does not apply"), "{log}");
+    // The CLIP head was trained on fp32 embeddings: running its tower at bf16 is warned about.
+    assert!(log.contains("warning: clip: the head was trained on fp32 features but bf16 was asked for"), "{log}");
+    // And the answers are predict's at the same precision.
+    let (want, _) = predicted_with(&b.clip, &b.shapes[..1], "3", &["--precision", "bf16"]);
+    let (st, _, body) = post_json(&s.url("/v1/predict"), &json!({"model": "clip", "inputs": [b64(&b.shapes[0])], "top_k": 3}).to_string());
+    assert_eq!(st, 200, "{body}");
+    assert_same_top(&parse(&body)["predictions"][0]["top"], &want[0], "clip at bf16");
 }

@@ -1,5 +1,5 @@
 // C interface to libtorch's c10d: a TCPStore for rendezvous and a process group (Gloo on CPU;
-// NCCL on CUDA when built with HEADSTART_NCCL) for all-reduce, broadcast and barrier.
+// NCCL on CUDA when built with HEADSTART_NCCL) for all-reduce, broadcast, all-gather and barrier.
 //
 // Every function that can fail returns NULL on success, or an error message allocated with
 // malloc that the caller frees with hs_free_error. Tensors are passed as `at::Tensor*`, the
@@ -16,6 +16,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef HEADSTART_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -33,6 +34,8 @@ struct Store {
 
 struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
+  // Where the group's collectives run: tensors elsewhere are staged through a copy here.
+  at::Device device;
 };
 
 char* message(const std::string& m) {
@@ -74,11 +77,15 @@ void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
 }
 
 void allreduce_one(Group* g, const at::Tensor& t, int64_t timeout_ms) {
-  std::vector<at::Tensor> one{t};
+  const bool staged = t.device() != g->device;
+  std::vector<at::Tensor> one{staged ? t.to(g->device) : t};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::SUM;
   o.timeout = std::chrono::milliseconds(timeout_ms);
   finish(g->backend->allreduce(one, o), timeout_ms);
+  if (staged) {
+    t.copy_(one[0]);
+  }
 }
 
 // BatchNorm over the union of every rank's batch (PyTorch's SyncBatchNorm): the per-channel
@@ -214,19 +221,23 @@ char* hs_group_gloo_new(void* s, const char* prefix, int rank, int world, int64_
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), static_cast<Store*>(s)->store);
     auto options = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
     c10::intrusive_ptr<c10d::Backend> pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    *out = new Group{pg};
+    *out = new Group{pg, at::Device(at::kCPU)};
   });
 }
 
 #ifdef HEADSTART_NCCL
-// An NCCL process group: each rank drives the CUDA device it was given (LOCAL_RANK).
-char* hs_group_nccl_new(void* s, const char* prefix, int rank, int world, int64_t timeout_ms, void** out) {
+// An NCCL process group: this rank drives CUDA device `device` (its LOCAL_RANK), made current
+// and bound to the group (so that barriers and communicator set-up use it).
+char* hs_group_nccl_new(void* s, const char* prefix, int rank, int world, int device, int64_t timeout_ms, void** out) {
   return guarded([&] {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), static_cast<Store*>(s)->store);
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = std::chrono::milliseconds(timeout_ms);
-    c10::intrusive_ptr<c10d::Backend> pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
-    *out = new Group{pg};
+    const at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
+    pg->setBoundDeviceId(dev);
+    *out = new Group{c10::intrusive_ptr<c10d::Backend>(pg), dev};
   });
 }
 #endif
@@ -269,6 +280,18 @@ char* hs_group_broadcast(void* g, at::Tensor** ts, size_t n, int root, int64_t t
     for (auto& w : works) {
       finish(w, timeout_ms);
     }
+  });
+}
+
+// Gathers every rank's `input` into `outputs[r]` (one per rank, each shaped and typed like
+// `input`, allocated by the caller).
+char* hs_group_allgather(void* g, at::Tensor* input, at::Tensor** outputs, size_t n, int64_t timeout_ms) {
+  return guarded([&] {
+    std::vector<std::vector<at::Tensor>> out{tensors(outputs, n)};
+    std::vector<at::Tensor> in{*input};
+    c10d::AllgatherOptions o;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    finish(static_cast<Group*>(g)->backend->allgather(out, in, o), timeout_ms);
   });
 }
 

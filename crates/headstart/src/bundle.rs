@@ -111,8 +111,16 @@ pub struct AudioEncoderRef {
     /// Hidden state pooled (absent: the encoder's output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
+    /// Every hidden state pooled and stacked layer after layer, for a layer-sum head (`layer`
+    /// weighted; absent: one vector, at `layer` or the output).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_layers: bool,
     pub sample_rate: u32,
     pub window_seconds: u32,
+    /// Whisper: the span of the window the encoder ran over (absent: the full 30 s, as before
+    /// the setting existed; and for Wav2Vec2 / HuBERT, which have no fixed window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::audio::window::AudioWindow>,
     /// Zero mean, unit variance per clip (Wav2Vec2).
     pub normalize: bool,
     /// Longer clips are skipped.

@@ -5,8 +5,14 @@
 //!   at the master address (under `torchrun`, whose agent serves it already,
 //!   `TORCHELASTIC_USE_AGENT_STORE=True`, rank 0 only connects); every rank connects to it, and
 //!   the process group rendezvouses through it.
-//! - Process group: Gloo (CPU tensors). `HEADSTART_DIST_BACKEND=nccl` asks for NCCL, which a
-//!   build has only when made with `HEADSTART_NCCL=1` (CUDA and NCCL headers needed).
+//! - Process group and device ([`resolve`]): `auto` (the default) takes NCCL with the model on
+//!   `cuda:LOCAL_RANK` when CUDA devices are visible and the build has NCCL, else Gloo on the
+//!   CPU; `gloo` and `nccl` ask for one (`--dist-backend`, else `HEADSTART_DIST_BACKEND`). A
+//!   build has NCCL when its libtorch has CUDA and the NCCL headers were found ([`NCCL_BUILT`]).
+//!   Tensors given to a collective on another device than the group's are staged through it.
+//! - Sharing work out: [`Group::all_gather_rows`] gathers every rank's rows (any count, none
+//!   included) in rank order, so ranks can split a pass over the data and all end with the
+//!   whole of it.
 //! - Collectives are bucketed: tensors are flattened into buffers of at most
 //!   [`BUCKET_BYTES`] (one kind per buffer), all started together, then copied back.
 //! - A lost rank: every rank bumps a heartbeat counter in the store several times a second.
@@ -22,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -39,7 +45,16 @@ extern "C" {
     fn hs_store_add(s: *mut c_void, key: *const c_char, delta: i64, value: *mut i64) -> *mut c_char;
     fn hs_group_gloo_new(s: *mut c_void, prefix: *const c_char, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
     #[cfg(headstart_nccl)]
-    fn hs_group_nccl_new(s: *mut c_void, prefix: *const c_char, rank: c_int, world: c_int, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
+    fn hs_group_nccl_new(
+        s: *mut c_void,
+        prefix: *const c_char,
+        rank: c_int,
+        world: c_int,
+        device: c_int,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn hs_group_allgather(g: *mut c_void, input: *mut c_void, outputs: *const *mut c_void, n: usize, timeout_ms: i64) -> *mut c_char;
     fn hs_group_free(g: *mut c_void);
     fn hs_group_allreduce_sum(g: *mut c_void, ts: *const *mut c_void, n: usize, timeout_ms: i64) -> *mut c_char;
     fn hs_group_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: c_int, timeout_ms: i64) -> *mut c_char;
@@ -179,6 +194,98 @@ fn timeout_from_env() -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
+/// Whether this build has c10d's NCCL process group (its libtorch has CUDA and the NCCL
+/// headers were found when it was built).
+pub const NCCL_BUILT: bool = cfg!(headstart_nccl);
+
+/// A process group kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Gloo,
+    Nccl,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Gloo => "gloo",
+            Backend::Nccl => "nccl",
+        }
+    }
+}
+
+/// The process group asked for: `auto` (NCCL on CUDA, Gloo on the CPU), `gloo` or `nccl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(BackendChoice::Auto),
+            "gloo" => Ok(BackendChoice::Gloo),
+            "nccl" => Ok(BackendChoice::Nccl),
+            other => Err(format!("`{other}` is not `auto`, `gloo` or `nccl`")),
+        }
+    }
+}
+
+/// The choice made on the command line, which wins over `HEADSTART_DIST_BACKEND`.
+static BACKEND_CHOICE: std::sync::Mutex<Option<BackendChoice>> = std::sync::Mutex::new(None);
+
+/// Sets the process group kind for the data-parallel runs of this process (`--dist-backend`).
+pub fn set_backend_choice(c: BackendChoice) {
+    if let Ok(mut b) = BACKEND_CHOICE.lock() {
+        *b = Some(c);
+    }
+}
+
+/// The choice set by [`set_backend_choice`], else `HEADSTART_DIST_BACKEND`, else `auto`.
+pub fn backend_choice() -> Result<BackendChoice> {
+    if let Some(c) = BACKEND_CHOICE.lock().ok().and_then(|b| *b) {
+        return Ok(c);
+    }
+    match env_var("HEADSTART_DIST_BACKEND").filter(|s| !s.trim().is_empty()) {
+        None => Ok(BackendChoice::Auto),
+        Some(v) => v.parse().map_err(|m| Error::Usage(format!("environment variable `HEADSTART_DIST_BACKEND`: {m}"))),
+    }
+}
+
+/// The device of the process with `LOCAL_RANK` = `local_rank` on a machine with `cuda_devices`
+/// visible CUDA devices: `cuda:LOCAL_RANK`, or the CPU when there is none. More processes on a
+/// machine than devices is refused (two NCCL ranks cannot share one device).
+pub fn pick_device(local_rank: usize, cuda_devices: usize) -> Result<Device> {
+    match cuda_devices {
+        0 => Ok(Device::Cpu),
+        n if local_rank < n => Ok(Device::Cuda(local_rank)),
+        n => Err(Error::Usage(format!(
+            "LOCAL_RANK={local_rank} but this machine shows {n} CUDA device{}: start one process per device at most (or hide them with CUDA_VISIBLE_DEVICES= and use --dist-backend gloo)",
+            if n == 1 { "" } else { "s" }
+        ))),
+    }
+}
+
+/// The process group and the device of this rank's model: `auto` is NCCL on `cuda:LOCAL_RANK`
+/// when CUDA devices are visible and the build has NCCL, else Gloo on the CPU; `gloo` trains
+/// on the CPU; `nccl` needs both a build with NCCL and a CUDA device.
+pub fn resolve(choice: BackendChoice, local_rank: usize, cuda_devices: usize, nccl_built: bool) -> Result<(Backend, Device)> {
+    match choice {
+        BackendChoice::Gloo => Ok((Backend::Gloo, Device::Cpu)),
+        BackendChoice::Auto if cuda_devices == 0 || !nccl_built => Ok((Backend::Gloo, Device::Cpu)),
+        BackendChoice::Nccl if !nccl_built => Err(Error::Usage(
+            "the NCCL backend was asked for, but this build has no NCCL: it was built against a libtorch without CUDA, or without the NCCL headers (see docs/distributed.md)"
+                .into(),
+        )),
+        BackendChoice::Nccl if cuda_devices == 0 => Err(Error::Usage("the NCCL backend was asked for, but no CUDA device is visible".into())),
+        BackendChoice::Auto | BackendChoice::Nccl => Ok((Backend::Nccl, pick_device(local_rank, cuda_devices)?)),
+    }
+}
+
 /// A store handle shared with the heartbeat thread (c10d's TCPStore serialises its calls).
 struct StoreHandle(*mut c_void);
 // SAFETY: the TCPStore client guards every operation with its own mutex.
@@ -210,6 +317,9 @@ fn beat_key(rank: usize) -> String {
 pub struct Group {
     pub rank: usize,
     pub world: usize,
+    pub backend: Backend,
+    /// Where this rank's model and the group's collectives live.
+    pub device: Device,
     timeout: Duration,
     store: Arc<StoreHandle>,
     pg: *mut c_void,
@@ -226,8 +336,16 @@ impl Group {
         }
     }
 
-    /// Rendezvous at the master's store (rank 0 serves it), then a Gloo process group.
+    /// Rendezvous at the master's store (rank 0 serves it), then the process group
+    /// [`resolve`] picks from [`backend_choice`] and the visible CUDA devices.
     pub fn join(env: &Env, timeout: Duration) -> Result<Group> {
+        let cuda = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+        let (backend, device) = resolve(backend_choice()?, env.local_rank, cuda, NCCL_BUILT)?;
+        Group::join_as(env, timeout, backend, device)
+    }
+
+    /// [`Group::join`] with the process group and device given.
+    pub fn join_as(env: &Env, timeout: Duration, backend: Backend, device: Device) -> Result<Group> {
         let ms = timeout.as_millis() as i64;
         let (rank, world) = (env.rank, env.world);
         let host = CString::new(env.master_addr.as_str()).map_err(|_| Error::Usage("environment variable `MASTER_ADDR` holds a NUL byte".into()))?;
@@ -246,18 +364,20 @@ impl Group {
         let store = Arc::new(StoreHandle(s));
         let prefix = CString::new(PG_PREFIX).expect("no NUL");
         let mut pg = std::ptr::null_mut();
-        let backend = env_var("HEADSTART_DIST_BACKEND").unwrap_or_else(|| "gloo".into());
-        let make = match backend.as_str() {
-            "gloo" => hs_group_gloo_new,
-            #[cfg(headstart_nccl)]
-            "nccl" => hs_group_nccl_new,
-            #[cfg(not(headstart_nccl))]
-            "nccl" => return Err(Error::Usage("HEADSTART_DIST_BACKEND=nccl, but this build has no NCCL (build with HEADSTART_NCCL=1)".into())),
-            other => return Err(Error::Usage(format!("environment variable `HEADSTART_DIST_BACKEND`: `{other}` is not `gloo` or `nccl`"))),
-        };
         // SAFETY: a live store; the group keeps its own reference to it.
-        check(unsafe { make(store.0, prefix.as_ptr(), rank as c_int, world as c_int, ms, &mut pg) })
-            .map_err(|m| Error::Distributed(format!("rank {rank}: creating the {backend} process group failed: {m}")))?;
+        let made = match (backend, device) {
+            (Backend::Gloo, _) => check(unsafe { hs_group_gloo_new(store.0, prefix.as_ptr(), rank as c_int, world as c_int, ms, &mut pg) }),
+            #[cfg(headstart_nccl)]
+            (Backend::Nccl, Device::Cuda(d)) => {
+                check(unsafe { hs_group_nccl_new(store.0, prefix.as_ptr(), rank as c_int, world as c_int, d as c_int, ms, &mut pg) })
+            }
+            (Backend::Nccl, _) => {
+                return Err(resolve(BackendChoice::Nccl, env.local_rank, 0, NCCL_BUILT)
+                    .err()
+                    .unwrap_or_else(|| Error::Usage("NCCL needs a CUDA device".into())))
+            }
+        };
+        made.map_err(|m| Error::Distributed(format!("rank {rank}: creating the {} process group failed: {m}", backend.name())))?;
         let stop = Arc::new(AtomicBool::new(false));
         let beat = {
             let (store, stop, key) = (store.clone(), stop.clone(), beat_key(rank));
@@ -270,7 +390,7 @@ impl Group {
                 })
                 .map_err(|e| Error::Distributed(format!("rank {rank}: cannot start the heartbeat thread: {e}")))?
         };
-        Ok(Group { rank, world, timeout, store, pg, stop, beat: Some(beat) })
+        Ok(Group { rank, world, backend, device, timeout, store, pg, stop, beat: Some(beat) })
     }
 
     pub fn is_primary(&self) -> bool {
@@ -324,18 +444,66 @@ impl Group {
         self.failure("a training step", e.to_string())
     }
 
+    /// Runs an in-place collective on `ts`, staging the tensors that are not on the group's
+    /// device through copies there (then copied back).
+    fn staged(&self, ts: &[Tensor], f: impl FnOnce(&[*mut c_void]) -> std::result::Result<(), String>, what: &str) -> Result<()> {
+        let moved: Vec<Option<Tensor>> = ts.iter().map(|t| (t.device() != self.device).then(|| t.to_device(self.device))).collect();
+        let ptrs: Vec<*mut c_void> = ts.iter().zip(&moved).map(|(t, m)| m.as_ref().unwrap_or(t).as_ptr() as *mut c_void).collect();
+        f(&ptrs).map_err(|m| self.failure(what, m))?;
+        tch::no_grad(|| -> Result<()> {
+            for (t, m) in ts.iter().zip(&moved) {
+                if let Some(m) = m {
+                    t.shallow_clone().f_copy_(m)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Sums each (contiguous) tensor in place over the ranks.
     pub fn allreduce_sum(&self, ts: &[Tensor], what: &str) -> Result<()> {
-        let ptrs: Vec<*mut c_void> = ts.iter().map(|t| t.as_ptr() as *mut c_void).collect();
         // SAFETY: the tensors outlive the call, which waits for every collective.
-        check(unsafe { hs_group_allreduce_sum(self.pg, ptrs.as_ptr(), ptrs.len(), self.ms()) }).map_err(|m| self.failure(what, m))
+        self.staged(ts, |p| check(unsafe { hs_group_allreduce_sum(self.pg, p.as_ptr(), p.len(), self.ms()) }), what)
     }
 
     /// Copies each (contiguous) tensor of rank `root` into the others' in place.
     pub fn broadcast(&self, ts: &[Tensor], root: usize, what: &str) -> Result<()> {
-        let ptrs: Vec<*mut c_void> = ts.iter().map(|t| t.as_ptr() as *mut c_void).collect();
         // SAFETY: as for allreduce_sum.
-        check(unsafe { hs_group_broadcast(self.pg, ptrs.as_ptr(), ptrs.len(), root as c_int, self.ms()) }).map_err(|m| self.failure(what, m))
+        self.staged(ts, |p| check(unsafe { hs_group_broadcast(self.pg, p.as_ptr(), p.len(), root as c_int, self.ms()) }), what)
+    }
+
+    /// Every rank's `rows` (`[n_r, ...]`, any `n_r`, zero included; the same trailing shape and
+    /// kind on every rank), in rank order, on this rank's device of `rows`. The counts travel
+    /// first; each rank's rows are padded to the largest count for one all-gather, then cut.
+    pub fn all_gather_rows(&self, rows: &Tensor, what: &str) -> Result<Vec<Tensor>> {
+        if rows.dim() == 0 {
+            return Err(Error::Usage(format!("{what}: a gather takes rows, not a scalar")));
+        }
+        let mut counts = vec![0i64; self.world];
+        counts[self.rank] = rows.size()[0];
+        let counts_t = Tensor::from_slice(&counts);
+        self.allreduce_sum(std::slice::from_ref(&counts_t), what)?;
+        let counts = Vec::<i64>::try_from(&counts_t)?;
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let mut shape = rows.size();
+        shape[0] = most;
+        let opts = (rows.kind(), self.device);
+        let padded = Tensor::zeros(shape.as_slice(), opts);
+        if counts[self.rank] > 0 {
+            tch::no_grad(|| padded.narrow(0, 0, counts[self.rank]).f_copy_(rows))?;
+        }
+        let outs: Vec<Tensor> = (0..self.world).map(|_| Tensor::zeros(shape.as_slice(), opts)).collect();
+        let ptrs: Vec<*mut c_void> = outs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        // SAFETY: the input and outputs are live, contiguous and alike in shape and kind.
+        check(unsafe { hs_group_allgather(self.pg, padded.as_ptr() as *mut c_void, ptrs.as_ptr(), ptrs.len(), self.ms()) })
+            .map_err(|m| self.failure(what, m))?;
+        Ok(outs.iter().zip(&counts).map(|(t, &n)| t.narrow(0, 0, n).to_device(rows.device())).collect())
+    }
+
+    /// Every rank's bytes, in rank order.
+    pub fn all_gather_bytes(&self, bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
+        let t = Tensor::from_slice(bytes);
+        self.all_gather_rows(&t, what)?.iter().map(|t| Ok(Vec::<u8>::try_from(t)?)).collect()
     }
 
     pub fn barrier(&self, what: &str) -> Result<()> {
@@ -420,6 +588,37 @@ mod tests {
             Tensor::zeros([1], tch::kind::FLOAT_CPU),
         ];
         assert_eq!(buckets(&ts), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn each_local_rank_gets_its_own_cuda_device_or_the_cpu() {
+        assert_eq!(pick_device(0, 0).unwrap(), Device::Cpu);
+        assert_eq!(pick_device(3, 0).unwrap(), Device::Cpu);
+        assert_eq!(pick_device(0, 1).unwrap(), Device::Cuda(0));
+        assert_eq!(pick_device(3, 8).unwrap(), Device::Cuda(3));
+        assert_eq!(pick_device(7, 8).unwrap(), Device::Cuda(7));
+        let e = pick_device(2, 2).unwrap_err().to_string();
+        assert!(e.contains("LOCAL_RANK=2") && e.contains("2 CUDA devices"), "{e}");
+        assert!(pick_device(1, 1).unwrap_err().to_string().contains("1 CUDA device:"));
+    }
+
+    #[test]
+    fn backend_is_nccl_on_cuda_and_gloo_on_the_cpu() {
+        use BackendChoice::*;
+        // auto: NCCL on the rank's device when there is one and the build has NCCL.
+        assert_eq!(resolve(Auto, 1, 4, true).unwrap(), (Backend::Nccl, Device::Cuda(1)));
+        assert_eq!(resolve(Auto, 1, 0, true).unwrap(), (Backend::Gloo, Device::Cpu));
+        assert_eq!(resolve(Auto, 1, 4, false).unwrap(), (Backend::Gloo, Device::Cpu));
+        assert!(resolve(Auto, 4, 4, true).unwrap_err().to_string().contains("LOCAL_RANK=4"));
+        // gloo: the CPU, whatever devices there are.
+        assert_eq!(resolve(Gloo, 1, 4, true).unwrap(), (Backend::Gloo, Device::Cpu));
+        // nccl: needs the build and a device.
+        assert_eq!(resolve(Nccl, 0, 2, true).unwrap(), (Backend::Nccl, Device::Cuda(0)));
+        assert!(resolve(Nccl, 0, 2, false).unwrap_err().to_string().contains("this build has no NCCL"));
+        assert!(resolve(Nccl, 0, 0, true).unwrap_err().to_string().contains("no CUDA device"));
+        assert_eq!("auto".parse::<BackendChoice>().unwrap(), Auto);
+        assert_eq!(" nccl".parse::<BackendChoice>().unwrap(), Nccl);
+        assert!("mpi".parse::<BackendChoice>().unwrap_err().contains("`mpi`"));
     }
 
     #[test]

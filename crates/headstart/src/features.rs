@@ -219,6 +219,139 @@ pub fn extract(
     extract_with(&forward, b.num_features() as usize, input, paths, cache, batch_size, opts, progress)
 }
 
+/// The decoding side of an extraction: worker threads take the next path, read, hash and
+/// decode it within the shared budget, and send the result on.
+struct Decoders<'a> {
+    paths: &'a [PathBuf],
+    input: &'a ImageInput,
+    cache: Option<&'a FeatureCache>,
+    opts: &'a DecodeOptions,
+    next: AtomicUsize,
+    budget: Budget,
+    decode_nanos: AtomicUsize,
+}
+
+impl Decoders<'_> {
+    /// One worker's loop: until the paths run out or the receiver is gone.
+    fn work(&self, tx: mpsc::SyncSender<Job>) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            if i >= self.paths.len() {
+                break;
+            }
+            let t = Instant::now();
+            let job = load_one(&self.paths[i], self.input, self.cache, self.opts, &self.budget, i);
+            self.decode_nanos.fetch_add(t.elapsed().as_nanos() as usize, Ordering::Relaxed);
+            if tx.send(job).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The encoder side of an extraction: collects decoded images into batches, runs `forward`
+/// on each full batch, and keeps every path's features (from the cache or computed).
+struct Collector<'a> {
+    forward: &'a dyn Fn(&Tensor) -> Tensor,
+    dim: usize,
+    paths: &'a [PathBuf],
+    cache: Option<&'a FeatureCache>,
+    batch_size: usize,
+    progress: &'a dyn Progress,
+    rows: Vec<Option<Vec<f32>>>,
+    /// Decoded images waiting for a batch: path index, prepared tensor, content hash.
+    pending: Vec<(usize, Tensor, String)>,
+    skipped: Vec<Skip>,
+    computed: usize,
+    reused: usize,
+    truncated_kept: usize,
+    backbone: Duration,
+    starved: Duration,
+}
+
+impl Collector<'_> {
+    /// Takes jobs until every sender is gone, then runs the last partial batch.
+    fn drain(&mut self, rx: mpsc::Receiver<Job>) -> Result<()> {
+        loop {
+            let t = Instant::now();
+            let Ok(job) = rx.recv() else { break };
+            self.starved += t.elapsed();
+            self.take(job)?;
+        }
+        self.flush()
+    }
+
+    fn take(&mut self, job: Job) -> Result<()> {
+        match job {
+            Job::Cached(i, v) => {
+                self.rows[i] = Some(v);
+                self.reused += 1;
+                self.progress.inc(1);
+            }
+            Job::Failed(i, reason) => {
+                self.skipped.push(Skip { path: self.paths[i].clone(), reason });
+                self.progress.inc(1);
+            }
+            Job::Decoded(i, t, h, truncated) => {
+                self.truncated_kept += truncated as usize;
+                self.pending.push((i, t, h));
+                if self.pending.len() >= self.batch_size {
+                    self.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the encoder on the pending images and stores (and caches) their features.
+    fn flush(&mut self) -> Result<()> {
+        self.computed += self.pending.len();
+        self.progress.inc(self.pending.len() as u64);
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let xs: Vec<Tensor> = self.pending.iter().map(|(_, t, _)| t.shallow_clone()).collect();
+        let x = Tensor::f_stack(&xs, 0)?;
+        let f = tch::no_grad(|| (self.forward)(&x)).to_kind(Kind::Float);
+        BACKBONE_IMAGES.fetch_add(self.pending.len(), Ordering::SeqCst);
+        let flat: Vec<f32> = Vec::try_from(f.flatten(0, -1))?;
+        self.backbone += t.elapsed();
+        let dim = self.dim;
+        for (k, (i, _, hash)) in self.pending.drain(..).enumerate() {
+            let v = flat[k * dim..(k + 1) * dim].to_vec();
+            if let Some(c) = self.cache {
+                c.put(&hash, &v)?;
+            }
+            self.rows[i] = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The features of the usable paths, in input order, and what the extraction counted.
+    fn finish(self, started: Instant, decode_s: f64, decode_threads: usize) -> Extracted {
+        let mut ok = vec![];
+        let mut flat = Vec::with_capacity(self.paths.len() * self.dim);
+        for (i, r) in self.rows.into_iter().enumerate() {
+            if let Some(v) = r {
+                ok.push(i);
+                flat.extend(v);
+            }
+        }
+        let mut skipped = self.skipped;
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        let features = Tensor::from_slice(&flat).view([ok.len() as i64, self.dim as i64]);
+        let timing = ExtractTiming {
+            wall_s: started.elapsed().as_secs_f64(),
+            backbone_s: self.backbone.as_secs_f64(),
+            starved_s: self.starved.as_secs_f64(),
+            decode_s,
+            decode_threads,
+        };
+        Extracted { features, ok, skipped, computed: self.computed, reused: self.reused, truncated_kept: self.truncated_kept, timing }
+    }
+}
+
 /// [`extract`] with any featuriser: `forward` maps prepared images `[B, 3, S, S]` to `[B, dim]`
 /// (it runs without autograd, on the calling thread).
 #[allow(clippy::too_many_arguments)]
@@ -234,103 +367,37 @@ pub fn extract_with(
 ) -> Result<Extracted> {
     let started = Instant::now();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-    let decode_nanos = AtomicUsize::new(0);
-    let (mut backbone, mut starved) = (Duration::ZERO, Duration::ZERO);
-    let next = AtomicUsize::new(0);
-    let budget = Budget::new(DECODE_BUDGET);
+    let decoders = Decoders { paths, input, cache, opts, next: AtomicUsize::new(0), budget: Budget::new(DECODE_BUDGET), decode_nanos: AtomicUsize::new(0) };
+    let mut collector = Collector {
+        forward,
+        dim,
+        paths,
+        cache,
+        batch_size,
+        progress,
+        rows: vec![None; paths.len()],
+        pending: vec![],
+        skipped: vec![],
+        computed: 0,
+        reused: 0,
+        truncated_kept: 0,
+        backbone: Duration::ZERO,
+        starved: Duration::ZERO,
+    };
     let (tx, rx) = mpsc::sync_channel::<Job>(batch_size * 2);
-    let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
-    let mut skipped = vec![];
-    let (mut computed, mut reused, mut truncated_kept) = (0, 0, 0);
     progress.start("features", paths.len() as u64);
     let result = std::thread::scope(|s| -> Result<()> {
         for _ in 0..workers {
-            let tx = tx.clone();
-            let (next, budget, decode_nanos) = (&next, &budget, &decode_nanos);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= paths.len() {
-                    break;
-                }
-                let t = Instant::now();
-                let job = load_one(&paths[i], input, cache, opts, budget, i);
-                decode_nanos.fetch_add(t.elapsed().as_nanos() as usize, Ordering::Relaxed);
-                if tx.send(job).is_err() {
-                    break;
-                }
-            });
+            let (tx, decoders) = (tx.clone(), &decoders);
+            s.spawn(move || decoders.work(tx));
         }
         drop(tx);
-        let mut pending: Vec<(usize, Tensor, String)> = vec![];
-        let mut run = |pending: &mut Vec<(usize, Tensor, String)>, rows: &mut Vec<Option<Vec<f32>>>| -> Result<()> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let t = Instant::now();
-            let xs: Vec<Tensor> = pending.iter().map(|(_, t, _)| t.shallow_clone()).collect();
-            let x = Tensor::f_stack(&xs, 0)?;
-            let f = tch::no_grad(|| forward(&x)).to_kind(Kind::Float);
-            BACKBONE_IMAGES.fetch_add(pending.len(), Ordering::SeqCst);
-            let flat: Vec<f32> = Vec::try_from(f.flatten(0, -1))?;
-            backbone += t.elapsed();
-            for (k, (i, _, hash)) in pending.drain(..).enumerate() {
-                let v = flat[k * dim..(k + 1) * dim].to_vec();
-                if let Some(c) = cache {
-                    c.put(&hash, &v)?;
-                }
-                rows[i] = Some(v);
-            }
-            Ok(())
-        };
-        loop {
-            let t = Instant::now();
-            let Ok(job) = rx.recv() else { break };
-            starved += t.elapsed();
-            match job {
-                Job::Cached(i, v) => {
-                    rows[i] = Some(v);
-                    reused += 1;
-                    progress.inc(1);
-                }
-                Job::Failed(i, reason) => {
-                    skipped.push(Skip { path: paths[i].clone(), reason });
-                    progress.inc(1);
-                }
-                Job::Decoded(i, t, h, truncated) => {
-                    truncated_kept += truncated as usize;
-                    pending.push((i, t, h));
-                    if pending.len() >= batch_size {
-                        computed += pending.len();
-                        progress.inc(pending.len() as u64);
-                        run(&mut pending, &mut rows)?;
-                    }
-                }
-            }
-        }
-        computed += pending.len();
-        progress.inc(pending.len() as u64);
-        run(&mut pending, &mut rows)
+        collector.drain(rx)
     });
     progress.finish();
     result?;
-    let mut ok = vec![];
-    let mut flat = Vec::with_capacity(paths.len() * dim);
-    for (i, r) in rows.into_iter().enumerate() {
-        if let Some(v) = r {
-            ok.push(i);
-            flat.extend(v);
-        }
-    }
-    skipped.sort_by(|a, b| a.path.cmp(&b.path));
-    let features = Tensor::from_slice(&flat).view([ok.len() as i64, dim as i64]);
-    let timing = ExtractTiming {
-        wall_s: started.elapsed().as_secs_f64(),
-        backbone_s: backbone.as_secs_f64(),
-        starved_s: starved.as_secs_f64(),
-        decode_s: decode_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
-        decode_threads: workers,
-    };
-    Ok(Extracted { features, ok, skipped, computed, reused, truncated_kept, timing })
+    let decode_s = decoders.decode_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+    Ok(collector.finish(started, decode_s, workers))
 }
 
 #[cfg(test)]

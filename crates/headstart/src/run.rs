@@ -169,6 +169,11 @@ pub fn predict(p: &Predictor, files: &[PathBuf], top_k: usize, cache_root: Optio
     Ok((ok.iter().zip(tops).map(|(&i, top)| Prediction { file: files[i].clone(), top }).collect(), skipped))
 }
 
+/// Scores an image bundle on labelled data (a class folder or manifest), example by example.
+pub fn score(p: &Predictor, data: &Path, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<task::Scored> {
+    task::score(&p.block(cache_root), &p.model, &p.head, &p.meta.labels, data, progress)
+}
+
 /// Scores an image bundle on labelled data (a class folder or manifest).
 pub fn evaluate(p: &Predictor, data: &Path, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
     task::evaluate(&p.block(cache_root), &p.model, &p.head, &p.meta.labels, data, progress)

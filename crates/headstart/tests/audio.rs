@@ -1,12 +1,14 @@
 //! Audio input and the Whisper encoder against their Python references
 //! (tests/fixtures/make_audio_fixtures.py): decoding against libsndfile (`soundfile`),
 //! resampling against `scipy.signal.resample_poly`, log-mel against `WhisperFeatureExtractor`,
-//! tiny random Whisper encoders and the real tiny.en (CTranslate2 model.bin) against
-//! `transformers`.
+//! tiny random Whisper encoders (over the full window and trimmed to a clip's seconds) and the
+//! real tiny.en (CTranslate2 model.bin) against `transformers`.
 
 use std::path::{Path, PathBuf};
 
 use headstart::assets::asset_dir;
+use headstart::audio::encoder::{AudioEncoder, AudioModel};
+use headstart::audio::window::{bucket_seconds, AudioWindow};
 use headstart::audio::{decode, resample::resample, WhisperFeatures};
 use headstart::models::audio::whisper::{embed_clips, encoder_frames, pool_real};
 use headstart::models::audio::{Wav2Vec2Encoder, WhisperEncoder};
@@ -63,6 +65,40 @@ fn decoding_matches_libsndfile() {
         println!("{file}: {} channels, {} samples at {} Hz, max |diff| vs libsndfile {diff:.2e}", d.channels, want.len(), d.sample_rate);
         assert!(diff <= tol, "{file}: max |diff| {diff:.3e} > {tol:.0e}");
     }
+}
+
+/// Bytes in memory decode through the same path as files: the same samples, bit for bit, in
+/// every container; the length cap refuses from the header where it is exact (PCM, FLAC) and
+/// while decoding where it is not (MP3); errors name what the bytes were called.
+#[test]
+fn decoding_from_memory_matches_files_and_caps_the_length() {
+    use headstart::audio::{decode_capped, Capped, Encoded};
+    let audio = fixtures().join("audio");
+    for file in ["speech.wav", "gen/pcm_24_3ch.wav", "gen/float_stereo.wav", "gen/flac_16_stereo.flac", "en_B.ogg", "gen/mp3_stereo.mp3"] {
+        let path = audio.join(file);
+        let want = decode(&path).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let Capped::Clip(got) = decode_capped(Encoded::Bytes { data: data.clone(), name: "upload" }, f64::INFINITY).unwrap() else { panic!("{file}: capped") };
+        assert_eq!((got.sample_rate, got.channels), (want.sample_rate, want.channels), "{file}");
+        assert!(got.samples == want.samples, "{file}: samples differ between bytes and file");
+        let cap = want.seconds() / 2.0;
+        match decode_capped(Encoded::Bytes { data, name: "upload" }, cap).unwrap() {
+            Capped::OverLong { seconds } => {
+                println!("{file}: {:.3} s over a cap of {cap:.3} s: {seconds:?}", want.seconds());
+                if file.ends_with(".wav") || file.ends_with(".flac") {
+                    assert!((seconds.unwrap() - want.seconds()).abs() < 1e-9, "{file}: the header's length, {seconds:?}");
+                }
+                if file.ends_with(".mp3") {
+                    assert_eq!(seconds, None, "MP3 lengths are estimates: refused while decoding");
+                }
+            }
+            Capped::Clip(d) => panic!("{file}: {} s passed a cap of {cap} s", d.seconds()),
+        }
+    }
+    let e = decode_capped(Encoded::Bytes { data: b"not audio at all, some text".to_vec(), name: "inputs[3]" }, 10.0).unwrap_err().to_string();
+    assert!(e.starts_with("inputs[3]: ") && e.contains("not a readable audio file"), "{e}");
+    let e = decode_capped(Encoded::Bytes { data: vec![], name: "inputs[0]" }, 10.0).unwrap_err().to_string();
+    assert!(e.contains("inputs[0]") && e.contains("empty"), "{e}");
 }
 
 /// The resampler against scipy's resample_poly on the same input: same filter design and
@@ -420,4 +456,55 @@ fn whisper_clip_embeddings_pool_real_frames_across_windows() {
     let want = (first * a + second * b) / (a + b);
     let diff = max_diff(&vec(&out.get(1)), &vec(&want));
     assert!(diff < 1e-5, "long clip: {diff:.3e}");
+}
+
+/// The `clip` window: Whisper run over a clip's own seconds against transformers'
+/// `WhisperEncoder` modules run by hand over the same first frames of `WhisperFeatureExtractor`'s
+/// features (its forward insists on 30 s), in every hidden state, for clips in 1, 2 and 3 s
+/// buckets (one ending 49 samples before its bucket does); then the pooled vectors of
+/// `AudioModel::embed`, the four clips batched together, and each alone.
+#[test]
+fn trimmed_whisper_window_matches_transformers_modules() {
+    let g = golden("whisper_trimmed.golden.safetensors");
+    let audio = golden("audio.golden.safetensors");
+    let speech = vec(&audio.tensor("resample.speech.wav.16000").unwrap());
+    let clips: Vec<(&str, Vec<f32>)> = vec![
+        ("speech", speech.clone()),
+        ("speech_03", speech[..4800].to_vec()),
+        ("en_B", vec(&audio.tensor("resample.en_B.ogg.16000").unwrap())),
+        ("hu_r", vec(&audio.tensor("resample.hu_r.ogg.16000").unwrap())),
+    ];
+    for (dir, prefix) in [("whisper_tiny_random", "tiny"), ("whisper_cls_random", "cls")] {
+        let mut m = AudioModel::open(fixtures().join(dir).to_str().unwrap()).unwrap();
+        m.set_window(AudioWindow::Clip).unwrap();
+        let AudioEncoder::Whisper { enc, fe } = &m.encoder else { panic!("{dir} is a Whisper model") };
+        let last = enc.cfg.layers as usize;
+        for (name, x) in &clips {
+            let key = format!("{prefix}.{name}");
+            let seconds = g.tensor(&format!("{key}.seconds")).unwrap().int64_value(&[0]) as usize;
+            let real = g.tensor(&format!("{key}.real_frames")).unwrap().int64_value(&[0]) as usize;
+            assert_eq!((bucket_seconds(x.len()), encoder_frames(x.len(), 1500)), (seconds, real), "{key}");
+            let feats = fe.extract_trimmed(&[x], seconds, Device::Cpu);
+            let states = tch::no_grad(|| enc.hidden_states(&feats, Mode::Eval)).unwrap();
+            assert_eq!(states.len(), last + 1);
+            for (i, h) in states.iter().enumerate() {
+                assert_eq!(h.size()[1], seconds as i64 * 50, "{key}: encoder positions");
+                let head = max_diff(&vec(&h.get(0).narrow(0, 0, 16)), &vec(&g.tensor(&format!("{key}.hidden{i}.head")).unwrap()));
+                let mean = max_diff(&vec(&pool_real(h, &[real])), &vec(&g.tensor(&format!("{key}.hidden{i}.mean_real")).unwrap()));
+                assert!(head < 1e-4 && mean < 1e-4, "{key} hidden state {i}: {head:.3e} {mean:.3e}");
+            }
+        }
+        let all: Vec<Vec<f32>> = clips.iter().map(|c| c.1.clone()).collect();
+        for layer in [None, Some(1)] {
+            m.set_layer(layer).unwrap();
+            let together = m.embed(&all, 2).unwrap();
+            for (j, (name, x)) in clips.iter().enumerate() {
+                let want = g.tensor(&format!("{prefix}.{name}.hidden{}.mean_real", layer.unwrap_or(last))).unwrap();
+                let diff = max_diff(&vec(&together.get(j as i64)), &vec(&want));
+                assert!(diff < 1e-4, "{prefix}.{name} pooled at {layer:?}: {diff:.3e}");
+                let alone = m.embed(std::slice::from_ref(x), 8).unwrap();
+                assert!(alone.get(0).allclose(&together.get(j as i64), 1e-5, 1e-5, false), "{prefix}.{name}: the batch changed its vector");
+            }
+        }
+    }
 }

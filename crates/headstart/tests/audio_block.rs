@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use headstart::audio::encoder::{AudioModel, WINDOW};
 use headstart::audio::learner::AudioLearner;
+use headstart::audio::window::AudioWindow;
 use headstart::blocks::audio::{train_audio, AudioBlock, AudioOptions, AudioPredictor, AudioTrainRequest};
 use headstart::learn::task::Block;
 use headstart::models::audio::whisper::embed_clips;
@@ -86,7 +87,7 @@ fn write_set(dir: &Path, per_class: usize) {
 
 fn request(data: &Path, out: &Path, model: &str, cache: Option<PathBuf>) -> AudioTrainRequest {
     AudioTrainRequest {
-        audio: AudioOptions { layer: None, max_seconds: 2.5 },
+        audio: AudioOptions { layer: None, weighted_layers: false, max_seconds: 2.5, window: None },
         out: out.to_path_buf(),
         cache,
         model: model.to_string(),
@@ -167,7 +168,8 @@ fn whisper_features_train_eval_predict_with_bad_files_listed() {
 /// padding), and a clip longer than one window is the frame-weighted mean of its windows.
 #[test]
 fn whisper_features_pool_real_frames_and_split_long_clips() {
-    let m = AudioModel::open(&fixture("whisper_tiny_random")).unwrap();
+    let mut m = AudioModel::open(&fixture("whisper_tiny_random")).unwrap();
+    m.set_window(AudioWindow::Full).unwrap();
     let headstart::audio::encoder::AudioEncoder::Whisper { enc, fe } = &m.encoder else { panic!("a Whisper model") };
     let short = clip(1, 1, 0.8, 16000);
     let got = m.embed(std::slice::from_ref(&short), 4).unwrap();
@@ -182,8 +184,17 @@ fn whisper_features_pool_real_frames_and_split_long_clips() {
     let got = m.embed(std::slice::from_ref(&long), 4).unwrap();
     let w0 = m.embed(&[long[..WINDOW].to_vec()], 4).unwrap();
     let w1 = m.embed(&[long[WINDOW..].to_vec()], 4).unwrap();
-    let want = (w0 * 1500.0 + w1 * 50.0) / 1550.0;
+    let want = (&w0 * 1500.0 + &w1 * 50.0) / 1550.0;
     assert!(got.allclose(&want, 1e-5, 1e-5, false), "{}", (&got - &want).abs().max().double_value(&[]));
+    // The clip window: the first 30 s fill their bucket (the full window), the last second runs
+    // over 50 positions alone; the same weights.
+    m.set_window(AudioWindow::Clip).unwrap();
+    let got = m.embed(std::slice::from_ref(&long), 4).unwrap();
+    let w1_full = w1;
+    let w1 = m.embed(&[long[WINDOW..].to_vec()], 4).unwrap();
+    assert!(!w1.allclose(&w1_full, 1e-3, 1e-3, false), "the last second must run trimmed");
+    let want = (w0 * 1500.0 + w1 * 50.0) / 1550.0;
+    assert!(got.allclose(&want, 1e-5, 1e-5, false), "clip window: {}", (&got - &want).abs().max().double_value(&[]));
 }
 
 /// Wav2Vec2 features on the same data (waveform input, per-clip normalisation), and a layer
@@ -264,6 +275,17 @@ fn wav2vec2_fine_tuning_masks_padding_and_keeps_the_feature_encoder() {
     let req = AudioTrainRequest { finetune: Some(ft), ..request(&data, &run, &fixture("wav2vec2_group"), None) };
     let o = train_audio(&req, false, &Silent).unwrap();
     assert!(!o.tuned_stages.iter().any(|s| s == "feature_encoder"), "{:?}", o.tuned_stages);
+    // The optimiser steps are timed: two epochs of ⌈n/4⌉ batches, every training clip twice.
+    let t = o.timings.as_ref().expect("train reports its timings");
+    let st = t.finetune.as_ref().expect("fine-tuning reports its steps");
+    assert_eq!((st.steps, st.samples), (2 * o.n_train.div_ceil(4), 2 * o.n_train), "{st:?}");
+    assert!(st.step_s_total > 0.0 && st.step_s_median > 0.0 && st.step_s_median <= st.step_s_total, "{st:?}");
+    assert!((st.samples_per_s - st.samples as f64 / st.step_s_total).abs() < 1e-9 * st.samples_per_s, "{st:?}");
+    assert!(st.steady_samples_per_s.is_some_and(|r| r > 0.0), "{st:?}");
+    // Set-up (the feature encoder over every clip) and the steps lie inside the time after loading.
+    assert!(st.setup_s > 0.0 && st.setup_s + st.step_s_total <= t.head_s + 1e-3, "{st:?} {t:?}");
+    let json = serde_json::to_value(t).unwrap();
+    assert_eq!(json["finetune"]["steps"], st.steps, "{json}");
     assert_eq!(o.tuned_stages.first().map(String::as_str), Some("embed"));
     let p = AudioPredictor::load(&run.join("bundle"), None).unwrap();
     assert_eq!(p.predict(&[data.join("noise/1.wav")], 1, None, &Silent).unwrap().0.len(), 1);
@@ -276,7 +298,7 @@ fn screening_skips_what_featurising_skips() {
     let data = tmp.path().join("data");
     write_set(&data, 3);
     let m = AudioModel::open(&fixture("wav2vec2_group")).unwrap();
-    let block = AudioBlock { req: None, max_seconds: 2.5, cache: None, batch_size: 4 };
+    let block = AudioBlock { req: None, max_seconds: 2.5, cache: None, batch_size: 4, window: None };
     let opened = block.open(&data, None).unwrap();
     assert_eq!(opened.skipped.len(), 1, "notes.txt");
     let f = block.featurise(&m, &opened.data, &Silent).unwrap();
@@ -309,4 +331,52 @@ fn real_whisper_tiny_en_features_separate_distinct_sounds() {
     let acc = o.val.as_ref().unwrap().accuracy;
     println!("whisper tiny.en, 3 classes of generated sounds: selection estimate {acc:.3}");
     assert!(acc >= 0.9, "{acc}");
+}
+
+/// Whisper's window is a setting of the run: `clip` and `full` features live under different
+/// cache keys, the bundle records the window and its predictor runs with it (a bundle without
+/// the record runs the full window, as bundles made before the setting did); fine-tuning
+/// refuses `clip`, Wav2Vec2 refuses the setting.
+#[test]
+fn whisper_window_is_recorded_in_the_bundle_and_the_cache_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 4);
+    let cache = tmp.path().join("cache");
+    let with = |w: AudioWindow, out: &str| {
+        let req = request(&data, &tmp.path().join(out), &fixture("whisper_tiny_random"), Some(cache.clone()));
+        AudioTrainRequest { audio: AudioOptions { window: Some(w), ..req.audio.clone() }, ..req }
+    };
+    let full = train_audio(&with(AudioWindow::Full, "full"), false, &Silent).unwrap();
+    let clip = train_audio(&with(AudioWindow::Clip, "clip"), false, &Silent).unwrap();
+    assert!(full.backbone_computed > 0);
+    assert_eq!((clip.backbone_computed, clip.backbone_reused), (full.backbone_computed, 0), "clip features must not come from the full window's cache");
+    let again = train_audio(&with(AudioWindow::Clip, "clip2"), false, &Silent).unwrap();
+    assert_eq!((again.backbone_computed, again.backbone_reused), (0, clip.backbone_computed));
+    for (run, want) in [("full", AudioWindow::Full), ("clip", AudioWindow::Clip)] {
+        let meta = headstart::bundle::read_meta(&tmp.path().join(run).join("bundle")).unwrap();
+        let headstart::bundle::EncoderRef::Audio(e) = &meta.encoder else { panic!("an audio bundle") };
+        assert_eq!(e.window, Some(want), "{run}");
+    }
+    let bundle = tmp.path().join("clip/bundle");
+    let files = vec![data.join("high/0.wav"), data.join("noise/1.wav")];
+    let p = AudioPredictor::load(&bundle, None).unwrap();
+    assert_eq!(p.encoder.window, Some(AudioWindow::Clip));
+    let (probs, ok, _) = p.probabilities(&files, None, &Silent).unwrap();
+    assert_eq!(ok, vec![0, 1]);
+    let toml_path = bundle.join(headstart::bundle::META);
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(toml.contains("window = \"clip\"\n"), "{toml}");
+    std::fs::write(&toml_path, toml.replace("window = \"clip\"\n", "")).unwrap();
+    let legacy = AudioPredictor::load(&bundle, None).unwrap();
+    assert_eq!(legacy.encoder.window, None);
+    let (old, _, _) = legacy.probabilities(&files, None, &Silent).unwrap();
+    assert!(!old.allclose(&probs, 1e-6, 1e-6, false), "a bundle without the record must run the full window");
+
+    let ft = AudioTrainRequest { finetune: Some(headstart::blocks::audio::audio_finetune_defaults()), ..with(AudioWindow::Clip, "ft") };
+    let e = train_audio(&ft, false, &Silent).unwrap_err();
+    assert!(e.cause() == headstart::error::Cause::Usage && e.to_string().contains("fine-tuning"), "{e}");
+    let w2v = AudioTrainRequest { model: fixture("wav2vec2_group"), ..with(AudioWindow::Full, "w2v") };
+    let e = train_audio(&w2v, false, &Silent).unwrap_err();
+    assert!(e.cause() == headstart::error::Cause::Usage && e.to_string().contains("Whisper"), "{e}");
 }

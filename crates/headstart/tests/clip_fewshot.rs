@@ -145,3 +145,31 @@ fn pipeline_features_are_the_normalised_image_embeddings() {
     let d = (&f.features - &want).abs().max().double_value(&[]);
     assert!(d < 1e-5, "pipeline features differ from the zero-shot path's by {d}");
 }
+
+#[test]
+fn bf16_image_tower_stays_close_to_fp32_and_is_cached_apart() {
+    use headstart::blocks::clip::ClipBlock;
+    use headstart::engine::Precision;
+    use headstart::learn::task::Block;
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut enc = ClipEncoder::load(&shapes("model").display().to_string(), None).unwrap();
+    // `auto` keeps CLIP at fp32 (not measured on real weights).
+    enc.set_precision(Precision::Auto);
+    assert_eq!(enc.precision(), Precision::Fp32);
+    let (fp32, _) = evaluate_zero_shot(&enc, &shapes("test"), &[], DecodeOptions::default(), Some(&cache), &Silent).unwrap();
+    let files: Vec<PathBuf> = ["red_circle/00.png", "blue_cross/03.png", "yellow_triangle/07.png"].iter().map(|f| shapes("test").join(f)).collect();
+    let block = ClipBlock::reading(DecodeOptions::default(), Some(&cache));
+    let a = block.featurise(&enc, &files, &Silent).unwrap();
+    enc.set_precision(Precision::Bf16);
+    let b = block.featurise(&enc, &files, &Silent).unwrap();
+    // Computed again, not read from the fp32 entries.
+    assert_eq!((b.computed, b.reused), (3, 0));
+    let diff = (&a.features - &b.features).abs().max().double_value(&[]);
+    let cos = (&a.features * &b.features).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).min().double_value(&[]);
+    assert!(diff > 0.0, "bf16 features equal the fp32 ones: autocast did not run");
+    assert!(cos > 0.99, "bf16 embeddings drift from fp32: cosine {cos}");
+    let (bf16, _) = evaluate_zero_shot(&enc, &shapes("test"), &[], DecodeOptions::default(), Some(&cache), &Silent).unwrap();
+    assert_eq!(bf16.n, fp32.n);
+    assert!((bf16.accuracy - fp32.accuracy).abs() <= 2.5 / fp32.n as f64, "zero-shot accuracy bf16 {} vs fp32 {}", bf16.accuracy, fp32.accuracy);
+}

@@ -2,6 +2,9 @@
 //! the whole batch: outputs, input gradients, weight and bias gradients (summed over the ranks,
 //! as the data-parallel step does) and running statistics agree within 1e-5.
 //!
+//! The same ranks check the all-gather of rows that sharing a pass over the data relies on:
+//! different row counts (none on one rank), rank order, exact values, bytes.
+//!
 //! The ranks are this test binary run again, as child processes, on the `rank_worker` test.
 
 use std::path::Path;
@@ -53,6 +56,22 @@ fn rank_worker() {
     all.push(("running_mean", bn.running_mean.shallow_clone()));
     all.push(("running_var", bn.running_var.shallow_clone()));
     Tensor::save_multi(&all, Path::new(&dir).join(format!("rank{}.ot", env.rank))).unwrap();
+    gather_checks(&g);
+}
+
+/// Rank 0 gathers 3 rows, rank 1 none; then 1 row against 2; then bytes.
+fn gather_checks(g: &Group) {
+    let rows = |n: i64, base: f32| (Tensor::arange(n * 2, (Kind::Float, Device::Cpu)) + base as f64).view([n, 2]);
+    let mine = if g.rank == 0 { rows(3, 0.5) } else { rows(0, 0.0) };
+    let got = g.all_gather_rows(&mine, "test gather").unwrap();
+    assert_eq!(got.len(), WORLD);
+    assert!(got[0].equal(&rows(3, 0.5)), "{:?}", got[0]);
+    assert_eq!(got[1].size(), [0, 2]);
+    let mine = if g.rank == 0 { rows(1, 10.0) } else { rows(2, 20.0) };
+    let got = g.all_gather_rows(&mine, "test gather").unwrap();
+    assert!(got[0].equal(&rows(1, 10.0)) && got[1].equal(&rows(2, 20.0)), "{got:?}");
+    let bytes = g.all_gather_bytes(format!("from rank {}", g.rank).as_bytes(), "test bytes").unwrap();
+    assert_eq!(bytes, [b"from rank 0".to_vec(), b"from rank 1".to_vec()]);
 }
 
 fn close(name: &str, a: &Tensor, b: &Tensor) {

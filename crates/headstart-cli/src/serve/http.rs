@@ -277,36 +277,14 @@ async fn parse_multipart(app: &App, req: Request) -> Result<Parsed, ApiError> {
     Ok(p)
 }
 
-/// Checks and prepares every input (decoding images), naming the first bad one.
+/// Checks and prepares every input (decoding images and audio), naming the first bad one.
 fn prepare_all(app: &App, info: &Info, inputs: Vec<Raw>) -> Result<Vec<Input>, ApiError> {
     inputs.into_iter().enumerate().map(|(i, raw)| prepare(app, info, raw, &format!("inputs[{i}]"))).collect()
 }
 
 fn prepare(app: &App, info: &Info, raw: Raw, field: &str) -> Result<Input, ApiError> {
     if info.modality == "text" {
-        let (text, pair) = match raw {
-            Raw::Json(Value::String(s)) => (s, None),
-            Raw::Json(Value::Object(o)) => {
-                let get = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
-                (get("text").ok_or_else(|| ApiError::bad(format!("{field}.text"), "a string `text` is required"))?, get("pair"))
-            }
-            Raw::Json(_) => return Err(ApiError::bad(field, "a text input is a string or {\"text\", \"pair\"}")),
-            Raw::Bytes(b) => (String::from_utf8(b).map_err(|_| ApiError::bad(field, "the uploaded text is not valid UTF-8"))?, None),
-        };
-        if info.pairs && pair.is_none() {
-            return Err(ApiError::bad(format!("{field}.pair"), "this model classifies sentence pairs: give {\"text\", \"pair\"}"));
-        }
-        for (t, f) in [(Some(&text), field.to_string()), (pair.as_ref(), format!("{field}.pair"))] {
-            let Some(t) = t else { continue };
-            let n = t.chars().count();
-            if n > app.limits.max_text_chars {
-                return Err(ApiError::too_large(f, format!("{n} characters, over the limit of {}", app.limits.max_text_chars)));
-            }
-            if t.trim().is_empty() {
-                return Err(ApiError::bad(f, "empty text"));
-            }
-        }
-        return Ok(Input::Text { text, pair: if info.pairs { pair } else { None } });
+        return prepare_text(app, info, raw, field);
     }
     let bytes = match raw {
         Raw::Bytes(b) => b,
@@ -314,10 +292,37 @@ fn prepare(app: &App, info: &Info, raw: Raw, field: &str) -> Result<Input, ApiEr
             let b64 = s.split_once(";base64,").map_or(s.as_str(), |(_, d)| d);
             base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| ApiError::bad(field, format!("not valid base64: {e}")))?
         }
-        Raw::Json(_) => return Err(ApiError::bad(field, "an image input is a base64 string")),
+        Raw::Json(_) => return Err(ApiError::bad(field, format!("an {} input is a base64 string", info.modality))),
     };
-    info.prepare_image(&bytes, &app.budget).map_err(|r| match r {
+    let prepared = if info.modality == "audio" { info.prepare_audio(bytes, field) } else { info.prepare_image(&bytes, &app.budget) };
+    prepared.map_err(|r| match r {
         Refusal::TooLarge(m) => ApiError::too_large(field, m),
-        Refusal::Invalid(m) => ApiError::bad(field, format!("cannot read the image: {m}")),
+        Refusal::Invalid(m) => ApiError::bad(field, m),
     })
+}
+
+fn prepare_text(app: &App, info: &Info, raw: Raw, field: &str) -> Result<Input, ApiError> {
+    let (text, pair) = match raw {
+        Raw::Json(Value::String(s)) => (s, None),
+        Raw::Json(Value::Object(o)) => {
+            let get = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+            (get("text").ok_or_else(|| ApiError::bad(format!("{field}.text"), "a string `text` is required"))?, get("pair"))
+        }
+        Raw::Json(_) => return Err(ApiError::bad(field, "a text input is a string or {\"text\", \"pair\"}")),
+        Raw::Bytes(b) => (String::from_utf8(b).map_err(|_| ApiError::bad(field, "the uploaded text is not valid UTF-8"))?, None),
+    };
+    if info.pairs && pair.is_none() {
+        return Err(ApiError::bad(format!("{field}.pair"), "this model classifies sentence pairs: give {\"text\", \"pair\"}"));
+    }
+    for (t, f) in [(Some(&text), field.to_string()), (pair.as_ref(), format!("{field}.pair"))] {
+        let Some(t) = t else { continue };
+        let n = t.chars().count();
+        if n > app.limits.max_text_chars {
+            return Err(ApiError::too_large(f, format!("{n} characters, over the limit of {}", app.limits.max_text_chars)));
+        }
+        if t.trim().is_empty() {
+            return Err(ApiError::bad(f, "empty text"));
+        }
+    }
+    Ok(Input::Text { text, pair: if info.pairs { pair } else { None } })
 }

@@ -4,8 +4,9 @@
 //! Integer samples scale as libsndfile scales them (`x / 2^(bits-1)`, 8-bit unsigned centred
 //! on 128), so a decoded WAV equals `soundfile.read(path)` averaged over channels.
 //!
-//! Failures never panic: an unreadable, empty, truncated or undecodable file is an
-//! [`Error::Input`] naming the file and what was wrong with it.
+//! Files and bytes in memory (uploads) go through the same decoder ([`Encoded`]). Failures
+//! never panic: an unreadable, empty, truncated or undecodable clip is an [`Error::Input`]
+//! naming the file (or the name given to the bytes) and what was wrong with it.
 
 use std::fs::File;
 use std::path::Path;
@@ -14,7 +15,7 @@ use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
@@ -50,42 +51,101 @@ fn describe(e: &SymError) -> String {
     }
 }
 
-fn open_format(path: &Path) -> Result<Box<dyn FormatReader>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len == 0 {
-        return Err(Error::input(path, "audio file is empty (0 bytes)"));
+/// Encoded audio to decode: a file, or the bytes of one held in memory (an upload), which
+/// errors call `name`.
+pub enum Encoded<'a> {
+    File(&'a Path),
+    Bytes { data: Vec<u8>, name: &'a str },
+}
+
+impl<'a> Encoded<'a> {
+    /// What errors call it.
+    pub fn name(&self) -> &'a Path {
+        match self {
+            Encoded::File(p) => p,
+            Encoded::Bytes { name, .. } => Path::new(*name),
+        }
     }
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+}
+
+/// A decode under a length cap: the clip, or that it is longer than the cap.
+#[derive(Debug, Clone)]
+pub enum Capped {
+    Clip(Decoded),
+    /// Longer than the cap: `seconds` is its length when the header declares it exactly,
+    /// `None` when decoding stopped at the cap.
+    OverLong {
+        seconds: Option<f64>,
+    },
+}
+
+fn open_format(src: Encoded<'_>) -> Result<Box<dyn FormatReader>> {
+    let name = src.name();
     let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-        hint.with_extension(&ext.to_ascii_lowercase());
-    }
+    let source: Box<dyn MediaSource> = match src {
+        Encoded::File(path) => {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            if file.metadata().map_err(|e| Error::io(path, e))?.len() == 0 {
+                return Err(Error::input(path, "audio file is empty (0 bytes)"));
+            }
+            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+                hint.with_extension(&ext.to_ascii_lowercase());
+            }
+            Box::new(file)
+        }
+        Encoded::Bytes { data, name } => {
+            if data.is_empty() {
+                return Err(Error::input(Path::new(name), "audio is empty (0 bytes)"));
+            }
+            Box::new(std::io::Cursor::new(data))
+        }
+    };
+    let mss = MediaSourceStream::new(source, Default::default());
     let opts = FormatOptions { enable_gapless: true, ..Default::default() };
     let probed = symphonia::default::get_probe()
         .format(&hint, mss, &opts, &MetadataOptions::default())
-        .map_err(|e| Error::input(path, format!("not a readable audio file (WAV, FLAC, OGG/Vorbis, MP3): {}", describe(&e))))?;
+        .map_err(|e| Error::input(name, format!("not a readable audio file (WAV, FLAC, OGG/Vorbis, MP3): {}", describe(&e))))?;
     Ok(probed.format)
 }
 
 /// Decodes `path` to mono f32 at the file's own sample rate. A panic inside the decoding
 /// library on malformed data becomes an error naming the file.
 pub fn decode(path: &Path) -> Result<Decoded> {
-    match std::panic::catch_unwind(|| decode_inner(path)) {
+    match decode_capped(Encoded::File(path), f64::INFINITY)? {
+        Capped::Clip(d) => Ok(d),
+        Capped::OverLong { .. } => Err(Error::input(path, "longer than any cap")),
+    }
+}
+
+/// Decodes `src` to mono f32 at its own sample rate, giving up as soon as the clip is known to
+/// be longer than `max_seconds`: from the header's frame count where it is exact (all but
+/// MP3), else once the decoded samples pass the cap, so a long clip costs no more than the cap
+/// to refuse. A panic inside the decoding library on malformed data becomes an error naming
+/// the source.
+pub fn decode_capped(src: Encoded<'_>, max_seconds: f64) -> Result<Capped> {
+    let name = src.name();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_inner(src, max_seconds))) {
         Ok(r) => r,
         Err(p) => {
             let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            Err(Error::input(path, format!("malformed audio data (the decoder failed: {why})")))
+            Err(Error::input(name, format!("malformed audio data (the decoder failed: {why})")))
         }
     }
 }
 
-fn decode_inner(path: &Path) -> Result<Decoded> {
-    let mut format = open_format(path)?;
+fn decode_inner(src: Encoded<'_>, max_seconds: f64) -> Result<Capped> {
+    let path = src.name();
+    let mut format = open_format(src)?;
     let track = format.tracks().iter().find(|t| t.codec_params.codec != CODEC_TYPE_NULL).ok_or_else(|| Error::input(path, "no audio track"))?;
     let track_id = track.id;
     let params = track.codec_params.clone();
     let declared_frames = params.n_frames;
+    let exact_length = params.codec != symphonia::core::codecs::CODEC_TYPE_MP3;
+    if let (Some(n), Some(r), true) = (declared_frames, params.sample_rate.filter(|&r| r > 0), exact_length) {
+        if n as f64 / r as f64 > max_seconds {
+            return Ok(Capped::OverLong { seconds: Some(n as f64 / r as f64) });
+        }
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| Error::input(path, format!("no decoder for this audio: {}", describe(&e))))?;
@@ -124,6 +184,9 @@ fn decode_inner(path: &Path) -> Result<Decoded> {
         };
         sb.copy_interleaved_ref(decoded);
         mix_down(sb.samples(), n_ch, &mut samples);
+        if spec.rate > 0 && samples.len() as f64 / spec.rate as f64 > max_seconds {
+            return Ok(Capped::OverLong { seconds: None });
+        }
     }
     let channels = channels.unwrap_or(1);
     let sample_rate = rate.filter(|&r| r > 0).ok_or_else(|| Error::input(path, "no sample rate in the audio header"))?;
@@ -132,14 +195,14 @@ fn decode_inner(path: &Path) -> Result<Decoded> {
     }
     if let Some(n) = declared_frames {
         // The header's frame count is exact for PCM and FLAC; a shortfall means lost data.
-        if (samples.len() as u64) < n && params.codec != symphonia::core::codecs::CODEC_TYPE_MP3 {
+        if (samples.len() as u64) < n && exact_length {
             return Err(Error::input(path, format!("truncated: the header declares {n} frames but only {} could be decoded", samples.len())));
         }
     }
     if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
         return Err(Error::input(path, format!("sample {i} is not a finite number (corrupt float data)")));
     }
-    Ok(Decoded { samples, sample_rate, channels })
+    Ok(Capped::Clip(Decoded { samples, sample_rate, channels }))
 }
 
 /// Appends the per-frame channel mean of interleaved `xs`.

@@ -5,17 +5,21 @@
 //! Clips are 16 kHz mono. A clip longer than one window is cut into windows; each window is
 //! mean-pooled over the encoder frames of real audio only (never over Whisper's padding to
 //! 30 s, nor over a batch's padding), and a clip's windows are averaged weighted by their real
-//! frames, so the vector is the mean over every real frame of the clip.
+//! frames, so the vector is the mean over every real frame of the clip. Whisper runs over the
+//! whole 30 s window or only over the clip's own seconds ([`AudioWindow`]). The vector is read
+//! at the output, at one hidden state, or at every hidden state pooled alike and stacked layer
+//! after layer ([`AudioModel::stack_layers`], for the layer-sum head).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use crate::audio::window::{embed_trimmed, AudioWindow};
 use crate::audio::WhisperFeatures;
 use crate::error::{Error, Result};
 use crate::models::audio::whisper::{embed_clips, pool_real};
-use crate::models::audio::{AudioConfig, Wav2Vec2Encoder, WhisperEncoder};
+use crate::models::audio::{AudioConfig, Readout, Wav2Vec2Encoder, WhisperEncoder};
 use crate::models::registry::{find_audio, AUDIO_ENTRIES};
 use crate::models::{Mode, Stage};
 use crate::weights::{LoadReport, Weights};
@@ -53,6 +57,12 @@ pub struct AudioModel {
     pub weights_sha256: String,
     /// Hidden state to pool (`None`: the encoder's output); see [`AudioModel::set_layer`].
     pub layer: Option<usize>,
+    /// Every hidden state `0..=layers` pooled and stacked layer after layer (`layer` weighted;
+    /// `layer` is then `None`); see [`AudioModel::stack_layers`].
+    pub all_layers: bool,
+    /// Whisper: the span of the window the encoder runs over (`None` for Wav2Vec2 / HuBERT,
+    /// which run over each clip's own samples); see [`AudioModel::set_window`].
+    pub window: Option<AudioWindow>,
     pub report: LoadReport,
 }
 
@@ -138,7 +148,36 @@ impl AudioModel {
                 }
             }
         };
-        Ok(AudioModel { encoder, spec: spec.to_string(), source: path, weights_sha256: file_sha256.clone(), file_sha256, layer: None, report })
+        let window = matches!(encoder, AudioEncoder::Whisper { .. }).then_some(crate::audio::window::DEFAULT_WINDOW);
+        Ok(AudioModel {
+            encoder,
+            spec: spec.to_string(),
+            source: path,
+            weights_sha256: file_sha256.clone(),
+            file_sha256,
+            layer: None,
+            all_layers: false,
+            window,
+            report,
+        })
+    }
+
+    /// Runs Whisper over `window`; refused for Wav2Vec2 / HuBERT, which have no fixed window.
+    pub fn set_window(&mut self, window: AudioWindow) -> Result<()> {
+        if self.window.is_none() {
+            return Err(Error::Usage(format!(
+                "setting `audio_window` ({window}) applies to Whisper models; {} ({}) runs over each clip's own samples",
+                self.spec,
+                self.family()
+            )));
+        }
+        self.window = Some(window);
+        Ok(())
+    }
+
+    /// How much of a full-window pass a clip of `samples` costs (see [`crate::audio::window::cost`]).
+    pub fn cost(&self, samples: usize) -> f64 {
+        crate::audio::window::cost(self.window.unwrap_or(AudioWindow::Full), samples, WINDOW)
     }
 
     /// Reads hidden state `layer` instead of the output (`0`: the first layer's input; the
@@ -151,6 +190,36 @@ impl AudioModel {
         }
         self.layer = layer;
         Ok(())
+    }
+
+    /// Reads every hidden state `0..=layers` (the same pooling, windows and weighting as
+    /// [`Self::set_layer`]) into one row, layer after layer: `[N, (layers + 1)·dim]`. Refused
+    /// with a single layer set.
+    pub fn stack_layers(&mut self) -> Result<()> {
+        if let Some(n) = self.layer {
+            return Err(Error::Usage(format!("setting `layer` is either a hidden state ({n}) or `weighted`, not both")));
+        }
+        self.all_layers = true;
+        Ok(())
+    }
+
+    /// What each clip's row holds.
+    pub fn readout(&self) -> Readout {
+        if self.all_layers {
+            Readout::All
+        } else {
+            self.layer.into()
+        }
+    }
+
+    /// Hidden states stacked in each row (`None`: one vector of [`Self::dim`]).
+    pub fn stacked_layers(&self) -> Option<usize> {
+        self.all_layers.then(|| self.num_layers() + 1)
+    }
+
+    /// Width of a clip's row: [`Self::dim`], times the hidden states when they are stacked.
+    pub fn feature_dim(&self) -> i64 {
+        self.dim() * self.stacked_layers().unwrap_or(1) as i64
     }
 
     pub fn family(&self) -> &'static str {
@@ -216,18 +285,33 @@ impl AudioModel {
 
     /// Everything the pooled vectors depend on, for the feature cache key.
     pub fn cache_key(&self) -> Value {
-        serde_json::json!({
+        let mut key = serde_json::json!({
             "audio_encoder": self.family(), "config": self.config(), "weights": self.weights_sha256, "layer": self.layer,
             "pooling": "mean_real_frames", "sample_rate": SAMPLE_RATE, "window_seconds": WINDOW_SECONDS,
             "normalize": self.normalize(), "dim": self.dim(),
-        })
+        });
+        // Full-window keys stay as they were before the setting, so their caches still hit.
+        if self.window == Some(AudioWindow::Clip) {
+            key["window"] = serde_json::json!(AudioWindow::Clip);
+        }
+        // As do keys of the output and of one layer.
+        if self.all_layers {
+            key["layers"] = serde_json::json!("all_stacked");
+            key["feature_dim"] = serde_json::json!(self.feature_dim());
+        }
+        key
     }
 
-    /// Pooled vectors `[N, dim]` of 16 kHz clips (each at least [`Self::min_samples`] long), at
-    /// most `batch` windows per encoder pass.
+    /// Pooled vectors `[N, feature_dim]` of 16 kHz clips (each at least [`Self::min_samples`] long), at
+    /// most `batch` windows per encoder pass (with Whisper's `clip` window, at most as many
+    /// encoder positions as `batch` full windows).
     pub fn embed(&self, clips: &[Vec<f32>], batch: usize) -> Result<Tensor> {
         if clips.is_empty() {
-            return Ok(Tensor::zeros([0, self.dim()], tch::kind::FLOAT_CPU));
+            return Ok(Tensor::zeros([0, self.feature_dim()], tch::kind::FLOAT_CPU));
+        }
+        if let (AudioEncoder::Whisper { enc, fe }, Some(AudioWindow::Clip)) = (&self.encoder, self.window) {
+            let refs: Vec<&[f32]> = clips.iter().map(Vec::as_slice).collect();
+            return embed_trimmed(enc, fe, &refs, self.readout(), batch.max(1) * enc.cfg.max_positions as usize);
         }
         let mut out = vec![];
         let mut start = 0;
@@ -248,7 +332,7 @@ impl AudioModel {
         match &self.encoder {
             AudioEncoder::Whisper { enc, fe } => {
                 let refs: Vec<&[f32]> = clips.iter().map(Vec::as_slice).collect();
-                embed_clips(enc, fe, &refs, self.layer, Device::Cpu)
+                embed_clips(enc, fe, &refs, self.readout(), Device::Cpu)
             }
             AudioEncoder::Wav2Vec2 { enc, normalize } => {
                 let rows: Vec<Tensor> = clips.iter().map(|c| self.embed_wav2vec2(enc, c, *normalize)).collect::<Result<_>>()?;
@@ -270,16 +354,19 @@ impl AudioModel {
                 w
             })
             .collect();
-        let (mut sum, mut frames) = (Tensor::zeros([self.dim()], tch::kind::FLOAT_CPU), 0usize);
+        let (mut sum, mut frames) = (Tensor::zeros([self.feature_dim()], tch::kind::FLOAT_CPU), 0usize);
         // One window per pass: a model without an attention mask would see a batch's padding.
         for w in &windows {
             let wave = Tensor::from_slice(w).unsqueeze(0);
-            let h = tch::no_grad(|| match self.layer {
-                Some(n) => enc.forward_to(&wave, None, n, Mode::Eval),
-                None => enc.forward_from(&wave, None, enc.stages().len(), Mode::Eval),
-            })?;
             let n = enc.cfg.frames(w.len());
-            sum += pool_real(&h, &[n]).squeeze_dim(0).to_kind(Kind::Float) * n as f64;
+            let pooled = tch::no_grad(|| -> Result<Tensor> {
+                Ok(match self.readout() {
+                    Readout::Layer(l) => pool_real(&enc.forward_to(&wave, None, l, Mode::Eval)?, &[n]),
+                    Readout::Output => pool_real(&enc.forward_from(&wave, None, enc.stages().len(), Mode::Eval)?, &[n]),
+                    Readout::All => Tensor::cat(&enc.hidden_states(&wave, None, Mode::Eval)?.iter().map(|h| pool_real(h, &[n])).collect::<Vec<_>>(), 1),
+                })
+            })?;
+            sum += pooled.squeeze_dim(0).to_kind(Kind::Float) * n as f64;
             frames += n;
         }
         Ok(sum / frames.max(1) as f64)

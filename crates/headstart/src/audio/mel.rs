@@ -98,6 +98,30 @@ impl WhisperFeatures {
         self.log_mel(&Tensor::stack(&batch, 0).to_device(device))
     }
 
+    /// Log-mel features `[B, n_mels, seconds × 100]` of clips of at most `seconds` (whole, at
+    /// most 30): the first frames of [`WhisperFeatures::extract`]'s, computed over the clip and
+    /// enough zeros for every frame that reaches its audio, so the frames and the clip's
+    /// maximum (which the floor is set from) are the full window's.
+    pub fn extract_trimmed(&self, clips: &[&[f32]], seconds: usize, device: Device) -> Tensor {
+        let frames = (seconds * self.sample_rate as usize / self.hop_length).min(self.frames());
+        if frames == self.frames() {
+            return self.extract(clips, device);
+        }
+        // Frame j spans samples [160 j - 200, 160 j + 200): one n_fft of zeros past the bucket
+        // covers every frame that sees the clip, and keeps the reflection padding on zeros.
+        let n = frames * self.hop_length + self.n_fft;
+        let batch: Vec<Tensor> = clips
+            .iter()
+            .map(|c| {
+                assert!(c.len() <= frames * self.hop_length, "a clip of {} samples is longer than {seconds} s", c.len());
+                let mut v = vec![0f32; n];
+                v[..c.len()].copy_from_slice(c);
+                Tensor::from_slice(&v)
+            })
+            .collect();
+        self.log_mel(&Tensor::stack(&batch, 0).to_device(device)).narrow(2, 0, frames as i64)
+    }
+
     /// Log-mel features `[B, n_mels, frames]` of already padded waveforms `[B, samples]`.
     pub fn log_mel(&self, waves: &Tensor) -> Tensor {
         let device = waves.device();
@@ -135,5 +159,21 @@ mod tests {
         assert_eq!(fe.real_frames(16001), 101);
         assert_eq!(fe.real_frames(0), 1);
         assert_eq!(fe.real_frames(10_000_000), 3000);
+    }
+
+    /// The trimmed frames are the full window's first frames, also for a clip that fills its
+    /// bucket to the last sample and for one of a few samples.
+    #[test]
+    fn trimmed_frames_are_the_full_windows_first_frames() {
+        let fe = WhisperFeatures::new(80).unwrap();
+        let tone = |n: usize| (0..n).map(|i| (i as f32 * 0.07).sin() * 0.5 + (i as f32 * 0.31).cos() * 0.1).collect::<Vec<f32>>();
+        for (n, seconds) in [(32000, 2), (31_990, 2), (12_345, 1), (320, 1), (479_000, 30)] {
+            let x = tone(n);
+            let full = fe.extract(&[&x], Device::Cpu);
+            let cut = fe.extract_trimmed(&[&x], seconds, Device::Cpu);
+            assert_eq!(cut.size(), vec![1, 80, seconds as i64 * 100]);
+            let diff = (full.narrow(2, 0, seconds as i64 * 100) - &cut).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{n} samples in {seconds} s: {diff:.3e}");
+        }
     }
 }

@@ -1,17 +1,19 @@
-//! Audio input: decoding to mono ([`decode`]), band-limited resampling ([`resample`]) and
-//! Whisper's log-mel features ([`mel`]).
+//! Audio input: decoding to mono ([`decode`]), band-limited resampling ([`resample`]),
+//! Whisper's log-mel features ([`mel`]) and the span of its window the encoder runs over
+//! ([`window`]).
 
 pub mod decode;
 pub mod encoder;
 pub mod learner;
 pub mod mel;
 pub mod resample;
+pub mod window;
 
 use std::path::Path;
 
 use crate::error::Result;
 
-pub use decode::{decode, Decoded};
+pub use decode::{decode, decode_capped, Capped, Decoded, Encoded};
 pub use mel::WhisperFeatures;
 
 /// A file decoded, averaged to mono and resampled to `rate` Hz.

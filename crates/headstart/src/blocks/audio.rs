@@ -14,17 +14,18 @@ use tch::Tensor;
 
 use crate::audio::encoder::{AudioModel, SAMPLE_RATE};
 use crate::audio::learner::AudioLearner;
+use crate::audio::window::AudioWindow;
 use crate::bundle::{AudioEncoderRef, Bundle, EncoderRef};
 use crate::cache::{sha256_hex, FeatureCache};
 use crate::data::{Dataset, FileKind};
 use crate::error::{Error, Result};
 use crate::learn::split::Skip;
-use crate::learn::task::{self, Block, Featurised, Opened, RunSpec, TrainBlock, TrainOutcome};
+use crate::learn::task::{self, Block, Featurised, Opened, TrainBlock, TrainOutcome};
 use crate::metrics::Report;
 use crate::models::registry::{Modality, DEFAULT_AUDIO_MODEL};
 use crate::progress::Progress;
 use crate::train::finetune::{FinetuneConfig, LrFind};
-use crate::train::{Head, HeadSpec, TrainConfig};
+use crate::train::{Head, HeadKind, HeadSpec, TrainConfig};
 
 /// File extensions read as audio.
 pub const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "ogg", "oga", "mp3"];
@@ -38,16 +39,26 @@ pub const DEFAULT_MAX_SECONDS: f64 = 600.0;
 /// How clips are read beyond the model's own input spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AudioOptions {
-    /// Hidden state to pool (`None`: the encoder's output).
+    /// Hidden state to pool (`None`: the encoder's output, or every one with
+    /// `weighted_layers`).
     #[serde(default)]
     pub layer: Option<usize>,
+    /// `layer` weighted: pool every hidden state and stack them, for the layer-sum head (a
+    /// learned weighted sum of the layers, then a linear layer; `train.head` must be
+    /// [`HeadKind::LayerSum`]). Excludes `layer`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weighted_layers: bool,
     /// Longer clips are skipped.
     pub max_seconds: f64,
+    /// Whisper: the span of the window the encoder runs over (`None`: the library's default
+    /// for feature extraction; fine-tuning trains on the full window).
+    #[serde(default)]
+    pub window: Option<AudioWindow>,
 }
 
 impl Default for AudioOptions {
     fn default() -> Self {
-        AudioOptions { layer: None, max_seconds: DEFAULT_MAX_SECONDS }
+        AudioOptions { layer: None, weighted_layers: false, max_seconds: DEFAULT_MAX_SECONDS, window: None }
     }
 }
 
@@ -121,23 +132,63 @@ fn reason(e: Error) -> String {
     }
 }
 
+/// Why a clip is not used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unusable {
+    /// Unreadable, empty, truncated or undecodable.
+    Unreadable(String),
+    /// Longer than `max_seconds`.
+    OverLong(String),
+    /// All silent (peak at or below -80 dBFS).
+    Silent(String),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Unreadable(m) | Unusable::OverLong(m) | Unusable::Silent(m) => f.write_str(m),
+        }
+    }
+}
+
+/// How clips are read for an encoder: the longest clip taken, and the shortest one it makes a
+/// frame of (shorter ones are padded with silence).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipReader {
+    pub max_seconds: f64,
+    pub min_samples: usize,
+}
+
+impl ClipReader {
+    /// Decodes, checks and resamples one clip, a file or bytes in memory: the one path `train`,
+    /// `eval`, `predict` and `serve` read audio through.
+    pub fn read(&self, src: crate::audio::Encoded<'_>) -> std::result::Result<Clip, Unusable> {
+        let max_seconds = self.max_seconds;
+        let d = match crate::audio::decode_capped(src, max_seconds).map_err(|e| Unusable::Unreadable(reason(e)))? {
+            crate::audio::Capped::Clip(d) => d,
+            crate::audio::Capped::OverLong { seconds: Some(s) } => {
+                return Err(Unusable::OverLong(format!("over-long: {s:.1} s (the limit is {max_seconds} s, setting `max_seconds`)")))
+            }
+            crate::audio::Capped::OverLong { seconds: None } => {
+                return Err(Unusable::OverLong(format!("over-long: more than {max_seconds} s (the limit, setting `max_seconds`)")))
+            }
+        };
+        let peak = d.samples.iter().fold(0f32, |m, &x| m.max(x.abs()));
+        if peak <= SILENCE_PEAK {
+            return Err(Unusable::Silent(format!("all silent: peak {peak:.1e}, at or below -80 dBFS")));
+        }
+        let mut samples = if d.sample_rate == SAMPLE_RATE { d.samples } else { crate::audio::resample::resample(&d.samples, d.sample_rate, SAMPLE_RATE) };
+        let padded = samples.len() < self.min_samples;
+        if padded {
+            samples.resize(self.min_samples, 0.0);
+        }
+        Ok(Clip { samples, padded })
+    }
+}
+
 /// Decodes, checks and resamples one file; `Err` holds why it is skipped.
 pub fn read_clip(path: &Path, max_seconds: f64, min_samples: usize) -> std::result::Result<Clip, String> {
-    let d = crate::audio::decode(path).map_err(reason)?;
-    let seconds = d.seconds();
-    if seconds > max_seconds {
-        return Err(format!("over-long: {seconds:.1} s (the limit is {max_seconds} s, setting `max_seconds`)"));
-    }
-    let peak = d.samples.iter().fold(0f32, |m, &x| m.max(x.abs()));
-    if peak <= SILENCE_PEAK {
-        return Err(format!("all silent: peak {peak:.1e}, at or below -80 dBFS"));
-    }
-    let mut samples = if d.sample_rate == SAMPLE_RATE { d.samples } else { crate::audio::resample::resample(&d.samples, d.sample_rate, SAMPLE_RATE) };
-    let padded = samples.len() < min_samples;
-    if padded {
-        samples.resize(min_samples, 0.0);
-    }
-    Ok(Clip { samples, padded })
+    ClipReader { max_seconds, min_samples }.read(crate::audio::Encoded::File(path)).map_err(|u| u.to_string())
 }
 
 fn padded_warning(n: usize, min_samples: usize) -> Vec<String> {
@@ -157,11 +208,20 @@ pub struct AudioBlock<'a> {
     pub cache: Option<PathBuf>,
     /// Windows per encoder pass.
     pub batch_size: usize,
+    /// Whisper's window for a model this block opens (`None`: the default; a bundle's model
+    /// comes with its own).
+    pub window: Option<AudioWindow>,
 }
 
 impl<'a> AudioBlock<'a> {
     pub fn for_request(req: &'a AudioTrainRequest) -> AudioBlock<'a> {
-        AudioBlock { req: Some(req), max_seconds: req.audio.max_seconds, cache: req.cache.clone(), batch_size: req.eval_batch_size.max(1) }
+        AudioBlock {
+            req: Some(req),
+            max_seconds: req.audio.max_seconds,
+            cache: req.cache.clone(),
+            batch_size: req.eval_batch_size.max(1),
+            window: req.audio.window,
+        }
     }
 
     fn req(&self) -> &'a AudioTrainRequest {
@@ -200,7 +260,7 @@ impl AudioBlock<'_> {
         }
         let clips: Vec<Vec<f32>> = pending.iter_mut().map(|p| std::mem::take(&mut p.2)).collect();
         let x = m.embed(&clips, self.batch_size)?;
-        let dim = m.dim() as usize;
+        let dim = m.feature_dim() as usize;
         let flat: Vec<f32> = Vec::try_from(x.flatten(0, -1))?;
         for (j, (row, key, _)) in pending.drain(..).enumerate() {
             let v = flat[j * dim..(j + 1) * dim].to_vec();
@@ -235,12 +295,12 @@ impl<'a> Block for AudioBlock<'a> {
 
     /// Features of every usable file: a file whose bytes the cache has seen is not decoded.
     fn featurise(&self, m: &AudioModel, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
-        let dim = m.dim() as usize;
+        let dim = m.feature_dim() as usize;
         let mut key = m.cache_key();
         key["max_seconds"] = serde_json::json!(self.max_seconds);
         let cache = self.cache.as_deref().map(|root| FeatureCache::keyed(root, &key, dim)).transpose()?;
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
-        let (mut f, mut pending, mut padded, mut windows) = (Featurised::all(0), Pending::new(), 0, 0);
+        let (mut f, mut pending, mut padded, mut cost) = (Featurised::all(0), Pending::new(), 0, 0.0);
         progress.start("embed", paths.len() as u64);
         for (i, p) in paths.iter().enumerate() {
             let hash = match std::fs::read(p) {
@@ -260,7 +320,7 @@ impl<'a> Block for AudioBlock<'a> {
             match read_clip(p, self.max_seconds, m.min_samples()) {
                 Ok(c) => {
                     padded += c.padded as usize;
-                    windows += c.samples.len().div_ceil(crate::audio::encoder::WINDOW).max(1);
+                    cost += m.cost(c.samples.len());
                     pending.push((i, hash, c.samples));
                     f.computed += 1;
                 }
@@ -269,10 +329,10 @@ impl<'a> Block for AudioBlock<'a> {
                     progress.inc(1);
                 }
             }
-            if windows >= self.batch_size {
+            if cost >= self.batch_size as f64 {
                 progress.inc(pending.len() as u64);
                 self.flush(m, &mut pending, &mut rows, cache.as_ref())?;
-                windows = 0;
+                cost = 0.0;
             }
         }
         progress.inc(pending.len() as u64);
@@ -319,13 +379,10 @@ impl<'a> Block for AudioBlock<'a> {
 }
 
 impl TrainBlock for AudioBlock<'_> {
-    fn spec(&self) -> RunSpec<'_> {
-        let r = self.req();
-        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
-    }
+    type Request = AudioTrainRequest;
 
-    fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req().out, self.req())
+    fn request(&self) -> &AudioTrainRequest {
+        self.req()
     }
 
     fn model_name(&self) -> String {
@@ -337,12 +394,21 @@ impl TrainBlock for AudioBlock<'_> {
         if req.audio.max_seconds.is_nan() || req.audio.max_seconds <= 0.0 {
             return Err(Error::Usage(format!("setting `max_seconds` must be positive, not {}", req.audio.max_seconds)));
         }
-        if req.finetune.is_some() && req.audio.layer.is_some() {
+        if req.finetune.is_some() && (req.audio.layer.is_some() || req.audio.weighted_layers) {
             return Err(Error::Usage("setting `layer` applies to feature extraction; fine-tuning trains on the encoder's output".into()));
         }
+        check_layer_head(&req.audio, &req.train)?;
         let mut m = AudioModel::open(&req.model)?;
         m.set_layer(req.audio.layer)?;
+        if req.audio.weighted_layers {
+            m.stack_layers()?;
+        }
+        set_window(&mut m, req.audio.window, req.finetune.is_some())?;
         Ok(m)
+    }
+
+    fn stacked_layers(&self, m: &AudioModel) -> Option<usize> {
+        m.stacked_layers()
     }
 
     fn bundle_meta(&self, m: &AudioModel, labels: Vec<String>, head: HeadSpec) -> Result<Bundle> {
@@ -360,6 +426,35 @@ impl TrainBlock for AudioBlock<'_> {
     }
 }
 
+/// The layer-sum head and `layer` weighted go together: the stacked hidden states need the
+/// head that learns their weighting, and that head needs them.
+fn check_layer_head(audio: &AudioOptions, train: &TrainConfig) -> Result<()> {
+    match (audio.weighted_layers, train.head) {
+        (true, _) if audio.layer.is_some() => {
+            Err(Error::Usage(format!("setting `layer` is either a hidden state ({}) or `weighted`, not both", audio.layer.unwrap_or_default())))
+        }
+        (true, HeadKind::LayerSum) | (false, HeadKind::Logistic | HeadKind::Linear | HeadKind::Mlp) => Ok(()),
+        (true, other) => Err(Error::Usage(format!(
+            "setting `head` {} does not take setting `layer` weighted: the stacked hidden states train the layer-sum head (a learned weighted sum of the layers, then a linear layer)",
+            format!("{other:?}").to_lowercase()
+        ))),
+        (false, HeadKind::LayerSum) => Err(Error::Usage("setting `head` layer_sum needs setting `layer` weighted (every hidden state, stacked)".into())),
+    }
+}
+
+/// Sets the window a run asked for: fine-tuning trains Whisper on its full window (its batches
+/// are padded to it), so `clip` is refused there.
+fn set_window(m: &mut AudioModel, window: Option<AudioWindow>, finetune: bool) -> Result<()> {
+    match (window, finetune) {
+        (Some(AudioWindow::Clip), true) => {
+            Err(Error::Usage("setting `audio_window` `clip` applies to feature extraction; fine-tuning trains on Whisper's full 30 s window".into()))
+        }
+        (_, true) if m.window.is_some() => m.set_window(AudioWindow::Full),
+        (Some(w), false) => m.set_window(w),
+        _ => Ok(()),
+    }
+}
+
 /// The bundle's record of `m` read with clips of at most `max_seconds`.
 pub(crate) fn encoder_ref(m: &AudioModel, max_seconds: f64) -> AudioEncoderRef {
     AudioEncoderRef {
@@ -369,8 +464,10 @@ pub(crate) fn encoder_ref(m: &AudioModel, max_seconds: f64) -> AudioEncoderRef {
         weights_source: m.source.display().to_string(),
         config: m.config(),
         layer: m.layer,
+        all_layers: m.all_layers,
         sample_rate: SAMPLE_RATE,
         window_seconds: crate::audio::encoder::WINDOW_SECONDS,
+        window: m.window,
         normalize: m.normalize(),
         max_seconds,
     }
@@ -387,6 +484,9 @@ pub fn lr_find_audio(req: &AudioTrainRequest, min_lr: f64, max_lr: f64, steps: u
     let req = AudioTrainRequest { finetune: Some(ft.clone()), ..req.clone() };
     task::lr_find(&AudioBlock::for_request(&req), &ft, min_lr, max_lr, steps, progress)
 }
+
+/// Windows per encoder pass when a bundle predicts.
+const PREDICT_WINDOWS: usize = 8;
 
 /// An audio bundle ready to run.
 pub struct AudioPredictor {
@@ -417,9 +517,15 @@ impl AudioPredictor {
             return Err(Error::bundle(dir, format!("{}: the encoder's layout or input differs from the bundle's", m.source.display())));
         }
         m.set_layer(e.layer)?;
+        if e.all_layers {
+            m.stack_layers()?;
+        }
+        if m.window.is_some() {
+            m.set_window(e.window.unwrap_or_else(AudioWindow::legacy))?;
+        }
         m.weights_sha256 = crate::bundle::load_tuned(dir, meta.tuned.as_ref(), m.vs(), &m.file_sha256)?;
-        if m.dim() != meta.head.in_features {
-            return Err(Error::bundle(dir, format!("head expects {} features, the encoder gives {}", meta.head.in_features, m.dim())));
+        if m.feature_dim() != meta.head.in_features || m.stacked_layers().map(|s| s as i64) != meta.head.layers {
+            return Err(Error::bundle(dir, format!("head expects {} features, the encoder gives {}", meta.head.in_features, m.feature_dim())));
         }
         Ok(AudioPredictor { meta, encoder: e, model: m, head })
     }
@@ -429,12 +535,37 @@ impl AudioPredictor {
     }
 
     pub fn block(&self, cache_root: Option<&Path>) -> AudioBlock<'static> {
-        AudioBlock { req: None, max_seconds: self.encoder.max_seconds, cache: cache_root.map(Path::to_path_buf), batch_size: 8 }
+        AudioBlock { req: None, max_seconds: self.encoder.max_seconds, cache: cache_root.map(Path::to_path_buf), batch_size: PREDICT_WINDOWS, window: None }
+    }
+
+    /// How this bundle reads clips: its `max_seconds`, the encoder's shortest clip.
+    pub fn reader(&self) -> ClipReader {
+        ClipReader { max_seconds: self.encoder.max_seconds, min_samples: self.model.min_samples() }
+    }
+
+    /// What the encoder is fed: `log-mel N` (Whisper) or `waveform` (Wav2Vec2, HuBERT).
+    pub fn feature_extractor(&self) -> String {
+        match &self.model.encoder {
+            crate::audio::encoder::AudioEncoder::Whisper { fe, .. } => format!("log-mel {}", fe.n_mels),
+            crate::audio::encoder::AudioEncoder::Wav2Vec2 { .. } => "waveform".into(),
+        }
+    }
+
+    /// Class probabilities `[N, classes]` of clips already read by [`Self::reader`]: the same
+    /// encoder passes and head as [`Self::probabilities`], without files or the feature cache.
+    pub fn probabilities_clips(&self, clips: &[Vec<f32>]) -> Result<Tensor> {
+        let x = self.model.embed(clips, PREDICT_WINDOWS)?;
+        Ok(self.head.forward(&x.to_kind(tch::Kind::Float))?.softmax(-1, tch::Kind::Float))
     }
 
     /// Class probabilities of the usable files, which rows they are, and the files skipped.
     pub fn probabilities(&self, files: &[PathBuf], cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
         task::probabilities(&self.block(cache_root), &self.model, &self.head, &files.to_vec(), progress)
+    }
+
+    /// Scores the bundle on labelled data (class folders or a manifest), example by example.
+    pub fn score(&self, data: &Path, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<task::Scored> {
+        task::score(&self.block(cache_root), &self.model, &self.head, &self.meta.labels, data, progress)
     }
 
     /// Scores the bundle on labelled data (class folders or a manifest).

@@ -19,7 +19,7 @@ use crate::data::Skip;
 use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::features::{extract_with, Extracted, FeatureCache};
-use crate::learn::task::{self, Block, Featurised, Opened, RunSpec, TrainBlock};
+use crate::learn::task::{self, Block, Featurised, Opened, TrainBlock};
 use crate::metrics::Report;
 use crate::models::clip::{self, Clip};
 use crate::models::registry::{self, Modality};
@@ -97,9 +97,21 @@ impl ClipEncoder {
     }
 
     /// Normalised image embeddings `[B, E]` of images prepared by the generic preprocessing.
+    /// Runs at the model's precision ([`ClipEncoder::set_precision`]).
     pub fn embed(&self, x: &Tensor) -> Tensor {
         let v = &self.clip.vision;
-        tch::no_grad(|| v.pool(&v.forward_features(&x.maximum(&self.lo).minimum(&self.hi), Mode::Eval))).to_kind(Kind::Float)
+        let x = x.maximum(&self.lo).minimum(&self.hi);
+        crate::engine::autocast_cpu(self.clip.precision, || tch::no_grad(|| v.pool(&v.forward_features(&x, Mode::Eval)))).to_kind(Kind::Float)
+    }
+
+    /// Sets the image tower's precision; `auto` stays fp32 for CLIP (see [`Clip::set_precision`]).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.clip.set_precision(p);
+    }
+
+    /// The precision the image tower runs at.
+    pub fn precision(&self) -> Precision {
+        self.clip.precision
     }
 
     /// The zero-shot classifier of `classes` (folder names; see [`prompt_name`]) as a linear
@@ -146,16 +158,25 @@ pub struct ClipBlock<'a> {
     /// Feature cache root; `None` disables the cache.
     pub cache: Option<PathBuf>,
     pub batch_size: usize,
+    /// The image tower's precision for models this block loads (`embed`, `extract`); a loaded
+    /// encoder runs at its own ([`ClipEncoder::set_precision`]).
+    pub precision: Precision,
 }
 
 impl<'a> ClipBlock<'a> {
     pub fn for_request(req: &'a TrainRequest) -> ClipBlock<'a> {
-        ClipBlock { req: Some(req), decode: req.decode_options(), cache: req.cache.clone(), batch_size: req.extract_batch_size.max(1) }
+        ClipBlock {
+            req: Some(req),
+            decode: req.decode_options(),
+            cache: req.cache.clone(),
+            batch_size: req.extract_batch_size.max(1),
+            precision: req.precision,
+        }
     }
 
     /// A block for evaluation and prediction.
     pub fn reading(decode: DecodeOptions, cache: Option<&Path>) -> ClipBlock<'static> {
-        ClipBlock { req: None, decode, cache: cache.map(Path::to_path_buf), batch_size: task::DEFAULT_EVAL_BATCH }
+        ClipBlock { req: None, decode, cache: cache.map(Path::to_path_buf), batch_size: task::DEFAULT_EVAL_BATCH, precision: Precision::Fp32 }
     }
 
     fn req(&self) -> &'a TrainRequest {
@@ -188,8 +209,7 @@ impl<'a> Block for ClipBlock<'a> {
     fn featurise(&self, m: &ClipEncoder, paths: &Vec<PathBuf>, progress: &dyn Progress) -> Result<Featurised> {
         let dim = m.num_features() as usize;
         let input = &m.clip.input;
-        let cache =
-            self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, input, "clip-image-embeds", dim, Precision::Fp32)).transpose()?;
+        let cache = self.cache.as_deref().map(|root| FeatureCache::new(root, &m.weights_sha256, input, "clip-image-embeds", dim, m.precision())).transpose()?;
         let forward = |x: &Tensor| m.embed(x);
         let Extracted { features, ok, skipped, computed, reused, truncated_kept, timing } =
             extract_with(&forward, dim, input, paths, cache.as_ref(), self.batch_size, &self.decode, progress)?;
@@ -219,13 +239,10 @@ fn no_finetuning() -> Error {
 }
 
 impl TrainBlock for ClipBlock<'_> {
-    fn spec(&self) -> RunSpec<'_> {
-        let r = self.req();
-        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
-    }
+    type Request = TrainRequest;
 
-    fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req().out, self.req())
+    fn request(&self) -> &TrainRequest {
+        self.req()
     }
 
     fn model_name(&self) -> String {
@@ -240,7 +257,15 @@ impl TrainBlock for ClipBlock<'_> {
         if req.input_override.is_some() {
             return Err(Error::Usage("a CLIP model prepares images as it was trained; the input size, mean and std cannot be overridden".into()));
         }
-        ClipEncoder::load(&req.model, req.weights.as_deref())
+        let mut m = ClipEncoder::load(&req.model, req.weights.as_deref())?;
+        m.set_precision(self.precision);
+        Ok(m)
+    }
+
+    /// The request as run: `auto` recorded as the precision it resolved to (fp32 for CLIP).
+    fn recorded(&self) -> std::borrow::Cow<'_, TrainRequest> {
+        let precision = self.req().precision.resolve(crate::precision::Family::Other);
+        std::borrow::Cow::Owned(TrainRequest { precision, ..self.req().clone() })
     }
 
     fn initial_head(&self, model: &ClipEncoder, classes: &[String]) -> Result<Option<InitialHead>> {
@@ -260,8 +285,7 @@ impl TrainBlock for ClipBlock<'_> {
             columns: None,
             head,
             tuned: None,
-            // CLIP towers run in fp32 (no autocast path yet).
-            precision: Precision::Fp32,
+            precision: m.precision(),
         })
     }
 }
@@ -283,6 +307,9 @@ pub struct ClipPredictor {
     pub encoder: ClipEncoder,
     head: Head,
     pub decode: DecodeOptions,
+    /// The precision the head was trained on (the image tower runs at it unless
+    /// [`ClipPredictor::use_precision`] says otherwise).
+    trained: Precision,
 }
 
 impl ClipPredictor {
@@ -309,12 +336,34 @@ impl ClipPredictor {
         if encoder.num_features() != meta.head.in_features {
             return Err(Error::bundle(bundle_dir, format!("head expects {} features, the CLIP model gives {}", meta.head.in_features, encoder.num_features())));
         }
-        Ok(ClipPredictor { labels: meta.labels, encoder, head, decode: DecodeOptions::default() })
+        let mut encoder = encoder;
+        encoder.set_precision(meta.precision);
+        Ok(ClipPredictor { labels: meta.labels, encoder, head, decode: DecodeOptions::default(), trained: meta.precision })
+    }
+
+    /// Runs the image tower at `requested` instead of the precision the head was trained on;
+    /// returns a warning when the two differ.
+    pub fn use_precision(&mut self, requested: Precision) -> Option<String> {
+        let (p, warning) = crate::precision::inference_precision(self.trained, Some(requested), crate::precision::Family::Other);
+        self.encoder.set_precision(p);
+        warning
     }
 
     /// Probabilities of the usable files (rows), which files they are, and the files left out.
     pub fn probabilities(&self, paths: &[PathBuf], cache: Option<&Path>, progress: &dyn Progress) -> Result<(Tensor, Vec<usize>, Vec<Skip>)> {
         task::probabilities(&ClipBlock::reading(self.decode, cache), &self.encoder, &self.head, &paths.to_vec(), progress)
+    }
+
+    /// Probabilities for images already decoded and prepared for the CLIP model's input
+    /// ([`crate::preprocess::decode_prepared`]), stacked as `[N, 3, S, S]`: the same image tower
+    /// and head as [`ClipPredictor::probabilities`], without files or the feature cache.
+    pub fn probabilities_prepared(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(&self.encoder.embed(images))?.softmax(-1, Kind::Float))
+    }
+
+    /// Scores the bundle on labelled data, example by example.
+    pub fn score(&self, data: &Path, cache: Option<&Path>, progress: &dyn Progress) -> Result<task::Scored> {
+        task::score(&ClipBlock::reading(self.decode, cache), &self.encoder, &self.head, &self.labels, data, progress)
     }
 
     /// Scores the bundle on labelled data.
@@ -327,7 +376,7 @@ impl ClipPredictor {
 pub fn zero_shot_linear(encoder: &ClipEncoder, classes: &[String], templates: &[String]) -> Result<Head> {
     let init = encoder.zero_shot_head(classes, templates)?;
     let (k, d) = init.weight.size2()?;
-    let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
+    let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0, layers: None };
     Ok(Head { spec, tensors: vec![("weight".into(), init.weight), ("bias".into(), init.bias)] })
 }
 
@@ -341,11 +390,24 @@ pub fn evaluate_zero_shot(
     cache: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<(Report, Vec<Skip>)> {
+    let s = score_zero_shot(encoder, data, templates, decode, cache, progress)?;
+    Ok((s.report, s.skipped))
+}
+
+/// [`evaluate_zero_shot`] example by example.
+pub fn score_zero_shot(
+    encoder: &ClipEncoder,
+    data: &Path,
+    templates: &[String],
+    decode: DecodeOptions,
+    cache: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<task::Scored> {
     let block = ClipBlock::reading(decode, cache);
     let classes = block.open(data, None)?.classes;
     if classes.len() < 2 {
         return Err(Error::input(data, format!("need at least two classes, found {}", classes.len())));
     }
     let head = zero_shot_linear(encoder, &classes, templates)?;
-    task::evaluate(&block, encoder, &head, &classes, data, progress)
+    task::score(&block, encoder, &head, &classes, data, progress)
 }

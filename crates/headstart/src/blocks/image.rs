@@ -11,7 +11,7 @@ use crate::data::{Dataset, Rng, Skip};
 use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::features::{extract, Extracted, FeatureCache};
-use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
+use crate::learn::task::{Block, Featurised, Opened, TrainBlock};
 use crate::models::registry::{self, Entry, ImageInput};
 use crate::models::{pretrained, unknown_model, Encoder, HeadInit, Mode, Model, Stage};
 use crate::preprocess::{augment, decode_rgb_u8_with, prepare, DecodeOptions};
@@ -181,18 +181,25 @@ impl<'a> Block for ImageBlock<'a> {
     fn describe(&self, data: &Vec<PathBuf>, i: usize) -> (String, Option<String>) {
         (super::describe_path(&data[i]), None)
     }
+
+    /// Every variable (backbone, head, BatchNorm statistics) moves; the learner then builds its
+    /// batches and labels there.
+    fn place(&self, m: &mut ImageModel, device: tch::Device) -> Result<()> {
+        m.model.vs.set_device(device);
+        Ok(())
+    }
 }
 
 impl TrainBlock for ImageBlock<'_> {
-    fn spec(&self) -> RunSpec<'_> {
-        let r = self.req();
-        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
+    type Request = TrainRequest;
+
+    fn request(&self) -> &TrainRequest {
+        self.req()
     }
 
     /// The request as run: `auto` recorded as the precision it resolved to.
-    fn write_config(&self) -> Result<()> {
-        let req = TrainRequest { precision: self.precision, ..self.req().clone() };
-        crate::learn::run_dir::write_config(&req.out, &req)
+    fn recorded(&self) -> std::borrow::Cow<'_, TrainRequest> {
+        std::borrow::Cow::Owned(TrainRequest { precision: self.precision, ..self.req().clone() })
     }
 
     fn model_name(&self) -> String {
@@ -270,7 +277,8 @@ impl<'a> ImageLearner<'a> {
         let n_stages = model.backbone.stages().len();
         let first = first_trainable(cfg.unfreeze, n_stages)?;
         let trainable_mode = if cfg.bn == BnPolicy::Frozen { Mode::Eval } else { Mode::Train };
-        let mut s = ImageLearner { model, input, images, cfg, head, first, n_stages, trainable_mode, cached: None, labels: Tensor::from_slice(labels) };
+        let labels = Tensor::from_slice(labels).to_device(model.vs.device());
+        let mut s = ImageLearner { model, input, images, cfg, head, first, n_stages, trainable_mode, cached: None, labels };
         // Worth it only when there are frozen stages to skip; unfreezing everything would just
         // hold every preprocessed image in memory.
         if cfg.augment.is_none() && first > 0 {
@@ -278,7 +286,7 @@ impl<'a> ImageLearner<'a> {
             let mut acts = Vec::with_capacity(images.len());
             for chunk in (0..images.len()).collect::<Vec<_>>().chunks(cfg.batch_size) {
                 let xs: Vec<Tensor> = chunk.iter().map(|&i| prepare(&images[i], input)).collect::<Result<_>>()?;
-                let a = s.prefix(&Tensor::stack(&xs, 0));
+                let a = s.prefix(&Tensor::stack(&xs, 0).to_device(model.vs.device()));
                 for k in 0..chunk.len() as i64 {
                     acts.push(a.get(k));
                 }
@@ -337,7 +345,7 @@ impl Learner for ImageLearner<'_> {
                 }
             })
             .collect::<Result<_>>()?;
-        Ok(self.prefix(&Tensor::stack(&xs, 0)))
+        Ok(self.prefix(&Tensor::stack(&xs, 0).to_device(self.model.vs.device())))
     }
 
     /// Trainable stages, pooling and head.

@@ -7,6 +7,8 @@ pub mod clip;
 pub mod image;
 pub mod text;
 
+crate::learn::task::run_request!(crate::run::TrainRequest, crate::text::TextTrainRequest, audio::AudioTrainRequest);
+
 /// A file-backed example as reports name it: absolute, so a report rebuilt from elsewhere still
 /// finds the file (for an image, its thumbnail).
 pub fn describe_path(p: &std::path::Path) -> String {

@@ -8,7 +8,7 @@ use crate::bundle::{Bundle, TextBundleMeta, TextEncoderRef};
 use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::learn::split::Skip;
-use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
+use crate::learn::task::{Block, Featurised, Opened, TrainBlock};
 use crate::progress::Progress;
 use crate::text::chunks::{self, chunk_budget, encode_docs};
 use crate::text::data::{decode_utf8, read_rows, Columns, TextDataset};
@@ -50,14 +50,14 @@ impl<'a> TextBlock<'a> {
             lossy: req.lossy,
             cache: req.cache.clone(),
             batch_size: req.eval_batch_size.max(1),
-            precision: req.precision.resolve(crate::precision::Family::Other),
+            precision: req.precision.resolve(crate::precision::Family::Text),
             chunk_batch: req.model_options.chunk_batch,
         }
     }
 
     /// The block of a bundle's evaluation or prediction, embedding at `precision`.
     pub fn for_predict(columns: Columns, lossy: bool, cache_root: Option<&Path>, precision: Precision) -> TextBlock<'static> {
-        let precision = precision.resolve(crate::precision::Family::Other);
+        let precision = precision.resolve(crate::precision::Family::Text);
         TextBlock { req: None, columns, lossy, cache: cache_root.map(Path::to_path_buf), batch_size: 32, precision, chunk_batch: None }
     }
 
@@ -98,7 +98,7 @@ impl<'a> Block for TextBlock<'a> {
     fn featurise(&self, model: &TextModel, data: &TextData, progress: &dyn Progress) -> Result<Featurised> {
         let e = embed(model, &data.texts, data.pairs.as_deref(), self.cache.as_deref(), self.batch_size, self.precision, progress)?;
         let mut f = Featurised::all(data.texts.len());
-        (f.features, f.computed, f.reused) = (e.features, e.computed, e.reused);
+        (f.features, f.computed, f.reused, f.timing) = (e.features, e.computed, e.reused, Some(e.timing));
         Ok(f)
     }
 
@@ -142,15 +142,15 @@ impl<'a> Block for TextBlock<'a> {
 }
 
 impl TrainBlock for TextBlock<'_> {
-    fn spec(&self) -> RunSpec<'_> {
-        let r = self.req();
-        RunSpec { data: &r.data, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: r.finetune.as_ref() }
+    type Request = TextTrainRequest;
+
+    fn request(&self) -> &TextTrainRequest {
+        self.req()
     }
 
     /// The request as run: `auto` recorded as the precision it resolved to.
-    fn write_config(&self) -> Result<()> {
-        let req = TextTrainRequest { precision: self.precision, ..self.req().clone() };
-        crate::learn::run_dir::write_config(&req.out, &req)
+    fn recorded(&self) -> std::borrow::Cow<'_, TextTrainRequest> {
+        std::borrow::Cow::Owned(TextTrainRequest { precision: self.precision, ..self.req().clone() })
     }
 
     fn model_name(&self) -> String {

@@ -109,7 +109,9 @@ impl Export for ClipBlock<'_> {
     const ID_COLUMN: &'static str = "path";
 
     fn load_encoder(&self, spec: &ModelSpec, _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<ClipEncoder> {
-        ClipEncoder::load(&spec.name, spec.weights.as_deref())
+        let mut m = ClipEncoder::load(&spec.name, spec.weights.as_deref())?;
+        m.set_precision(self.precision);
+        Ok(m)
     }
 
     fn string_columns(&self, paths: &Vec<PathBuf>) -> Vec<(&'static str, Vec<String>)> {
@@ -129,12 +131,12 @@ impl Export for ClipBlock<'_> {
             modality: Modality::Image,
             model: m.model.clone(),
             weights_sha256: m.weights_sha256.clone(),
-            // The same vectors as zero-shot and a CLIP linear probe use (fp32).
-            preprocessing: serde_json::json!({ "input": m.clip.input, "layer": "clip-image-embeds", "precision": crate::engine::Precision::Fp32 }),
+            // The same vectors as zero-shot and a CLIP linear probe use, at the tower's precision.
+            preprocessing: serde_json::json!({ "input": m.clip.input, "layer": "clip-image-embeds", "precision": m.precision() }),
             dim: m.num_features() as usize,
             encoder: EncoderRef::Clip(m.record()),
             columns: None,
-            precision: crate::engine::Precision::Fp32,
+            precision: m.precision(),
         })
     }
 }
@@ -143,7 +145,11 @@ impl Export for AudioBlock<'_> {
     const ID_COLUMN: &'static str = "path";
 
     fn load_encoder(&self, spec: &ModelSpec, _: &Vec<PathBuf>, _: &mut Vec<String>) -> Result<AudioModel> {
-        AudioModel::open(&spec.name)
+        let mut m = AudioModel::open(&spec.name)?;
+        if let Some(w) = self.window {
+            m.set_window(w)?;
+        }
+        Ok(m)
     }
 
     fn string_columns(&self, paths: &Vec<PathBuf>) -> Vec<(&'static str, Vec<String>)> {
@@ -166,7 +172,7 @@ impl Export for AudioBlock<'_> {
             weights_sha256: encoder.weights_sha256.clone(),
             preprocessing: serde_json::json!({
                 "sample_rate": encoder.sample_rate, "window_seconds": encoder.window_seconds, "layer": encoder.layer,
-                "normalize": encoder.normalize, "max_seconds": self.max_seconds,
+                "normalize": encoder.normalize, "max_seconds": self.max_seconds, "window": encoder.window,
             }),
             dim: m.num_features() as usize,
             encoder: EncoderRef::Audio(encoder),

@@ -18,7 +18,7 @@ use crate::blocks::image::ImageLearner;
 use crate::bundle::{Bundle, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::learn::split::Skip;
-use crate::learn::task::{Block, Featurised, Opened, RunSpec, TrainBlock};
+use crate::learn::task::{Block, Featurised, Opened, RunRequest, RunSpec, TrainBlock};
 use crate::models::{Encoder, Mode, Stage};
 use crate::progress::Progress;
 use crate::train::finetune::FinetuneConfig;
@@ -80,6 +80,8 @@ pub fn open_set(path: &Path) -> Result<FeatureSet> {
 
 /// The rows of a feature set in canonical order.
 pub struct Loaded {
+    /// What identifies a row (`path` for files, `text` for text) and its value per row.
+    pub id_column: String,
     pub ids: Vec<String>,
     pub labels: Vec<Option<String>>,
     /// `[rows, dim]`.
@@ -92,9 +94,13 @@ pub fn load(set: &FeatureSet) -> Result<Loaded> {
     let dim = set.record.dim;
     let mut keys: Vec<(String, String, usize, usize)> = Vec::with_capacity(set.rows);
     let mut labels_in: Vec<Vec<Option<String>>> = vec![];
+    let mut id_column = String::new();
     for (fi, f) in set.files.iter().enumerate() {
         let r = Reader::open(f)?;
         let id = r.strings[0].clone();
+        if fi == 0 {
+            id_column = id.clone();
+        }
         let mut labels = vec![];
         for b in r.batches(&[&id, LABEL, HASH])? {
             let b = b?;
@@ -127,7 +133,7 @@ pub fn load(set: &FeatureSet) -> Result<Loaded> {
     let labels = keys.iter().map(|(_, _, fi, row)| labels_in[*fi][*row].take()).collect();
     let ids = keys.into_iter().map(|k| k.1).collect();
     let features = Tensor::from_slice(&out).view([-1, dim as i64]);
-    Ok(Loaded { ids, labels, features })
+    Ok(Loaded { id_column, ids, labels, features })
 }
 
 /// The encoder of stored features: it never runs, the vectors are already computed.
@@ -162,8 +168,16 @@ pub struct FeatureTrainRequest {
     pub train: TrainConfig,
 }
 
+impl RunRequest for FeatureTrainRequest {
+    fn spec(&self) -> RunSpec<'_> {
+        RunSpec { data: &self.features, val: self.val.as_deref(), val_split: self.val_split, out: &self.out, train: &self.train, finetune: None }
+    }
+}
+
 /// Rows of stored features.
 pub struct StoredRows {
+    /// The identifying column (`path`, `text`) and its value per row.
+    pub id_column: String,
     pub ids: Vec<String>,
     pub features: Tensor,
 }
@@ -229,7 +243,7 @@ impl<'a> Block for FeatureBlock<'a> {
             let ids = keep.iter().map(|&i| loaded.ids[i as usize].clone()).collect();
             (loaded.features.index_select(0, &Tensor::from_slice(&keep)), ids)
         };
-        Ok(Opened { data: StoredRows { ids, features }, labels, classes, skipped, warnings: vec![] })
+        Ok(Opened { data: StoredRows { id_column: loaded.id_column, ids, features }, labels, classes, skipped, warnings: vec![] })
     }
 
     fn append(&self, data: &mut StoredRows, more: StoredRows) {
@@ -255,16 +269,23 @@ impl<'a> Block for FeatureBlock<'a> {
     fn learner<'l>(&'l self, _: &'l StoredEncoder, _: &'l (), _: &[i64], _: i64, _: &'l FinetuneConfig, _: &dyn Progress) -> Result<ImageLearner<'l>> {
         Err(raw_inputs_needed())
     }
+
+    /// A file's path as the features record it; text rows show their text.
+    fn describe(&self, data: &StoredRows, i: usize) -> (String, Option<String>) {
+        let id = &data.ids[i];
+        if data.id_column == "text" {
+            (format!("example {}", i + 1), Some(id.chars().take(500).collect()))
+        } else {
+            (crate::blocks::describe_path(Path::new(id)), None)
+        }
+    }
 }
 
 impl TrainBlock for FeatureBlock<'_> {
-    fn spec(&self) -> RunSpec<'_> {
-        let r = self.req;
-        RunSpec { data: &r.features, val: r.val.as_deref(), val_split: r.val_split, out: &r.out, train: &r.train, finetune: None }
-    }
+    type Request = FeatureTrainRequest;
 
-    fn write_config(&self) -> Result<()> {
-        crate::learn::run_dir::write_config(&self.req.out, self.req)
+    fn request(&self) -> &FeatureTrainRequest {
+        self.req
     }
 
     fn model_name(&self) -> String {

@@ -7,6 +7,7 @@ pub mod detect;
 pub mod heads;
 pub mod resume;
 pub mod run_dir;
+pub mod shared_pass;
 pub mod split;
 pub mod task;
 pub mod timings;

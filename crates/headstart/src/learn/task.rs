@@ -21,7 +21,7 @@ use crate::learn::split::{stratified_split, Skip};
 use crate::metrics::{self, Report};
 use crate::models::Encoder;
 use crate::progress::Progress;
-use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner, FinetuneConfig, Learner, LrFind};
+use crate::train::finetune::{latest_checkpoint, lr_find_learner, train_learner_in, FinetuneConfig, Learner, LrFind};
 use crate::train::{fit, Cv, EpochRecord, Head, HeadKind, HeadSpec, HeadStart, InitialHead, Selection, Split, TrainConfig};
 
 /// A labelled data set as a block opened it.
@@ -68,7 +68,7 @@ impl Featurised {
 /// What a modality supplies to train, evaluate, predict and lr-find.
 pub trait Block {
     /// A data set's examples, in order.
-    type Data;
+    type Data: crate::learn::shared_pass::Examples;
     /// The encoder with everything its inputs need (preprocessing, tokenizer).
     type Model: Encoder;
     /// Fine-tuning inputs of the usable examples (decoded images, tokenised documents).
@@ -100,6 +100,18 @@ pub trait Block {
         ft: &'a FinetuneConfig,
         progress: &dyn Progress,
     ) -> Result<Self::Learner<'a>>;
+    /// Moves the model to `device` for fine-tuning (a data-parallel rank's `cuda:LOCAL_RANK`).
+    /// Default: the CPU only.
+    fn place(&self, model: &mut Self::Model, device: tch::Device) -> Result<()> {
+        let _ = model;
+        match device {
+            tch::Device::Cpu => Ok(()),
+            d => Err(Error::Usage(format!(
+                "fine-tuning on {} is implemented for images only, not on {d:?}: use --dist-backend gloo to train on the CPU",
+                Self::NOUN
+            ))),
+        }
+    }
     /// Where example `i` of `data` came from, and its text for text data (what the report
     /// shows of a misclassified example). Default: its position.
     fn describe(&self, data: &Self::Data, i: usize) -> (String, Option<String>) {
@@ -123,16 +135,59 @@ pub struct RunSpec<'a> {
     pub finetune: Option<&'a FinetuneConfig>,
 }
 
+/// A training request of any modality: the settings every run has, and the whole request
+/// serialisable as the run's `config.json`.
+pub trait RunRequest: Serialize + Clone {
+    fn spec(&self) -> RunSpec<'_>;
+}
+
+/// Implements [`RunRequest`] for request types whose common settings are the fields `data`,
+/// `val`, `val_split`, `out`, `train` and `finetune`.
+macro_rules! run_request {
+    ($($t:ty),+) => {$(
+        impl $crate::learn::task::RunRequest for $t {
+            fn spec(&self) -> $crate::learn::task::RunSpec<'_> {
+                $crate::learn::task::RunSpec {
+                    data: &self.data,
+                    val: self.val.as_deref(),
+                    val_split: self.val_split,
+                    out: &self.out,
+                    train: &self.train,
+                    finetune: self.finetune.as_ref(),
+                }
+            }
+        }
+    )+};
+}
+pub(crate) use run_request;
+
 /// A block that trains: its request, its encoder, and the encoder's record in a bundle.
 pub trait TrainBlock: Block {
-    fn spec(&self) -> RunSpec<'_>;
+    type Request: RunRequest;
+    /// The request the block trains per.
+    fn request(&self) -> &Self::Request;
+    fn spec(&self) -> RunSpec<'_> {
+        self.request().spec()
+    }
+    /// The request as run, as `config.json` records it. Default: as given.
+    fn recorded(&self) -> std::borrow::Cow<'_, Self::Request> {
+        std::borrow::Cow::Borrowed(self.request())
+    }
     /// Writes the request as the run's `config.json` (read back to resume).
-    fn write_config(&self) -> Result<()>;
+    fn write_config(&self) -> Result<()> {
+        let req = self.recorded();
+        crate::learn::run_dir::write_config(req.spec().out, &*req)
+    }
     /// The model's name for the outcome.
     fn model_name(&self) -> String;
     /// Loads the encoder for `classes` (fine-tuning: with a fresh head where the encoder holds
     /// one); warnings about the settings go to `warnings`.
     fn load(&self, classes: &[String], data: &Self::Data, warnings: &mut Vec<String>) -> Result<Self::Model>;
+    /// The hidden states stacked in each feature row, for the layer-sum head. Default: none
+    /// (a row is one vector).
+    fn stacked_layers(&self, _model: &Self::Model) -> Option<usize> {
+        None
+    }
     /// The bundle's metadata (no tuned stages yet).
     fn bundle_meta(&self, model: &Self::Model, labels: Vec<String>, head: HeadSpec) -> Result<Bundle>;
     /// Where the head on features starts, per the request's `head_init`: encoders without a
@@ -158,6 +213,9 @@ pub struct TrainOutcome {
     pub head: HeadKind,
     pub best_epoch: usize,
     pub l2: Option<f64>,
+    /// The layer-sum head's learned weight of each hidden state (softmax; state 0 first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_weights: Option<Vec<f64>>,
     /// Accuracy of the kept head on the examples it was fitted on (all of them after a refit).
     pub train_accuracy: f64,
     /// Held-out report of the chosen head before any refit: on the validation rows, or (with
@@ -175,6 +233,9 @@ pub struct TrainOutcome {
     pub resumed_from: Option<(usize, usize)>,
     /// The concrete precision the bundle's head was trained on.
     pub precision: Option<crate::engine::Precision>,
+    /// A data-parallel run: the slice of the data this rank featurised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank_share: Option<crate::learn::shared_pass::RankShare>,
     /// Where the run's time went.
     pub timings: Option<crate::learn::timings::RunTimings>,
 }
@@ -227,6 +288,8 @@ struct Fit {
     resumed_from: Option<(usize, usize)>,
     /// The held-out rows behind `val` and their logits.
     held_out: Option<(Vec<usize>, Tensor)>,
+    /// Fine-tuning: the learner's set-up and the optimiser steps.
+    steps: Option<crate::learn::timings::StepTimings>,
 }
 
 /// Rows of the usable examples, split into train and validation.
@@ -278,26 +341,23 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
     if spec.finetune.is_none() && crate::dist::Env::from_env()?.is_some() {
         return Err(Error::Usage("WORLD_SIZE > 1: only fine-tuning runs data-parallel; train a head on features in one process".into()));
     }
+    let ddp = if spec.finetune.is_some() { crate::train::ddp::Ddp::from_env()? } else { None };
     let g = gather(block)?;
     let mut warnings = g.warnings.clone();
     if let Some(ft) = spec.finetune {
         // A new head's initial weights come from the seed (they matter without a head phase).
         tch::manual_seed(ft.seed as i64);
     }
-    let model = block.load(&g.classes, &g.data, &mut warnings)?;
-    let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, ..spec.train.clone() };
+    let mut model = block.load(&g.classes, &g.data, &mut warnings)?;
+    let head_cfg = TrainConfig { init: block.initial_head(&model, &g.classes)?, layers: block.stacked_layers(&model), ..spec.train.clone() };
     clock.loaded();
     if primary {
         block.write_config()?;
     }
     let resuming = resume && latest_checkpoint(spec.out).is_some();
     let head_phase = spec.finetune.is_none_or(|f| f.head_epochs > 0 && !resuming);
-    let (f, mut inputs) = if head_phase {
-        (block.featurise(&model, &g.data, progress)?, None)
-    } else {
-        let (f, inputs) = block.screen(&model, &g.data, progress)?;
-        (f, Some(inputs))
-    };
+    // Data-parallel: each rank featurises its slice; all end with every example's features.
+    let (f, mut inputs, rank_share) = encode(block, &model, &g.data, head_phase, ddp.as_ref().map(|d| &d.g), progress)?;
     let mut skipped = g.skipped.clone();
     skipped.extend(f.skipped.iter().cloned());
     if primary {
@@ -314,32 +374,19 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         }
     };
     let fitted = match spec.finetune {
-        None => {
-            let ((xtr, ytr), (xva, yva)) = (rows.take(&f.features, &rows.tr), rows.take(&f.features, &rows.va));
-            let h = fit_head(&head_cfg, &g.classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, &mut on_epoch)?;
-            // Held out: the validation rows, or (cross-validation) every row, train rows first.
-            let cv = h.selection.method == crate::train::select::Method::CrossValidation;
-            let held_out = h.judged.map(|l| (if cv { [&rows.tr[..], &rows.va[..]].concat() } else { rows.va.clone() }, l));
-            Fit {
-                head: h.head,
-                best_epoch: h.best_epoch,
-                l2: h.l2,
-                train_accuracy: h.train_accuracy,
-                val: h.val,
-                selection: Some(h.selection),
-                tuned: None,
-                skipped_steps: 0,
-                resumed_from: None,
-                held_out,
-            }
-        }
+        None => head_on_features(&head_cfg, &g.classes, &rows, &f.features, &mut on_epoch)?,
         Some(ft) => {
             let inputs = match inputs.take() {
                 Some(i) => i,
                 None => block.inputs(&model, &g.data, &f.ok, progress)?,
             };
+            // Data-parallel on CUDA: the model moves to this rank's device (features, inputs and
+            // the head phase stay on the CPU).
+            if let Some(d) = ddp.as_ref().filter(|d| d.g.device != tch::Device::Cpu) {
+                block.place(&mut model, d.g.device)?;
+            }
             let head_features = head_phase.then_some(&f.features);
-            fine_tune(block, &model, &inputs, &g.classes, &rows, head_features, ft, resume, progress, &mut on_epoch)?
+            fine_tune(block, &model, &inputs, &g.classes, &rows, head_features, ft, resume, ddp.as_ref(), progress, &mut on_epoch)?
         }
     };
     if let Some(l) = log {
@@ -364,6 +411,7 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         head: fitted.head.spec.kind,
         best_epoch: fitted.best_epoch,
         l2: fitted.l2,
+        layer_weights: fitted.head.layer_weights(),
         train_accuracy: fitted.train_accuracy,
         val: fitted.val,
         selection: fitted.selection,
@@ -373,7 +421,53 @@ pub fn train<B: TrainBlock>(block: &B, resume: bool, progress: &dyn Progress) ->
         skipped_steps: fitted.skipped_steps,
         resumed_from: fitted.resumed_from,
         precision: Some(precision),
-        timings: Some(clock.finish(f.timing)),
+        timings: Some(clock.finish(f.timing).with_steps(fitted.steps)),
+        rank_share,
+    })
+}
+
+/// The examples through the encoder when a head phase needs their features; else only
+/// screened, with their fine-tuning inputs.
+#[allow(clippy::type_complexity)]
+fn encode<B: TrainBlock>(
+    block: &B,
+    model: &B::Model,
+    data: &B::Data,
+    head_phase: bool,
+    group: Option<&crate::dist::Group>,
+    progress: &dyn Progress,
+) -> Result<(Featurised, Option<B::Inputs>, Option<crate::learn::shared_pass::RankShare>)>
+where
+    B::Data: crate::learn::shared_pass::Examples,
+{
+    if head_phase {
+        let (f, share) = crate::learn::shared_pass::featurise(block, model, data, group, progress)?;
+        return Ok((f, None, share));
+    }
+    let (f, inputs) = block.screen(model, data, progress)?;
+    Ok((f, Some(inputs), None))
+}
+
+/// A head on frozen features: fitted per `cfg` on the training rows, chosen on the validation
+/// rows (or by cross-validation).
+fn head_on_features(cfg: &TrainConfig, classes: &[String], rows: &Rows, features: &Tensor, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Fit> {
+    let ((xtr, ytr), (xva, yva)) = (rows.take(features, &rows.tr), rows.take(features, &rows.va));
+    let h = fit_head(cfg, classes, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, on_epoch)?;
+    // Held out: the validation rows, or (cross-validation) every row, train rows first.
+    let cv = h.selection.method == crate::train::select::Method::CrossValidation;
+    let held_out = h.judged.map(|l| (if cv { [&rows.tr[..], &rows.va[..]].concat() } else { rows.va.clone() }, l));
+    Ok(Fit {
+        head: h.head,
+        best_epoch: h.best_epoch,
+        l2: h.l2,
+        train_accuracy: h.train_accuracy,
+        val: h.val,
+        selection: Some(h.selection),
+        tuned: None,
+        skipped_steps: 0,
+        resumed_from: None,
+        held_out,
+        steps: None,
     })
 }
 
@@ -393,13 +487,16 @@ fn fine_tune<B: TrainBlock>(
     head_features: Option<&Tensor>,
     ft: &FinetuneConfig,
     resume: bool,
+    ddp: Option<&crate::train::ddp::Ddp>,
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Fit> {
     let spec = block.spec();
     let k = classes.len() as i64;
     let labels: Vec<i64> = rows.labels.iter().map(|&l| l as i64).collect();
+    let setup = std::time::Instant::now();
     let learner = block.learner(model, inputs, &labels, k, ft, progress)?;
+    let setup_s = setup.elapsed().as_secs_f64();
     let (ytr, yva) = (rows.y(&rows.tr), rows.y(&rows.va));
     if let Some(x) = head_features {
         let ((xtr, _), (xva, _)) = (rows.take(x, &rows.tr), rows.take(x, &rows.va));
@@ -407,14 +504,16 @@ fn fine_tune<B: TrainBlock>(
         let fitted = fit(&hc, Split { x: &xtr, y: &ytr }, Split { x: &xva, y: &yva }, k, &mut |r| progress.message(&format!("head {}", epoch_line(r))))?;
         fitted.head.copy_into(learner.head())?;
     }
-    let o = train_learner(&learner, &rows.tr, &rows.va, ft, spec.out, resume, progress, on_epoch)?;
+    let o = train_learner_in(ddp, &learner, &rows.tr, &rows.va, ft, spec.out, resume, progress, on_epoch)?;
     let val_truth: Vec<usize> = rows.va.iter().map(|&r| rows.labels[r]).collect();
     let (train_accuracy, val) = final_scores(classes, &o.train_logits, &ytr, &o.val_logits, &val_truth)?;
     let stages: Vec<String> = model.stages()[o.freeze.first_trainable..].iter().map(|s| s.name.clone()).collect();
     let vars = learner.vs().variables();
-    let tensors = o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().copy())).collect();
+    let tensors = o.freeze.tuned_vars.iter().map(|n| (n.clone(), vars[n].detach().to_device(tch::Device::Cpu))).collect();
+    let mut head = Head::from_linear(learner.head())?;
+    head.tensors.iter_mut().for_each(|(_, t)| *t = t.to_device(tch::Device::Cpu));
     Ok(Fit {
-        head: Head::from_linear(learner.head())?,
+        head,
         best_epoch: o.best_epoch,
         l2: None,
         train_accuracy,
@@ -424,6 +523,7 @@ fn fine_tune<B: TrainBlock>(
         skipped_steps: o.skipped_steps,
         resumed_from: o.resumed_from,
         held_out: Some((rows.va.clone(), o.val_logits)),
+        steps: Some(crate::learn::timings::StepTimings { setup_s, ..o.steps }),
     })
 }
 
@@ -491,14 +591,36 @@ pub fn probabilities<B: Block>(block: &B, model: &B::Model, head: &Head, data: &
     Ok((probs, f.ok, f.skipped))
 }
 
-/// Scores a bundle's head and encoder on labelled data at `path` (its classes: `labels`).
-pub fn evaluate<B: Block>(block: &B, model: &B::Model, head: &Head, labels: &[String], path: &Path, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+/// An evaluation example by example: the report, and what a report file shows of each
+/// scored example.
+pub struct Scored {
+    /// The classes scored against.
+    pub labels: Vec<String>,
+    pub report: Report,
+    /// Class index of each scored example, and its class probabilities `[n, classes]`.
+    pub truth: Vec<usize>,
+    pub probs: Tensor,
+    /// Where each scored example came from, and its text for text data.
+    pub examples: Vec<(String, Option<String>)>,
+    pub skipped: Vec<Skip>,
+}
+
+/// Scores a head and encoder on labelled data at `path` (its classes: `labels`), example by
+/// example.
+pub fn score<B: Block>(block: &B, model: &B::Model, head: &Head, labels: &[String], path: &Path, progress: &dyn Progress) -> Result<Scored> {
     let opened = block.open(path, Some(labels))?;
     let (probs, ok, mut skipped) = probabilities(block, model, head, &opened.data, progress)?;
     skipped.extend(opened.skipped);
     let truth: Vec<usize> = ok.iter().map(|&i| opened.labels[i]).collect();
     let report = metrics::report(labels, &truth, &ranked(&probs)?, 5.min(labels.len()));
-    Ok((report, skipped))
+    let examples = ok.iter().map(|&i| block.describe(&opened.data, i)).collect();
+    Ok(Scored { labels: labels.to_vec(), report, truth, probs, examples, skipped })
+}
+
+/// Scores a bundle's head and encoder on labelled data at `path` (its classes: `labels`).
+pub fn evaluate<B: Block>(block: &B, model: &B::Model, head: &Head, labels: &[String], path: &Path, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
+    let s = score(block, model, head, labels, path, progress)?;
+    Ok((s.report, s.skipped))
 }
 
 /// The `top_k` most probable labels of each row, with their probabilities.

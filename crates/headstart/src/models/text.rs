@@ -101,94 +101,128 @@ fn field<'a>(c: &'a Value, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().find_map(|k| c.get(*k).filter(|v| !v.is_null()))
 }
 
+/// The fields of one `config.json`, read with errors naming the file.
+struct Fields<'a> {
+    c: &'a Value,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn bad(&self, m: String) -> Error {
+        Error::input(self.path, m)
+    }
+    /// The first of `keys` present, as an integer; required.
+    fn int(&self, keys: &[&str]) -> Result<i64> {
+        field(self.c, keys).and_then(Value::as_i64).ok_or_else(|| self.bad(format!("missing integer field `{}`", keys[0])))
+    }
+    /// The first of `keys` present, as an integer, or `default`.
+    fn int_or(&self, keys: &[&str], default: i64) -> i64 {
+        field(self.c, keys).and_then(Value::as_i64).unwrap_or(default)
+    }
+    /// The first of `keys` present, as a number, or `default`.
+    fn float(&self, keys: &[&str], default: f64) -> Result<f64> {
+        match field(self.c, keys) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.bad(format!("field `{}` is not a number", keys[0]))),
+        }
+    }
+    fn activation(&self, name: &str) -> Result<Activation> {
+        Activation::parse(name).ok_or_else(|| self.bad(format!("activation `{name}` is not supported")))
+    }
+}
+
 impl TextCfg {
     /// Reads a `config.json` of a supported `model_type`.
     pub fn from_hf(c: &Value, path: &Path) -> Result<TextCfg> {
-        let bad = |m: String| Error::input(path, m);
-        let model_type = c.get("model_type").and_then(Value::as_str).ok_or_else(|| bad("no `model_type`".into()))?;
+        let f = Fields { c, path };
+        let model_type = c.get("model_type").and_then(Value::as_str).ok_or_else(|| f.bad("no `model_type`".into()))?;
         let family = match model_type {
             "bert" => Family::Bert,
             "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
             "distilbert" => Family::DistilBert,
             "gpt2" => Family::Gpt2,
-            other => return Err(bad(format!("model_type `{other}` is not supported for text (bert, roberta, xlm-roberta, distilbert, gpt2)"))),
-        };
-        let int = |keys: &[&str]| -> Result<i64> { field(c, keys).and_then(Value::as_i64).ok_or_else(|| bad(format!("missing integer field `{}`", keys[0]))) };
-        let float = |keys: &[&str], default: f64| -> Result<f64> {
-            match field(c, keys) {
-                None => Ok(default),
-                Some(v) => v.as_f64().ok_or_else(|| bad(format!("field `{}` is not a number", keys[0]))),
-            }
+            other => return Err(f.bad(format!("model_type `{other}` is not supported for text (bert, roberta, xlm-roberta, distilbert, gpt2)"))),
         };
         let act_name = field(c, &["hidden_act", "activation", "activation_function"]).and_then(Value::as_str).unwrap_or("gelu");
-        let activation = Activation::parse(act_name).ok_or_else(|| bad(format!("activation `{act_name}` is not supported")))?;
+        let activation = f.activation(act_name)?;
         if let Some(pe) = c.get("position_embedding_type").and_then(Value::as_str) {
             if pe != "absolute" {
-                return Err(bad(format!("position_embedding_type `{pe}` is not supported (only absolute)")));
+                return Err(f.bad(format!("position_embedding_type `{pe}` is not supported (only absolute)")));
             }
         }
         let cfg = match family {
-            Family::Bert | Family::Roberta => TextCfg {
-                family,
-                vocab_size: int(&["vocab_size"])?,
-                hidden_size: int(&["hidden_size"])?,
-                num_layers: int(&["num_hidden_layers"])?,
-                num_heads: int(&["num_attention_heads"])?,
-                intermediate_size: int(&["intermediate_size"])?,
-                max_positions: int(&["max_position_embeddings"])?,
-                type_vocab_size: field(c, &["type_vocab_size"]).and_then(Value::as_i64).unwrap_or(2),
-                layer_norm_eps: float(&["layer_norm_eps"], 1e-12)?,
-                hidden_dropout: float(&["hidden_dropout_prob"], 0.1)?,
-                attention_dropout: float(&["attention_probs_dropout_prob"], 0.1)?,
-                activation,
-                pad_token_id: field(c, &["pad_token_id"]).and_then(Value::as_i64).unwrap_or(if family == Family::Roberta { 1 } else { 0 }),
-            },
-            Family::DistilBert => {
-                let dim = int(&["dim", "hidden_size"])?;
-                TextCfg {
-                    family,
-                    vocab_size: int(&["vocab_size"])?,
-                    hidden_size: dim,
-                    num_layers: int(&["n_layers", "num_hidden_layers"])?,
-                    num_heads: int(&["n_heads", "num_attention_heads"])?,
-                    intermediate_size: field(c, &["hidden_dim"]).and_then(Value::as_i64).unwrap_or(4 * dim),
-                    max_positions: int(&["max_position_embeddings"])?,
-                    type_vocab_size: 0,
-                    layer_norm_eps: 1e-12,
-                    hidden_dropout: float(&["dropout"], 0.1)?,
-                    attention_dropout: float(&["attention_dropout"], 0.1)?,
-                    activation,
-                    pad_token_id: field(c, &["pad_token_id"]).and_then(Value::as_i64).unwrap_or(0),
-                }
-            }
-            Family::Gpt2 => {
-                let dim = int(&["n_embd", "hidden_size"])?;
-                let eps = float(&["layer_norm_epsilon"], 1e-5)?;
-                let act = field(c, &["activation_function"]).and_then(Value::as_str).unwrap_or("gelu_new");
-                TextCfg {
-                    family,
-                    vocab_size: int(&["vocab_size"])?,
-                    hidden_size: dim,
-                    num_layers: int(&["n_layer", "num_hidden_layers"])?,
-                    num_heads: int(&["n_head", "num_attention_heads"])?,
-                    intermediate_size: field(c, &["n_inner"]).and_then(Value::as_i64).unwrap_or(4 * dim),
-                    max_positions: int(&["n_positions", "max_position_embeddings"])?,
-                    type_vocab_size: 0,
-                    layer_norm_eps: eps,
-                    hidden_dropout: float(&["resid_pdrop"], 0.1)?,
-                    attention_dropout: float(&["attn_pdrop"], 0.1)?,
-                    activation: Activation::parse(act).ok_or_else(|| bad(format!("activation `{act}` is not supported")))?,
-                    pad_token_id: field(c, &["pad_token_id", "eos_token_id"]).and_then(Value::as_i64).unwrap_or(0),
-                }
-            }
+            Family::Bert | Family::Roberta => Self::bert(&f, family, activation)?,
+            Family::DistilBert => Self::distilbert(&f, activation)?,
+            Family::Gpt2 => Self::gpt2(&f)?,
         };
         if cfg.hidden_size <= 0 || cfg.num_heads <= 0 || cfg.hidden_size % cfg.num_heads != 0 {
-            return Err(bad(format!("hidden size {} is not a multiple of {} heads", cfg.hidden_size, cfg.num_heads)));
+            return Err(f.bad(format!("hidden size {} is not a multiple of {} heads", cfg.hidden_size, cfg.num_heads)));
         }
         if cfg.num_layers <= 0 || cfg.vocab_size <= 0 || cfg.max_positions <= 0 {
-            return Err(bad("layers, vocabulary and positions must be positive".into()));
+            return Err(f.bad("layers, vocabulary and positions must be positive".into()));
         }
         Ok(cfg)
+    }
+
+    /// BERT and RoBERTa field names.
+    fn bert(f: &Fields, family: Family, activation: Activation) -> Result<TextCfg> {
+        Ok(TextCfg {
+            family,
+            vocab_size: f.int(&["vocab_size"])?,
+            hidden_size: f.int(&["hidden_size"])?,
+            num_layers: f.int(&["num_hidden_layers"])?,
+            num_heads: f.int(&["num_attention_heads"])?,
+            intermediate_size: f.int(&["intermediate_size"])?,
+            max_positions: f.int(&["max_position_embeddings"])?,
+            type_vocab_size: f.int_or(&["type_vocab_size"], 2),
+            layer_norm_eps: f.float(&["layer_norm_eps"], 1e-12)?,
+            hidden_dropout: f.float(&["hidden_dropout_prob"], 0.1)?,
+            attention_dropout: f.float(&["attention_probs_dropout_prob"], 0.1)?,
+            activation,
+            pad_token_id: f.int_or(&["pad_token_id"], if family == Family::Roberta { 1 } else { 0 }),
+        })
+    }
+
+    /// DistilBERT field names (no token types, fixed layer-norm epsilon).
+    fn distilbert(f: &Fields, activation: Activation) -> Result<TextCfg> {
+        let dim = f.int(&["dim", "hidden_size"])?;
+        Ok(TextCfg {
+            family: Family::DistilBert,
+            vocab_size: f.int(&["vocab_size"])?,
+            hidden_size: dim,
+            num_layers: f.int(&["n_layers", "num_hidden_layers"])?,
+            num_heads: f.int(&["n_heads", "num_attention_heads"])?,
+            intermediate_size: f.int_or(&["hidden_dim"], 4 * dim),
+            max_positions: f.int(&["max_position_embeddings"])?,
+            type_vocab_size: 0,
+            layer_norm_eps: 1e-12,
+            hidden_dropout: f.float(&["dropout"], 0.1)?,
+            attention_dropout: f.float(&["attention_dropout"], 0.1)?,
+            activation,
+            pad_token_id: f.int_or(&["pad_token_id"], 0),
+        })
+    }
+
+    /// GPT-2 field names (its activation under `activation_function`, default `gelu_new`).
+    fn gpt2(f: &Fields) -> Result<TextCfg> {
+        let dim = f.int(&["n_embd", "hidden_size"])?;
+        let eps = f.float(&["layer_norm_epsilon"], 1e-5)?;
+        let act = field(f.c, &["activation_function"]).and_then(Value::as_str).unwrap_or("gelu_new");
+        Ok(TextCfg {
+            family: Family::Gpt2,
+            vocab_size: f.int(&["vocab_size"])?,
+            hidden_size: dim,
+            num_layers: f.int(&["n_layer", "num_hidden_layers"])?,
+            num_heads: f.int(&["n_head", "num_attention_heads"])?,
+            intermediate_size: f.int_or(&["n_inner"], 4 * dim),
+            max_positions: f.int(&["n_positions", "max_position_embeddings"])?,
+            type_vocab_size: 0,
+            layer_norm_eps: eps,
+            hidden_dropout: f.float(&["resid_pdrop"], 0.1)?,
+            attention_dropout: f.float(&["attn_pdrop"], 0.1)?,
+            activation: f.activation(act)?,
+            pad_token_id: f.int_or(&["pad_token_id", "eos_token_id"], 0),
+        })
     }
 
     /// The longest input the position embeddings allow (RoBERTa's positions start after the
@@ -283,92 +317,111 @@ pub struct TextEncoder {
     stages: Vec<Stage>,
 }
 
+fn layer_norm(p: nn::Path, cfg: &TextCfg) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![cfg.hidden_size], nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() })
+}
+
+fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
+    nn::linear(p, i, o, Default::default())
+}
+
+fn embedding(p: nn::Path, n: i64, d: i64) -> nn::Embedding {
+    nn::embedding(p, n, d, nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() })
+}
+
+impl Layer {
+    /// A BERT / RoBERTa layer at `encoder.layer.{i}`.
+    fn bert(p: &nn::Path, cfg: &TextCfg) -> Layer {
+        let (d, a) = (cfg.hidden_size, p / "attention");
+        Layer {
+            attn: Attention {
+                q: linear(&a / "self" / "query", d, d),
+                k: linear(&a / "self" / "key", d, d),
+                v: linear(&a / "self" / "value", d, d),
+                out: linear(&a / "output" / "dense", d, d),
+            },
+            ln_attn: layer_norm(&a / "output" / "LayerNorm", cfg),
+            fc1: linear(p / "intermediate" / "dense", d, cfg.intermediate_size),
+            fc2: linear(p / "output" / "dense", cfg.intermediate_size, d),
+            ln_ffn: layer_norm(p / "output" / "LayerNorm", cfg),
+        }
+    }
+
+    /// A DistilBERT layer at `transformer.layer.{i}`.
+    fn distilbert(p: &nn::Path, cfg: &TextCfg) -> Layer {
+        let (d, a) = (cfg.hidden_size, p / "attention");
+        Layer {
+            attn: Attention { q: linear(&a / "q_lin", d, d), k: linear(&a / "k_lin", d, d), v: linear(&a / "v_lin", d, d), out: linear(&a / "out_lin", d, d) },
+            ln_attn: layer_norm(p / "sa_layer_norm", cfg),
+            fc1: linear(p / "ffn" / "lin1", d, cfg.intermediate_size),
+            fc2: linear(p / "ffn" / "lin2", cfg.intermediate_size, d),
+            ln_ffn: layer_norm(p / "output_layer_norm", cfg),
+        }
+    }
+}
+
+impl Gpt2Layer {
+    /// A GPT-2 layer at `h.{i}`.
+    fn new(p: &nn::Path, cfg: &TextCfg) -> Gpt2Layer {
+        let d = cfg.hidden_size;
+        Gpt2Layer {
+            ln_1: layer_norm(p / "ln_1", cfg),
+            c_attn: Conv1D::new(p / "attn" / "c_attn", d, 3 * d),
+            c_proj: Conv1D::new(p / "attn" / "c_proj", d, d),
+            ln_2: layer_norm(p / "ln_2", cfg),
+            c_fc: Conv1D::new(p / "mlp" / "c_fc", d, cfg.intermediate_size),
+            mlp_proj: Conv1D::new(p / "mlp" / "c_proj", cfg.intermediate_size, d),
+        }
+    }
+}
+
+/// GPT-2's embeddings and layers, and their stages (the final layer norm in the last).
+fn build_gpt2(root: &nn::Path, cfg: &TextCfg) -> (Embeddings, Layers, Vec<Stage>) {
+    let d = cfg.hidden_size;
+    let emb =
+        Embeddings { word: embedding(root / "wte", cfg.vocab_size, d), position: embedding(root / "wpe", cfg.max_positions, d), token_type: None, ln: None };
+    let mut stages = vec![Stage::new("embeddings", &["wte".into(), "wpe".into()])];
+    let mut layers = vec![];
+    for i in 0..cfg.num_layers {
+        layers.push(Gpt2Layer::new(&(root / "h" / i), cfg));
+        let mut prefixes = vec![format!("h.{i}")];
+        if i == cfg.num_layers - 1 {
+            prefixes.push("ln_f".into());
+        }
+        stages.push(Stage::new(format!("layer{i}"), &prefixes));
+    }
+    (emb, Layers::Gpt2(layers, layer_norm(root / "ln_f", cfg)), stages)
+}
+
+/// BERT, RoBERTa or DistilBERT embeddings and layers, and their stages.
+fn build_bert(root: &nn::Path, cfg: &TextCfg) -> (Embeddings, Layers, Vec<Stage>) {
+    let (d, e) = (cfg.hidden_size, root / "embeddings");
+    let emb = Embeddings {
+        word: embedding(&e / "word_embeddings", cfg.vocab_size, d),
+        position: embedding(&e / "position_embeddings", cfg.max_positions, d),
+        token_type: (cfg.type_vocab_size > 0).then(|| embedding(&e / "token_type_embeddings", cfg.type_vocab_size, d)),
+        ln: Some(layer_norm(&e / "LayerNorm", cfg)),
+    };
+    let mut stages = vec![Stage::new("embeddings", &["embeddings".into()])];
+    let mut layers = vec![];
+    for i in 0..cfg.num_layers {
+        let (layer, prefix) = if cfg.family == Family::DistilBert {
+            (Layer::distilbert(&(root / "transformer" / "layer" / i), cfg), format!("transformer.layer.{i}"))
+        } else {
+            (Layer::bert(&(root / "encoder" / "layer" / i), cfg), format!("encoder.layer.{i}"))
+        };
+        layers.push(layer);
+        stages.push(Stage::new(format!("layer{i}"), &[prefix]));
+    }
+    (emb, Layers::Bert(layers), stages)
+}
+
 impl TextEncoder {
     pub fn build(cfg: &TextCfg) -> TextEncoder {
         let vs = VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
-        let d = cfg.hidden_size;
-        let lncfg = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
-        let ln = |p: nn::Path| nn::layer_norm(p, vec![d], lncfg);
-        let lin = |p: nn::Path, i: i64, o: i64| nn::linear(p, i, o, Default::default());
-        let ecfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
-        let mut stages = vec![];
-        let (emb, layers) = match cfg.family {
-            Family::Gpt2 => {
-                let emb = Embeddings {
-                    word: nn::embedding(&root / "wte", cfg.vocab_size, d, ecfg),
-                    position: nn::embedding(&root / "wpe", cfg.max_positions, d, ecfg),
-                    token_type: None,
-                    ln: None,
-                };
-                stages.push(Stage::new("embeddings", &["wte".into(), "wpe".into()]));
-                let mut layers = vec![];
-                for i in 0..cfg.num_layers {
-                    let p = &root / "h" / i;
-                    layers.push(Gpt2Layer {
-                        ln_1: ln(&p / "ln_1"),
-                        c_attn: Conv1D::new(&p / "attn" / "c_attn", d, 3 * d),
-                        c_proj: Conv1D::new(&p / "attn" / "c_proj", d, d),
-                        ln_2: ln(&p / "ln_2"),
-                        c_fc: Conv1D::new(&p / "mlp" / "c_fc", d, cfg.intermediate_size),
-                        mlp_proj: Conv1D::new(&p / "mlp" / "c_proj", cfg.intermediate_size, d),
-                    });
-                    let mut prefixes = vec![format!("h.{i}")];
-                    if i == cfg.num_layers - 1 {
-                        prefixes.push("ln_f".into());
-                    }
-                    stages.push(Stage::new(format!("layer{i}"), &prefixes));
-                }
-                (emb, Layers::Gpt2(layers, ln(&root / "ln_f")))
-            }
-            Family::Bert | Family::Roberta | Family::DistilBert => {
-                let e = &root / "embeddings";
-                let emb = Embeddings {
-                    word: nn::embedding(&e / "word_embeddings", cfg.vocab_size, d, ecfg),
-                    position: nn::embedding(&e / "position_embeddings", cfg.max_positions, d, ecfg),
-                    token_type: (cfg.type_vocab_size > 0).then(|| nn::embedding(&e / "token_type_embeddings", cfg.type_vocab_size, d, ecfg)),
-                    ln: Some(ln(&e / "LayerNorm")),
-                };
-                stages.push(Stage::new("embeddings", &["embeddings".into()]));
-                let mut layers = vec![];
-                for i in 0..cfg.num_layers {
-                    let layer = if cfg.family == Family::DistilBert {
-                        let p = &root / "transformer" / "layer" / i;
-                        let a = &p / "attention";
-                        Layer {
-                            attn: Attention {
-                                q: lin(&a / "q_lin", d, d),
-                                k: lin(&a / "k_lin", d, d),
-                                v: lin(&a / "v_lin", d, d),
-                                out: lin(&a / "out_lin", d, d),
-                            },
-                            ln_attn: ln(&p / "sa_layer_norm"),
-                            fc1: lin(&p / "ffn" / "lin1", d, cfg.intermediate_size),
-                            fc2: lin(&p / "ffn" / "lin2", cfg.intermediate_size, d),
-                            ln_ffn: ln(&p / "output_layer_norm"),
-                        }
-                    } else {
-                        let p = &root / "encoder" / "layer" / i;
-                        let a = &p / "attention";
-                        Layer {
-                            attn: Attention {
-                                q: lin(&a / "self" / "query", d, d),
-                                k: lin(&a / "self" / "key", d, d),
-                                v: lin(&a / "self" / "value", d, d),
-                                out: lin(&a / "output" / "dense", d, d),
-                            },
-                            ln_attn: ln(&a / "output" / "LayerNorm"),
-                            fc1: lin(&p / "intermediate" / "dense", d, cfg.intermediate_size),
-                            fc2: lin(&p / "output" / "dense", cfg.intermediate_size, d),
-                            ln_ffn: ln(&p / "output" / "LayerNorm"),
-                        }
-                    };
-                    layers.push(layer);
-                    let prefix = if cfg.family == Family::DistilBert { format!("transformer.layer.{i}") } else { format!("encoder.layer.{i}") };
-                    stages.push(Stage::new(format!("layer{i}"), &[prefix]));
-                }
-                (emb, Layers::Bert(layers))
-            }
+        let (emb, layers, stages) = match cfg.family {
+            Family::Gpt2 => build_gpt2(&vs.root(), cfg),
+            Family::Bert | Family::Roberta | Family::DistilBert => build_bert(&vs.root(), cfg),
         };
         TextEncoder { vs, cfg: cfg.clone(), emb, layers, stages }
     }

@@ -382,6 +382,10 @@ pub fn from_run_dir(run: &Path) -> Result<ReportInput> {
             "head".into(),
             format!("{}, best epoch {}{}", s("head"), s("best_epoch"), o["l2"].as_f64().map(|l| format!(", L2 {l:.0e}")).unwrap_or_default()),
         ));
+        if let Some(w) = o["layer_weights"].as_array() {
+            let each: Vec<String> = w.iter().enumerate().map(|(i, w)| format!("{i}: {:.3}", w.as_f64().unwrap_or(f64::NAN))).collect();
+            r.summary.push(("layer weights".into(), each.join(", ")));
+        }
         r.summary.push(("train accuracy".into(), format!("{:.4}", o["train_accuracy"].as_f64().unwrap_or(f64::NAN))));
         r.summary.push(("bundle".into(), s("bundle")));
         r.eval = report_from_json(&o["val"]);

@@ -175,6 +175,10 @@ pub struct Embedded {
     pub reused: usize,
     /// Windows run through the encoder (one per computed text when nothing is chunked).
     pub chunks: usize,
+    /// Where the time went: `decode_s` is tokenising (on the calling thread, so
+    /// `decode_threads` is 0 and the encoder is never starved), `backbone_s` the encoder's
+    /// batches; the rest of `wall_s` is cache lookups and writes.
+    pub timing: crate::features::ExtractTiming,
 }
 
 /// Texts tokenised and embedded at a time (bounds the memory of their chunks).
@@ -198,7 +202,8 @@ pub fn embed(
     precision: Precision,
     progress: &dyn Progress,
 ) -> Result<Embedded> {
-    let precision = precision.resolve(crate::precision::Family::Other);
+    let started = std::time::Instant::now();
+    let precision = precision.resolve(crate::precision::Family::Text);
     let dim = model.dim() as usize;
     let lt = model.long_text.for_inputs(pairs.is_some());
     let cache = cache_root.map(|r| FeatureCache::keyed(r, &model.cache_key(&lt, precision), dim)).transpose()?;
@@ -213,23 +218,33 @@ pub fn embed(
     }
     let reused = texts.len() - todo.len();
     let mut chunks = 0;
+    let mut timing = crate::features::ExtractTiming::default();
     progress.start("embed", todo.len() as u64);
     for group in todo.chunks(EMBED_GROUP) {
         let group_texts: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
         let group_pairs: Option<Vec<String>> = pairs.map(|p| group.iter().map(|&i| p[i].clone()).collect());
+        let t = std::time::Instant::now();
         let docs = chunks::encode_docs(&model.tokenizer, &group_texts, group_pairs.as_deref(), &lt)?;
+        timing.decode_s += t.elapsed().as_secs_f64();
         chunks += docs.iter().map(Vec::len).sum::<usize>();
-        let embed_batch =
-            |rows: &[&Encoded]| -> Result<Vec<f32>> { Ok(Vec::try_from(model.embed_batch(&model.tokenizer.pad(rows), precision).flatten(0, -1))?) };
+        let backbone = std::cell::Cell::new(0f64);
+        let embed_batch = |rows: &[&Encoded]| -> Result<Vec<f32>> {
+            let t = std::time::Instant::now();
+            let v = Vec::try_from(model.embed_batch(&model.tokenizer.pad(rows), precision).flatten(0, -1))?;
+            backbone.set(backbone.get() + t.elapsed().as_secs_f64());
+            Ok(v)
+        };
         chunks::embed_docs(&docs, dim, batch_size, lt.pooling, embed_batch, |j, v| {
             let i = group[j];
             out[i * dim..(i + 1) * dim].copy_from_slice(v);
             progress.inc(1);
             cache.as_ref().map_or(Ok(()), |c| c.put(&keys[i], v))
         })?;
+        timing.backbone_s += backbone.get();
     }
     progress.finish();
-    Ok(Embedded { features: Tensor::from_slice(&out).view([texts.len() as i64, dim as i64]), computed: todo.len(), reused, chunks })
+    timing.wall_s = started.elapsed().as_secs_f64();
+    Ok(Embedded { features: Tensor::from_slice(&out).view([texts.len() as i64, dim as i64]), computed: todo.len(), reused, chunks, timing })
 }
 
 /// Everything a text `train` needs; saved as the run's resolved config.
@@ -479,7 +494,7 @@ impl TextPredictor {
     /// Runs the encoder at `requested` (`auto` resolved for this machine) instead of the
     /// precision the head was trained on; returns a warning when the two differ.
     pub fn use_precision(&mut self, requested: Precision) -> Option<String> {
-        let (p, warning) = crate::precision::inference_precision(self.meta.precision, Some(requested), crate::precision::Family::Other);
+        let (p, warning) = crate::precision::inference_precision(self.meta.precision, Some(requested), crate::precision::Family::Text);
         self.precision = p;
         warning
     }
@@ -514,6 +529,11 @@ impl TextPredictor {
     /// Evaluates on labelled data read with the bundle's columns.
     pub fn evaluate(&self, data: &Path, lossy: bool, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<(Report, Vec<Skip>)> {
         self.evaluate_with(data, None, lossy, cache_root, progress)
+    }
+
+    /// Scores labelled data read with `columns` (default: the bundle's), example by example.
+    pub fn score(&self, data: &Path, columns: Option<&Columns>, lossy: bool, cache_root: Option<&Path>, progress: &dyn Progress) -> Result<task::Scored> {
+        task::score(&self.block(columns, lossy, cache_root), &self.model, &self.head, &self.meta.labels, data, progress)
     }
 
     /// Evaluates on labelled data read with `columns` (default: the bundle's).

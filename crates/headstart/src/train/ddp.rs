@@ -13,6 +13,9 @@
 //!   rank 0's running statistics are broadcast (as DDP's `broadcast_buffers`).
 //! - At the start every variable is broadcast from rank 0, after each rank has read the same
 //!   checkpoint when resuming (checked).
+//! - Passes over whole row sets are split, not repeated: validation scores each rank's share
+//!   and all-reduces the sums; the final logits of the training and validation rows come from
+//!   each rank's contiguous slice, all-gathered in order.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -115,13 +118,22 @@ impl Ddp {
         self.g.bucketed(buffers, Some(0), "BatchNorm statistics broadcast")
     }
 
+    /// Eval-mode logits of `rows`, in order, on every rank: each rank runs its contiguous slice
+    /// ([`crate::learn::shared_pass::slice_of`]) and the slices are all-gathered.
+    pub fn eval_logits<L: Learner>(&self, sess: &L, rows: &[usize], batch_size: usize) -> Result<Tensor> {
+        let mine = &rows[crate::learn::shared_pass::slice_of(rows.len(), self.g.world, self.g.rank)];
+        let logits = sess.eval_logits(mine, batch_size)?.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+        Ok(Tensor::cat(&self.g.all_gather_rows(&logits, "final logits all-gather")?, 0))
+    }
+
     /// Validation loss and accuracy over `rows`, each rank scoring its share.
     pub fn val_scores<L: Learner>(&self, sess: &L, rows: &[usize], batch_size: usize) -> Result<(f64, f64)> {
         let mine = self.share(rows);
         let (mut loss, mut correct) = (0.0, 0.0);
         if !mine.is_empty() {
             let logits = sess.eval_logits(&mine, batch_size)?;
-            let y = sess.labels().index_select(0, &Tensor::from_slice(&mine.iter().map(|&i| i as i64).collect::<Vec<_>>()));
+            let idx = Tensor::from_slice(&mine.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(sess.labels().device());
+            let y = sess.labels().index_select(0, &idx);
             loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Sum, -100, 0.0).double_value(&[]);
             correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
         }

@@ -17,8 +17,11 @@
 //!   (CPU, same thread count): shuffles and augmentation are derived from (seed, epoch, item)
 //!   and dropout is reseeded from (seed, step).
 //! - A non-finite loss or gradient skips that step; three in a row abort the run.
+//! - Every optimiser step is timed (its batches, forward, backward, the update; not evaluation
+//!   or checkpoints): [`Outcome::steps`], which `train` reports with its timings.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -28,6 +31,7 @@ use super::schedule::{Schedule, Scheduler};
 use super::EpochRecord;
 use crate::data::Rng;
 use crate::error::{Error, Result};
+use crate::learn::timings::StepTimings;
 use crate::models::Model;
 use crate::preprocess::Augment;
 use crate::progress::Progress;
@@ -311,6 +315,9 @@ pub struct Outcome {
     pub skipped_steps: usize,
     pub freeze: FreezeState,
     pub resumed_from: Option<(usize, usize)>,
+    /// The optimiser steps this process ran (a resumed run: those since the resume); its
+    /// `setup_s` is left to the caller, who made the learner.
+    pub steps: StepTimings,
 }
 
 const CKPT: &str = "checkpoint";
@@ -383,8 +390,9 @@ impl Checkpointer {
     }
 }
 
-fn rows_tensor(rows: &[usize]) -> Tensor {
-    Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
+/// Row indices on the device of `like` (the labels).
+fn rows_tensor(rows: &[usize], like: &Tensor) -> Tensor {
+    Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(like.device())
 }
 
 fn set_dropout_seed(seed: u64, step: usize) {
@@ -402,7 +410,7 @@ fn forward_backward<L: Learner>(sess: &L, rows: &[usize], epoch: Option<usize>, 
     for part in parts {
         let r = &rows[part];
         let h = sess.batch(r, epoch)?;
-        let y = sess.labels().index_select(0, &rows_tensor(r));
+        let y = sess.labels().index_select(0, &rows_tensor(r, sess.labels()));
         let logits = sess.logits(&h, true);
         let loss = logits.cross_entropy_loss::<&Tensor>(&y, None, Reduction::Mean, -100, label_smoothing);
         let lv = loss.double_value(&[]);
@@ -417,8 +425,318 @@ fn forward_backward<L: Learner>(sess: &L, rows: &[usize], epoch: Option<usize>, 
     Ok((loss_sum, correct))
 }
 
+/// The schedule of `cfg`, its warm-up set from `warmup_ratio` when one is given.
+fn warmed_up(cfg: &FinetuneConfig, steps_per_epoch: usize) -> Schedule {
+    let Some(r) = cfg.warmup_ratio else { return cfg.schedule.clone() };
+    let w = (r * (steps_per_epoch * cfg.epochs) as f64).ceil() as usize;
+    match cfg.schedule.clone() {
+        Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup: w },
+        Schedule::Linear { .. } => Schedule::Linear { warmup: w },
+        other => other,
+    }
+}
+
+impl CheckpointState {
+    /// The state before the first step.
+    fn fresh(scheduler: &Scheduler, config: String, world_size: usize) -> CheckpointState {
+        CheckpointState {
+            epoch: 0,
+            batch: 0,
+            global_step: 0,
+            micro: 0,
+            nonfinite_streak: 0,
+            skipped_steps: 0,
+            optim_steps: 0,
+            best: None,
+            history: vec![],
+            epoch_sums: (0.0, 0, 0),
+            scheduler: scheduler.clone(),
+            config,
+            stopped_early: false,
+            world_size,
+        }
+    }
+}
+
+/// Loads the checkpoint in `dir` into `vs` and `opt`, after checking it was made with the same
+/// settings (`config`) and as many processes; returns its state and best weights.
+#[allow(clippy::type_complexity)]
+fn load_checkpoint(
+    dir: &Path,
+    config: &str,
+    world: usize,
+    vs: &tch::nn::VarStore,
+    opt: &mut Optimizer,
+) -> Result<(CheckpointState, Option<Vec<(String, Tensor)>>)> {
+    let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| Error::io(&dir.join("state.json"), e))?;
+    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::input(&dir.join("state.json"), e.to_string()))?;
+    if st.config != config {
+        return Err(Error::Usage(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
+    }
+    if st.world_size != world {
+        return Err(Error::Usage(format!(
+            "{}: the checkpoint was made by {} processes (WORLD_SIZE); resume with as many, not {world}",
+            dir.display(),
+            st.world_size
+        )));
+    }
+    restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
+    opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
+    let mut best = None;
+    if dir.join("best.safetensors").is_file() {
+        let w = Weights::open(dir.join("best.safetensors"))?;
+        best = Some(w.names().iter().map(|n| Ok((n.clone(), w.tensor(n)?))).collect::<Result<_>>()?);
+    }
+    Ok((st, best))
+}
+
+/// The fine-tuning loop's working state: the optimiser, schedule, position and best weights,
+/// and the data-parallel group when there is one.
+struct Loop<'a, L: Learner> {
+    sess: &'a L,
+    cfg: &'a FinetuneConfig,
+    ddp: Option<&'a super::ddp::Ddp>,
+    primary: bool,
+    opt: Optimizer,
+    scheduler: Scheduler,
+    state: CheckpointState,
+    best_weights: Option<Vec<(String, Tensor)>>,
+    ck: Checkpointer,
+    /// BatchNorm statistics of the unfrozen stages, and their copy from before the optimiser
+    /// step under way: a skipped step puts them back.
+    buffers: Vec<Tensor>,
+    saved_buffers: Vec<Tensor>,
+    dropout_seed: u64,
+    /// Data-parallel: this rank's step sums and non-finite flag, until the step's all-reduce.
+    pending: super::ddp::Sums,
+    pending_bad: bool,
+    /// Each finished optimiser step's seconds and examples, and the step under way's so far.
+    step_times: Vec<(f64, usize)>,
+    step_clock: (f64, usize),
+}
+
+impl<L: Learner> Loop<'_, L> {
+    /// Joins the data-parallel group (when there is one) at the loop's position; returns the
+    /// synchronised-BatchNorm guard the loop must hold.
+    fn start(&mut self, train_rows: usize) -> Result<Option<crate::dist::SyncBnGuard>> {
+        if let Some(d) = self.ddp {
+            d.start(self.sess.vs(), [self.state.epoch, self.state.batch, self.state.global_step])?;
+        }
+        let sync_bn = match (self.ddp, self.cfg.bn) {
+            (Some(d), BnPolicy::Sync) => Some(d.sync_bn(train_rows, self.cfg.batch_size)?),
+            _ => None,
+        };
+        self.opt.zero_grad();
+        Ok(sync_bn)
+    }
+
+    fn done(&self) -> bool {
+        self.state.epoch >= self.cfg.epochs || self.state.stopped_early
+    }
+
+    /// One epoch from the current position: its remaining batches, then the epoch's end.
+    fn epoch(&mut self, train: &[usize], val: &[usize], progress: &dyn Progress, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<()> {
+        let epoch = self.state.epoch;
+        let mut order = train.to_vec();
+        Rng(self.cfg.seed ^ 0xf1e7 ^ (epoch as u64).wrapping_mul(0x2545_f491)).shuffle(&mut order);
+        let batches: Vec<&[usize]> = order.chunks(self.cfg.batch_size).collect();
+        progress.start(&format!("epoch {}", epoch + 1), batches.len() as u64);
+        progress.inc(self.state.batch as u64);
+        while self.state.batch < batches.len() {
+            self.micro_batch(batches[self.state.batch], batches.len())?;
+            progress.inc(1);
+        }
+        progress.finish();
+        self.end_epoch(val, progress, on_epoch)
+    }
+
+    /// Forward and backward over this rank's share of batch `b` (of `n_batches` this epoch),
+    /// then the optimiser step when the accumulation is complete or the loss not finite.
+    fn micro_batch(&mut self, b: &[usize], n_batches: usize) -> Result<()> {
+        let started = Instant::now();
+        let (cfg, epoch) = (self.cfg, self.state.epoch);
+        let mine = self.ddp.map(|d| d.share(b));
+        let rows = mine.as_deref().unwrap_or(b);
+        set_dropout_seed(self.dropout_seed, self.state.global_step * cfg.accumulate + self.state.micro);
+        if self.state.micro == 0 {
+            self.saved_buffers = self.buffers.iter().map(|b| b.copy()).collect();
+        }
+        let scale = rows.len() as f64 / b.len() as f64 / cfg.accumulate as f64;
+        let (lv, correct) = if rows.is_empty() {
+            (0.0, 0)
+        } else {
+            let r = forward_backward(self.sess, rows, Some(epoch), cfg.label_smoothing, scale, &mut self.opt);
+            match self.ddp {
+                Some(d) => {
+                    d.g.check_sync_bn()?;
+                    r.map_err(|e| d.g.step_failure(e))?
+                }
+                None => r?,
+            }
+        };
+        let sums = if self.ddp.is_some() { &mut self.pending } else { &mut self.state.epoch_sums };
+        if lv.is_finite() {
+            sums.0 += lv * rows.len() as f64;
+            sums.1 += correct;
+            sums.2 += rows.len();
+        }
+        self.pending_bad |= !lv.is_finite();
+        self.state.micro += 1;
+        self.state.batch += 1;
+        let last_micro = self.state.micro == cfg.accumulate || self.state.batch == n_batches;
+        let stepping = (self.ddp.is_none() && !lv.is_finite()) || last_micro;
+        if stepping {
+            self.step(lv.is_finite())?;
+        }
+        self.step_clock.0 += started.elapsed().as_secs_f64();
+        self.step_clock.1 += rows.len();
+        if stepping {
+            self.step_times.push(std::mem::take(&mut self.step_clock));
+            if self.primary && cfg.checkpoint_every.is_some_and(|k| self.state.global_step.is_multiple_of(k)) && self.state.batch < n_batches {
+                self.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimiser step over the gradients held (data-parallel: after the all-reduce), or,
+    /// when the loss or a gradient is not finite, a skipped step.
+    fn step(&mut self, finite: bool) -> Result<()> {
+        let mut finite = finite;
+        if let Some(d) = self.ddp {
+            let (bad, step) = d.reduce_step(&mut self.opt, std::mem::take(&mut self.pending_bad), std::mem::take(&mut self.pending))?;
+            finite = !bad;
+            let s = &mut self.state.epoch_sums;
+            *s = (s.0 + step.0, s.1 + step.1, s.2 + step.2);
+        }
+        if finite && self.opt.grads_finite() {
+            if let Some(c) = self.cfg.clip_grad_norm {
+                self.opt.clip_grad_norm(c);
+            }
+            self.opt.step(self.cfg.lr * self.scheduler.factor(self.state.global_step))?;
+            self.state.nonfinite_streak = 0;
+            if let (Some(d), BnPolicy::Train) = (self.ddp, self.cfg.bn) {
+                d.sync_buffers(&self.buffers)?;
+            }
+        } else {
+            self.skip_step()?;
+        }
+        self.opt.zero_grad();
+        self.state.micro = 0;
+        self.state.global_step += 1;
+        Ok(())
+    }
+
+    /// Puts the BatchNorm statistics back and counts the skip; three in a row end the run.
+    fn skip_step(&mut self) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (b, s) in self.buffers.iter().zip(&self.saved_buffers) {
+                b.shallow_clone().f_copy_(s)?;
+            }
+            Ok(())
+        })?;
+        self.state.skipped_steps += 1;
+        self.state.nonfinite_streak += 1;
+        if self.state.nonfinite_streak >= 3 {
+            return Err(Error::Diverged(format!(
+                "three optimiser steps in a row had a non-finite loss or gradient (epoch {}, step {}); stopping. Try a lower learning rate or clip gradients (setting `clip_grad`)",
+                self.state.epoch + 1,
+                self.state.global_step + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validation loss and accuracy on rows `val` (none without validation rows).
+    fn val_scores(&self, val: &[usize]) -> Result<(Option<f64>, Option<f64>)> {
+        if val.is_empty() {
+            return Ok((None, None));
+        }
+        let (loss, acc) = match self.ddp {
+            Some(d) => d.val_scores(self.sess, val, self.cfg.batch_size)?,
+            None => {
+                let logits = self.sess.eval_logits(val, self.cfg.batch_size)?;
+                let y = self.sess.labels().index_select(0, &rows_tensor(val, self.sess.labels()));
+                let loss = logits.cross_entropy_for_logits(&y).double_value(&[]);
+                let acc = logits.argmax(-1, false).eq_tensor(&y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+                (loss, acc)
+            }
+        };
+        Ok((Some(loss), Some(acc)))
+    }
+
+    /// End of epoch: measure, keep the best, decide on early stopping, checkpoint.
+    fn end_epoch(&mut self, val: &[usize], progress: &dyn Progress, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<()> {
+        let epoch = self.state.epoch;
+        let (val_loss, val_acc) = self.val_scores(val)?;
+        let (loss_sum, correct, seen) = std::mem::take(&mut self.state.epoch_sums);
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_acc,
+            ..Default::default()
+        };
+        on_epoch(&rec);
+        self.state.history.push(rec);
+        self.scheduler.end_epoch(val_loss);
+        if let (Some(vl), Some(va)) = (val_loss, val_acc) {
+            // Lower is better: the loss, or minus the accuracy with the loss as tie-break.
+            let score = match self.cfg.best_metric {
+                BestMetric::Loss => vl,
+                BestMetric::Accuracy => -va + vl * 1e-9,
+            };
+            if self.state.best.is_none_or(|(b, _)| score < b) {
+                self.state.best = Some((score, epoch + 1));
+                if self.cfg.keep_best {
+                    self.best_weights = Some(crate::models::snapshot(self.sess.vs()));
+                }
+            }
+        }
+        self.state.epoch += 1;
+        let stale = self.state.best.map(|(_, e)| self.state.epoch - e);
+        if let (Some(p), Some(stale)) = (self.cfg.patience, stale) {
+            if stale >= p && self.state.epoch < self.cfg.epochs {
+                progress.message(&format!("early stopping: no improvement for {p} epochs"));
+                self.state.stopped_early = true;
+            }
+        }
+        self.state.batch = 0;
+        if self.primary {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.state.scheduler = self.scheduler.clone();
+        self.state.optim_steps = self.opt.steps;
+        self.ck.write(self.sess.vs(), &self.opt, &self.best_weights, &self.state)
+    }
+
+    /// After the last epoch: every rank done, the best weights in place, the final logits.
+    fn finish(self, train: &[usize], val: &[usize], freeze: FreezeState, resumed_from: Option<(usize, usize)>) -> Result<Outcome> {
+        if let Some(d) = self.ddp {
+            d.g.barrier("the end of training")?;
+        }
+        if let Some(b) = &self.best_weights {
+            crate::models::assign(self.sess.vs(), b)?;
+        }
+        let (cfg, state) = (self.cfg, self.state);
+        let best_epoch = if cfg.keep_best { state.best.map(|(_, e)| e).unwrap_or(state.epoch) } else { state.epoch };
+        let (train_logits, val_logits) = match self.ddp {
+            Some(d) => (d.eval_logits(self.sess, train, cfg.batch_size)?, d.eval_logits(self.sess, val, cfg.batch_size)?),
+            None => (self.sess.eval_logits(train, cfg.batch_size)?, self.sess.eval_logits(val, cfg.batch_size)?),
+        };
+        let steps = StepTimings::from_steps(0.0, &self.step_times);
+        Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from, steps })
+    }
+}
+
 /// The fine-tuning loop for any [`Learner`]: trains on rows `train`, measures on rows `val`
-/// after every epoch, checkpoints into `run`, and ends with the best epoch's weights.
+/// after every epoch, checkpoints into `run`, and ends with the best epoch's weights. Runs
+/// data-parallel when the environment describes a launch (see [`crate::dist`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_learner<L: Learner>(
     sess: &L,
@@ -430,230 +748,66 @@ pub fn train_learner<L: Learner>(
     progress: &dyn Progress,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Outcome> {
-    cfg.validate()?;
     let ddp = super::ddp::Ddp::from_env()?;
-    let (primary, world) = ddp.as_ref().map_or((true, 1), |d| (d.g.is_primary(), d.g.world));
+    train_learner_in(ddp.as_ref(), sess, train, val, cfg, run, resume, progress, on_epoch)
+}
+
+/// [`train_learner`] in a data-parallel run already joined (`None`: one process).
+#[allow(clippy::too_many_arguments)]
+pub fn train_learner_in<L: Learner>(
+    ddp: Option<&super::ddp::Ddp>,
+    sess: &L,
+    train: &[usize],
+    val: &[usize],
+    cfg: &FinetuneConfig,
+    run: &Path,
+    resume: bool,
+    progress: &dyn Progress,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Outcome> {
+    cfg.validate()?;
+    let (primary, world) = ddp.map_or((true, 1), |d| (d.g.is_primary(), d.g.world));
     let vs = sess.vs();
     let (mut opt, freeze) = optimizer(sess, cfg);
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size).div_ceil(cfg.accumulate).max(1);
-    let mut schedule = cfg.schedule.clone();
-    if let Some(r) = cfg.warmup_ratio {
-        let w = (r * (steps_per_epoch * cfg.epochs) as f64).ceil() as usize;
-        schedule = match schedule {
-            Schedule::WarmupCosine { .. } => Schedule::WarmupCosine { warmup: w },
-            Schedule::Linear { .. } => Schedule::Linear { warmup: w },
-            other => other,
-        };
-    }
-    let mut scheduler = Scheduler::new(schedule, steps_per_epoch, cfg.epochs);
+    let mut scheduler = Scheduler::new(warmed_up(cfg, steps_per_epoch), steps_per_epoch, cfg.epochs);
     let config_json = serde_json::to_string(cfg).map_err(|e| Error::Model(e.to_string()))?;
-
-    let mut state = CheckpointState {
-        epoch: 0,
-        batch: 0,
-        global_step: 0,
-        micro: 0,
-        nonfinite_streak: 0,
-        skipped_steps: 0,
-        optim_steps: 0,
-        best: None,
-        history: vec![],
-        epoch_sums: (0.0, 0, 0),
-        scheduler: scheduler.clone(),
-        config: config_json.clone(),
-        stopped_early: false,
-        world_size: world,
-    };
-    let mut best_weights: Option<Vec<(String, Tensor)>> = None;
-    let mut resumed_from = None;
-    if resume {
-        if let Some(dir) = latest_checkpoint(run) {
-            let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| Error::io(&dir.join("state.json"), e))?;
-            let st: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::input(&dir.join("state.json"), e.to_string()))?;
-            if st.config != config_json {
-                return Err(Error::Usage(format!("{}: the checkpoint was made with other fine-tuning settings; resume with the same ones", dir.display())));
-            }
-            if st.world_size != world {
-                return Err(Error::Usage(format!(
-                    "{}: the checkpoint was made by {} processes (WORLD_SIZE); resume with as many, not {world}",
-                    dir.display(),
-                    st.world_size
-                )));
-            }
-            restore(vs, &Weights::open(dir.join("model.safetensors"))?)?;
-            opt.load_state(st.optim_steps, &Weights::open(dir.join("optim.safetensors"))?)?;
-            if dir.join("best.safetensors").is_file() {
-                let w = Weights::open(dir.join("best.safetensors"))?;
-                best_weights = Some(w.names().iter().map(|n| Ok((n.clone(), w.tensor(n)?))).collect::<Result<_>>()?);
-            }
-            scheduler = st.scheduler.clone();
-            resumed_from = Some((st.epoch, st.batch));
-            state = st;
-        }
+    let mut state = CheckpointState::fresh(&scheduler, config_json.clone(), world);
+    let (mut best_weights, mut resumed_from) = (None, None);
+    if let Some(dir) = if resume { latest_checkpoint(run) } else { None } {
+        let (st, best) = load_checkpoint(&dir, &config_json, world, vs, &mut opt)?;
+        scheduler = st.scheduler.clone();
+        resumed_from = Some((st.epoch, st.batch));
+        (state, best_weights) = (st, best);
     }
-    let mut ck = Checkpointer { run: run.to_path_buf(), written: 0 };
-    // BatchNorm statistics of the unfrozen stages: a skipped step puts them back.
     let buffers: Vec<Tensor> = {
         let vars = vs.variables();
         freeze.tuned_vars.iter().filter(|n| !vars[*n].requires_grad()).map(|n| vars[n].shallow_clone()).collect()
     };
-    let mut saved_buffers: Vec<Tensor> = vec![];
-    if let Some(d) = &ddp {
-        d.start(vs, [state.epoch, state.batch, state.global_step])?;
-    }
-    let dropout_seed = ddp.as_ref().map_or(cfg.seed, |d| d.seed(cfg.seed));
-    let _sync_bn = match (&ddp, cfg.bn) {
-        (Some(d), BnPolicy::Sync) => Some(d.sync_bn(train.len(), cfg.batch_size)?),
-        _ => None,
+    let dropout_seed = ddp.map_or(cfg.seed, |d| d.seed(cfg.seed));
+    let mut lp = Loop {
+        sess,
+        cfg,
+        ddp,
+        primary,
+        opt,
+        scheduler,
+        state,
+        best_weights,
+        ck: Checkpointer { run: run.to_path_buf(), written: 0 },
+        buffers,
+        saved_buffers: vec![],
+        dropout_seed,
+        pending: (0.0, 0, 0),
+        pending_bad: false,
+        step_times: vec![],
+        step_clock: (0.0, 0),
     };
-    // Data-parallel: this rank's step sums and non-finite flag, until the step's all-reduce.
-    let (mut pending, mut pending_bad): (super::ddp::Sums, bool) = ((0.0, 0, 0), false);
-    opt.zero_grad();
-    while state.epoch < cfg.epochs && !state.stopped_early {
-        let epoch = state.epoch;
-        let mut order = train.to_vec();
-        Rng(cfg.seed ^ 0xf1e7 ^ (epoch as u64).wrapping_mul(0x2545_f491)).shuffle(&mut order);
-        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
-        progress.start(&format!("epoch {}", epoch + 1), batches.len() as u64);
-        progress.inc(state.batch as u64);
-        while state.batch < batches.len() {
-            let b = batches[state.batch];
-            let mine = ddp.as_ref().map(|d| d.share(b));
-            let rows = mine.as_deref().unwrap_or(b);
-            set_dropout_seed(dropout_seed, state.global_step * cfg.accumulate + state.micro);
-            if state.micro == 0 {
-                saved_buffers = buffers.iter().map(|b| b.copy()).collect();
-            }
-            let scale = rows.len() as f64 / b.len() as f64 / cfg.accumulate as f64;
-            let (lv, correct) = if rows.is_empty() {
-                (0.0, 0)
-            } else {
-                let r = forward_backward(sess, rows, Some(epoch), cfg.label_smoothing, scale, &mut opt);
-                match &ddp {
-                    Some(d) => {
-                        d.g.check_sync_bn()?;
-                        r.map_err(|e| d.g.step_failure(e))?
-                    }
-                    None => r?,
-                }
-            };
-            let sums = if ddp.is_some() { &mut pending } else { &mut state.epoch_sums };
-            if lv.is_finite() {
-                sums.0 += lv * rows.len() as f64;
-                sums.1 += correct;
-                sums.2 += rows.len();
-            }
-            pending_bad |= !lv.is_finite();
-            state.micro += 1;
-            state.batch += 1;
-            let last_micro = state.micro == cfg.accumulate || state.batch == batches.len();
-            if (ddp.is_none() && !lv.is_finite()) || last_micro {
-                let mut finite = lv.is_finite();
-                if let Some(d) = &ddp {
-                    let (bad, step) = d.reduce_step(&mut opt, std::mem::take(&mut pending_bad), std::mem::take(&mut pending))?;
-                    finite = !bad;
-                    state.epoch_sums = (state.epoch_sums.0 + step.0, state.epoch_sums.1 + step.1, state.epoch_sums.2 + step.2);
-                }
-                if finite && opt.grads_finite() {
-                    if let Some(c) = cfg.clip_grad_norm {
-                        opt.clip_grad_norm(c);
-                    }
-                    opt.step(cfg.lr * scheduler.factor(state.global_step))?;
-                    state.nonfinite_streak = 0;
-                    if let (Some(d), BnPolicy::Train) = (&ddp, cfg.bn) {
-                        d.sync_buffers(&buffers)?;
-                    }
-                } else {
-                    tch::no_grad(|| -> Result<()> {
-                        for (b, s) in buffers.iter().zip(&saved_buffers) {
-                            b.shallow_clone().f_copy_(s)?;
-                        }
-                        Ok(())
-                    })?;
-                    state.skipped_steps += 1;
-                    state.nonfinite_streak += 1;
-                    if state.nonfinite_streak >= 3 {
-                        return Err(Error::Diverged(format!(
-                            "three optimiser steps in a row had a non-finite loss or gradient (epoch {}, step {}); stopping. Try a lower learning rate or clip gradients (setting `clip_grad`)",
-                            epoch + 1,
-                            state.global_step + 1
-                        )));
-                    }
-                }
-                opt.zero_grad();
-                state.micro = 0;
-                state.global_step += 1;
-                if primary && cfg.checkpoint_every.is_some_and(|k| state.global_step.is_multiple_of(k)) && state.batch < batches.len() {
-                    state.scheduler = scheduler.clone();
-                    state.optim_steps = opt.steps;
-                    ck.write(vs, &opt, &best_weights, &state)?;
-                }
-            }
-            progress.inc(1);
-        }
-        progress.finish();
-        // End of epoch: measure, keep the best, checkpoint.
-        let (val_loss, val_acc) = if val.is_empty() {
-            (None, None)
-        } else if let Some(d) = &ddp {
-            let (loss, acc) = d.val_scores(sess, val, cfg.batch_size)?;
-            (Some(loss), Some(acc))
-        } else {
-            let logits = sess.eval_logits(val, cfg.batch_size)?;
-            let y = sess.labels().index_select(0, &rows_tensor(val));
-            let loss = logits.cross_entropy_for_logits(&y).double_value(&[]);
-            let acc = logits.argmax(-1, false).eq_tensor(&y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-            (Some(loss), Some(acc))
-        };
-        let (loss_sum, correct, seen) = std::mem::take(&mut state.epoch_sums);
-        let rec = EpochRecord {
-            epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            val_loss,
-            val_acc,
-            ..Default::default()
-        };
-        on_epoch(&rec);
-        state.history.push(rec);
-        scheduler.end_epoch(val_loss);
-        if let (Some(vl), Some(va)) = (val_loss, val_acc) {
-            // Lower is better: the loss, or minus the accuracy with the loss as tie-break.
-            let score = match cfg.best_metric {
-                BestMetric::Loss => vl,
-                BestMetric::Accuracy => -va + vl * 1e-9,
-            };
-            if state.best.is_none_or(|(b, _)| score < b) {
-                state.best = Some((score, epoch + 1));
-                if cfg.keep_best {
-                    best_weights = Some(crate::models::snapshot(vs));
-                }
-            }
-        }
-        state.epoch += 1;
-        let stale = state.best.map(|(_, e)| state.epoch - e);
-        if let (Some(p), Some(stale)) = (cfg.patience, stale) {
-            if stale >= p && state.epoch < cfg.epochs {
-                progress.message(&format!("early stopping: no improvement for {p} epochs"));
-                state.stopped_early = true;
-            }
-        }
-        state.batch = 0;
-        state.scheduler = scheduler.clone();
-        state.optim_steps = opt.steps;
-        if primary {
-            ck.write(vs, &opt, &best_weights, &state)?;
-        }
+    let _sync_bn = lp.start(train.len())?;
+    while !lp.done() {
+        lp.epoch(train, val, progress, on_epoch)?;
     }
-    if let Some(d) = &ddp {
-        d.g.barrier("the end of training")?;
-    }
-    if let Some(b) = &best_weights {
-        crate::models::assign(vs, b)?;
-    }
-    let best_epoch = if cfg.keep_best { state.best.map(|(_, e)| e).unwrap_or(state.epoch) } else { state.epoch };
-    let (train_logits, val_logits) = (sess.eval_logits(train, cfg.batch_size)?, sess.eval_logits(val, cfg.batch_size)?);
-    Ok(Outcome { train_logits, val_logits, history: state.history, best_epoch, skipped_steps: state.skipped_steps, freeze, resumed_from })
+    lp.finish(train, val, freeze, resumed_from)
 }
 
 /// The learning-rate range test (Smith 2017; fastai's `lr_find`).

@@ -186,7 +186,7 @@ fn path(cfg: &TrainConfig, x: &Tensor, y: &Tensor, judge: Option<&Tensor>, k: i6
 
 fn head_of(w: &Tensor, b: &Tensor) -> Result<Head> {
     let (k, d) = w.size2()?;
-    let spec = HeadSpec { kind: HeadKind::Logistic, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
+    let spec = HeadSpec { kind: HeadKind::Logistic, in_features: d, num_classes: k, hidden: None, dropout: 0.0, layers: None };
     let head = Head { spec, tensors: vec![("weight".into(), w.to_kind(Kind::Float)), ("bias".into(), b.to_kind(Kind::Float))] };
     head.validate()?;
     Ok(head)

@@ -1,5 +1,7 @@
 //! Heads trained on features: multinomial logistic regression fit to convergence (L-BFGS, the
-//! linear-probe recipe), a linear layer trained with Adam/AdamW (the classic recipe) and an MLP.
+//! linear-probe recipe), a linear layer trained with Adam/AdamW (the classic recipe), an MLP,
+//! and the layer-sum head on stacked hidden states ([`layersum`]: SUPERB's learned weighted sum
+//! of an encoder's layers, then a linear layer).
 //! The head's setting (L2 strength, epoch count) is chosen on held-out examples: the validation
 //! split, or k-fold cross-validation when the split is small ([`select`]); by default the chosen
 //! setting is then refitted on every labelled example. A non-finite loss stops the run before
@@ -7,6 +9,7 @@
 
 pub mod ddp;
 pub mod finetune;
+pub mod layersum;
 mod lbfgs;
 pub mod logistic;
 pub mod optim;
@@ -26,6 +29,9 @@ pub enum HeadKind {
     Logistic,
     Linear,
     Mlp,
+    /// A learned softmax-weighted sum of stacked hidden states, then a linear layer
+    /// ([`layersum`]).
+    LayerSum,
 }
 
 /// What the head is, enough to rebuild it from its tensors.
@@ -37,9 +43,14 @@ pub struct HeadSpec {
     /// Hidden width of the MLP head.
     pub hidden: Option<i64>,
     pub dropout: f64,
+    /// Layer-sum head: the hidden states stacked in each feature row (`in_features` is this
+    /// many times their width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<i64>,
 }
 
-/// A trained head: its spec and named tensors (`weight`, `bias`; MLP: `fc1.*`, `fc2.*`).
+/// A trained head: its spec and named tensors (`weight`, `bias`; MLP: `fc1.*`, `fc2.*`;
+/// layer sum: also `layer_mean`, `layer_std`, `layer_weights`).
 pub struct Head {
     pub spec: HeadSpec,
     pub tensors: Vec<(String, Tensor)>,
@@ -56,14 +67,27 @@ impl Head {
         Ok(match self.spec.kind {
             HeadKind::Logistic | HeadKind::Linear => x.linear(self.get("weight")?, Some(self.get("bias")?)),
             HeadKind::Mlp => x.linear(self.get("fc1.weight")?, Some(self.get("fc1.bias")?)).relu().linear(self.get("fc2.weight")?, Some(self.get("fc2.bias")?)),
+            HeadKind::LayerSum => {
+                layersum::forward(&x, self.get("layer_mean")?, self.get("layer_std")?, self.get("layer_weights")?, self.get("weight")?, Some(self.get("bias")?))
+            }
         })
+    }
+
+    /// The layer-sum head's weight of each stacked hidden state (the softmax of its logits);
+    /// `None` for other heads.
+    pub fn layer_weights(&self) -> Option<Vec<f64>> {
+        if self.spec.kind != HeadKind::LayerSum {
+            return None;
+        }
+        let logits = self.get("layer_weights").ok()?;
+        Vec::<f64>::try_from(logits.softmax(0, Kind::Double)).ok()
     }
 
     /// A linear head holding a copy of `lin`'s weight and bias (a fine-tuned model's head).
     pub fn from_linear(lin: &tch::nn::Linear) -> Result<Head> {
         let bias = lin.bs.as_ref().ok_or_else(|| Error::Model("the model's head has no bias".into()))?;
         let (num_classes, in_features) = lin.ws.size2()?;
-        let spec = HeadSpec { kind: HeadKind::Linear, in_features, num_classes, hidden: None, dropout: 0.0 };
+        let spec = HeadSpec { kind: HeadKind::Linear, in_features, num_classes, hidden: None, dropout: 0.0, layers: None };
         Ok(Head { spec, tensors: vec![("weight".into(), lin.ws.detach().copy()), ("bias".into(), bias.detach().copy())] })
     }
 
@@ -86,6 +110,11 @@ impl Head {
                 let h = self.spec.hidden.ok_or_else(|| Error::Model("MLP head without a hidden size".into()))?;
                 vec![("fc1.weight", vec![h, d]), ("fc1.bias", vec![h]), ("fc2.weight", vec![c, h]), ("fc2.bias", vec![c])]
             }
+            HeadKind::LayerSum => {
+                let s = self.spec.layers.ok_or_else(|| Error::Model("layer-sum head without its number of layers".into()))?;
+                let w = layersum::width(d, s).map_err(|e| Error::Model(e.to_string()))?;
+                vec![("layer_mean", vec![s, w]), ("layer_std", vec![s, w]), ("layer_weights", vec![s]), ("weight", vec![c, w]), ("bias", vec![c])]
+            }
         };
         for (name, shape) in want {
             let t = self.get(name)?;
@@ -94,6 +123,9 @@ impl Head {
             }
             if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
                 return Err(Error::Model(format!("head tensor `{name}` holds non-finite values")));
+            }
+            if name == "layer_std" && !bool::try_from(t.gt(0.0).all()).unwrap_or(false) {
+                return Err(Error::Model("head tensor `layer_std` holds deviations that are not positive".into()));
             }
         }
         Ok(())
@@ -167,6 +199,10 @@ pub struct TrainConfig {
     /// [`HeadStart::ZeroShot`] (not saved with the settings).
     #[serde(skip)]
     pub init: Option<InitialHead>,
+    /// The hidden states stacked in each feature row, supplied by the encoder for the
+    /// layer-sum head (not saved with the settings).
+    #[serde(skip)]
+    pub layers: Option<usize>,
 }
 
 /// Where a head on features starts.
@@ -229,6 +265,7 @@ impl Default for TrainConfig {
             cv: Cv::Auto,
             head_init: HeadStart::Default,
             init: None,
+            layers: None,
         }
     }
 }
@@ -358,15 +395,23 @@ pub fn fit(cfg: &TrainConfig, train: Split, val: Split, num_classes: i64, on_epo
     }
     let (plan, reason) = select::plan(cfg.cv, cfg.refit, &val_counts, &all_counts)?;
     if let Some(init) = &cfg.init {
-        if cfg.head == HeadKind::Mlp {
-            return Err(Error::Usage("setting `head_init` zero-shot starts a linear or logistic head, not an MLP".into()));
+        match cfg.head {
+            HeadKind::Mlp => return Err(Error::Usage("setting `head_init` zero-shot starts a linear or logistic head, not an MLP".into())),
+            HeadKind::LayerSum => return Err(Error::Usage("setting `head_init` zero-shot starts a linear or logistic head, not a layer-sum head".into())),
+            HeadKind::Logistic | HeadKind::Linear => {}
         }
         init.check(train.x.size()[1], num_classes)?;
+    }
+    if cfg.head == HeadKind::LayerSum {
+        let s = cfg.layers.ok_or_else(|| {
+            Error::Usage("setting `head` layer_sum needs feature rows of stacked hidden states (an audio model with setting `layer` weighted)".into())
+        })?;
+        layersum::width(train.x.size()[1], s as i64)?;
     }
     tch::manual_seed(cfg.seed as i64);
     let mut fitted = match cfg.head {
         HeadKind::Logistic => logistic::fit_logistic(cfg, train, val, num_classes, plan, on_epoch)?,
-        HeadKind::Linear | HeadKind::Mlp => sgd::fit_sgd(cfg, train, val, num_classes, plan, on_epoch)?,
+        HeadKind::Linear | HeadKind::Mlp | HeadKind::LayerSum => sgd::fit_sgd(cfg, train, val, num_classes, plan, on_epoch)?,
     };
     fitted.selection.reason = reason;
     Ok(fitted)

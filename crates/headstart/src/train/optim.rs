@@ -185,13 +185,14 @@ impl Optimizer {
             OptimKind::AdamW { .. } => 2,
             OptimKind::Sgd { momentum, .. } => (momentum != 0.0) as usize,
         };
-        let names: Vec<String> = self.groups.iter().flat_map(|g| g.params.iter().map(|(n, _)| n.clone())).collect();
-        for (k, n) in names.iter().enumerate() {
+        let params: Vec<(String, tch::Device)> = self.groups.iter().flat_map(|g| g.params.iter().map(|(n, t)| (n.clone(), t.device()))).collect();
+        for (k, (n, device)) in params.iter().enumerate() {
             let mut st = vec![];
             for i in 0..per_param {
                 let key = format!("{n}.{i}");
                 if tensors.contains(&key) {
-                    st.push(tensors.tensor(&key)?);
+                    // On the parameter's device (a data-parallel rank's GPU).
+                    st.push(tensors.tensor(&key)?.to_device(*device));
                 }
             }
             if !(st.is_empty() || st.len() == per_param) {

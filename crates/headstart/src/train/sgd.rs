@@ -1,13 +1,13 @@
-//! Linear and MLP heads trained with Adam/AdamW, every epoch measured on held-out examples: the
-//! validation split, or the folds of a cross-validation trained side by side (the pooled
-//! out-of-fold loss per epoch). Early stopping on that loss; the best epoch count is then
+//! Linear, MLP and layer-sum heads trained with Adam/AdamW, every epoch measured on held-out
+//! examples: the validation split, or the folds of a cross-validation trained side by side (the
+//! pooled out-of-fold loss per epoch). Early stopping on that loss; the best epoch count is then
 //! refitted on every labelled example from the same seeded initialisation.
 
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Kind, Reduction, Tensor};
 
 use super::select::{class_counts, stratified_folds, Plan};
-use super::{accuracy, finite, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
+use super::{accuracy, finite, layersum, loss_acc, EpochRecord, Fitted, Head, HeadKind, HeadSpec, Selection, Split, TrainConfig};
 use crate::data::Rng;
 use crate::error::Result;
 
@@ -18,24 +18,42 @@ struct Net {
     vs: nn::VarStore,
     spec: HeadSpec,
     forward: Forward,
+    /// Head tensors that do not train (the layer-sum head's standardisation).
+    fixed: Vec<(String, Tensor)>,
     opt: nn::Optimizer,
     weights: Option<Tensor>,
     rng: Rng,
 }
 
 impl Net {
-    /// A fresh head from the seeded initialisation (every fold and the refit start alike).
-    fn new(cfg: &TrainConfig, d: i64, k: i64, y: &Tensor) -> Result<Net> {
+    /// A fresh head from the seeded initialisation (every fold and the refit start alike), to
+    /// be fitted on rows `x` with labels `y`.
+    fn new(cfg: &TrainConfig, x: &Tensor, k: i64, y: &Tensor) -> Result<Net> {
         tch::manual_seed(cfg.seed as i64);
+        let d = x.size()[1];
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let root = vs.root();
+        let mut fixed = vec![];
         let (spec, forward): (HeadSpec, Forward) = match cfg.head {
             HeadKind::Mlp => {
                 let fc1 = nn::linear(&root / "fc1", d, cfg.hidden, Default::default());
                 let fc2 = nn::linear(&root / "fc2", cfg.hidden, k, Default::default());
                 let p = cfg.dropout;
-                let spec = HeadSpec { kind: HeadKind::Mlp, in_features: d, num_classes: k, hidden: Some(cfg.hidden), dropout: p };
+                let spec = HeadSpec { kind: HeadKind::Mlp, in_features: d, num_classes: k, hidden: Some(cfg.hidden), dropout: p, layers: None };
                 (spec, Box::new(move |x: &Tensor, train: bool| fc2.forward(&fc1.forward(x).relu().dropout(p, train))))
+            }
+            HeadKind::LayerSum => {
+                let s = cfg.layers.unwrap_or(1) as i64;
+                // Standardised on the rows this head is fitted on (a fold's, or all of them).
+                let (mean, sd) = layersum::moments(x, s)?;
+                let logits = root.set_group(1).zeros("layer_weights", &[s]);
+                // Zeros, as the logistic head: a few hundred steps at the head's rate would not
+                // move a random start far enough to outweigh it.
+                let zeros = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+                let lin = nn::linear(&root, d / s, k, zeros);
+                fixed = vec![("layer_mean".to_string(), mean.shallow_clone()), ("layer_std".to_string(), sd.shallow_clone())];
+                let spec = HeadSpec { kind: HeadKind::LayerSum, in_features: d, num_classes: k, hidden: None, dropout: 0.0, layers: Some(s) };
+                (spec, Box::new(move |x: &Tensor, _| layersum::forward(x, &mean, &sd, &logits, &lin.ws, lin.bs.as_ref())))
             }
             _ => {
                 let lin = nn::linear(&root, d, k, Default::default());
@@ -49,18 +67,21 @@ impl Net {
                         Ok(())
                     })?;
                 }
-                let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0 };
+                let spec = HeadSpec { kind: HeadKind::Linear, in_features: d, num_classes: k, hidden: None, dropout: 0.0, layers: None };
                 (spec, Box::new(move |x: &Tensor, _| lin.forward(x)))
             }
         };
-        let opt = if cfg.weight_decay > 0.0 {
+        let mut opt = if cfg.weight_decay > 0.0 {
             nn::AdamW { wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr)?
         } else {
             nn::Adam::default().build(&vs, cfg.lr)?
         };
+        if cfg.head == HeadKind::LayerSum {
+            opt.set_lr_group(1, cfg.lr * layersum::LAYER_WEIGHT_LR_SCALE);
+        }
         let counts = class_counts(&Vec::<i64>::try_from(y)?, k as usize);
         let weights = cfg.class_weights.resolve(&counts)?.map(|w| Tensor::from_slice(&w).to_kind(Kind::Float));
-        Ok(Net { vs, spec, forward, opt, weights, rng: Rng(cfg.seed ^ 0x5eed) })
+        Ok(Net { vs, spec, forward, fixed, opt, weights, rng: Rng(cfg.seed ^ 0x5eed) })
     }
 
     /// One pass over (`x`, `y`) in seeded shuffled mini-batches.
@@ -83,7 +104,9 @@ impl Net {
     }
 
     fn head(&self) -> Result<Head> {
-        let head = Head { spec: self.spec.clone(), tensors: crate::models::snapshot(&self.vs) };
+        let mut tensors = crate::models::snapshot(&self.vs);
+        tensors.extend(self.fixed.iter().map(|(n, t)| (n.clone(), t.copy())));
+        let head = Head { spec: self.spec.clone(), tensors };
         head.validate()?;
         Ok(head)
     }
@@ -100,11 +123,11 @@ struct Lane {
 }
 
 fn lanes(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64, plan: Plan) -> Result<Vec<Lane>> {
-    let d = train.x.size()[1];
     let Plan::Folds(folds) = plan else {
-        let net = Net::new(cfg, d, k, train.y)?;
+        let x = train.x.to_kind(Kind::Float);
+        let net = Net::new(cfg, &x, k, train.y)?;
         let held_x = if plan == Plan::Holdout { val.x.to_kind(Kind::Float) } else { val.x.narrow(0, 0, 0).to_kind(Kind::Float) };
-        return Ok(vec![Lane { net, x: train.x.to_kind(Kind::Float), y: train.y.shallow_clone(), held_x, held_rows: None }]);
+        return Ok(vec![Lane { net, x, y: train.y.shallow_clone(), held_x, held_rows: None }]);
     };
     let y: Vec<i64> = Vec::try_from(all.y)?;
     let n = y.len() as i64;
@@ -114,7 +137,7 @@ fn lanes(cfg: &TrainConfig, train: &Split, val: &Split, all: &Split, k: i64, pla
         let rows = |inside: bool| Tensor::from_slice(&(0..n).filter(|&i| (fold_of[i as usize] == f) != inside).collect::<Vec<i64>>());
         let (fit_rows, held_rows) = (rows(true), rows(false));
         let (x, yf) = (all.x.index_select(0, &fit_rows).to_kind(Kind::Float), all.y.index_select(0, &fit_rows));
-        let net = Net::new(cfg, d, k, &yf)?;
+        let net = Net::new(cfg, &x, k, &yf)?;
         out.push(Lane { net, x, y: yf, held_x: all.x.index_select(0, &held_rows).to_kind(Kind::Float), held_rows: Some(held_rows) });
     }
     Ok(out)
@@ -203,7 +226,7 @@ pub(super) fn fit_sgd(cfg: &TrainConfig, train: Split, val: Split, k: i64, plan:
     };
     let (head, fit_x, fit_y) = if refit {
         let x = xall.to_kind(Kind::Float);
-        let mut net = Net::new(cfg, xall.size()[1], k, &yall)?;
+        let mut net = Net::new(cfg, &x, k, &yall)?;
         for epoch in 1..=best_epoch {
             net.epoch(cfg, &x, &yall, epoch)?;
         }

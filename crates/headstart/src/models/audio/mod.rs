@@ -16,3 +16,22 @@ pub enum AudioConfig {
     /// Wav2Vec2 and HuBERT (the config's `model_type` says which).
     Wav2vec2(Wav2Vec2Cfg),
 }
+
+/// Which hidden states feature extraction pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readout {
+    /// The encoder's output.
+    Output,
+    /// Hidden state `n` (`--layer N`).
+    Layer(usize),
+    /// Every hidden state `0..=layers`, each pooled alike and concatenated layer after layer
+    /// (`--layer weighted`).
+    All,
+}
+
+impl From<Option<usize>> for Readout {
+    /// A layer setting: `None` is the output.
+    fn from(layer: Option<usize>) -> Readout {
+        layer.map_or(Readout::Output, Readout::Layer)
+    }
+}

@@ -130,34 +130,62 @@ pub fn pool_real(h: &Tensor, real: &[usize]) -> Tensor {
     (h * &mask).sum_dim_intlist([1i64].as_slice(), false, h.kind()) / mask.sum_dim_intlist([1i64].as_slice(), false, h.kind())
 }
 
+/// The windows' log-mel frames `feats` through the encoder to `readout`, each row pooled over
+/// its first `real` frames: `[B, D]`, or `[B, (layers + 1)·D]` for every hidden state.
+pub fn pooled(enc: &WhisperEncoder, feats: &Tensor, readout: super::Readout, real: &[usize]) -> Result<Tensor> {
+    use super::Readout;
+    tch::no_grad(|| {
+        Ok(match readout {
+            Readout::Output => pool_real(&enc.forward(feats, Mode::Eval)?, real),
+            Readout::Layer(n) => pool_real(&enc.forward_to(feats, n, Mode::Eval)?, real),
+            Readout::All => Tensor::cat(&enc.hidden_states(feats, Mode::Eval)?.iter().map(|h| pool_real(h, real)).collect::<Vec<_>>(), 1),
+        })
+    })
+}
+
 /// One pooled vector `[D]` per clip (16 kHz samples): each clip is cut into 30 s windows, the
-/// windows run through hidden state `layer` (`None`: the final output) in one batch, each
-/// window is mean-pooled over its real frames, and a clip's windows are averaged weighted by
-/// their real frames (so the result equals a mean over every real frame of the clip).
-pub fn embed_clips(enc: &WhisperEncoder, fe: &crate::audio::WhisperFeatures, clips: &[&[f32]], layer: Option<usize>, device: tch::Device) -> Result<Tensor> {
+/// windows run through to `readout` (a hidden state number, `None` for the final output, or
+/// [`super::Readout::All`]: every hidden state, stacked) in one batch, each window is
+/// mean-pooled over its real frames, and a clip's windows are averaged weighted by their real
+/// frames (so the result equals a mean over every real frame of the clip).
+pub fn embed_clips(
+    enc: &WhisperEncoder,
+    fe: &crate::audio::WhisperFeatures,
+    clips: &[&[f32]],
+    readout: impl Into<super::Readout>,
+    device: tch::Device,
+) -> Result<Tensor> {
+    let (windows, owner) = split_windows(clips, fe.n_samples);
+    let feats = fe.extract(&windows, device);
+    let real: Vec<usize> = windows.iter().map(|w| encoder_frames(w.len(), enc.cfg.max_positions as usize)).collect();
+    Ok(combine_windows(&pooled(enc, &feats, readout.into(), &real)?, &owner, &real, clips.len()))
+}
+
+/// The `n_samples` windows of every clip (an empty clip keeps one empty window), and the clip
+/// each window belongs to.
+pub fn split_windows<'c>(clips: &[&'c [f32]], n_samples: usize) -> (Vec<&'c [f32]>, Vec<usize>) {
     let mut windows: Vec<&[f32]> = vec![];
     let mut owner = vec![];
     for (i, clip) in clips.iter().enumerate() {
-        let chunks: Vec<&[f32]> = if clip.is_empty() { vec![*clip] } else { clip.chunks(fe.n_samples).collect() };
+        let chunks: Vec<&[f32]> = if clip.is_empty() { vec![*clip] } else { clip.chunks(n_samples).collect() };
         owner.extend(std::iter::repeat_n(i, chunks.len()));
         windows.extend(chunks);
     }
-    let feats = fe.extract(&windows, device);
-    let h = tch::no_grad(|| match layer {
-        None => enc.forward(&feats, Mode::Eval),
-        Some(n) => enc.forward_to(&feats, n, Mode::Eval),
-    })?;
-    let real: Vec<usize> = windows.iter().map(|w| encoder_frames(w.len(), enc.cfg.max_positions as usize)).collect();
-    let pooled = pool_real(&h, &real);
+    (windows, owner)
+}
+
+/// One vector per clip from pooled windows `[W, D]`: window `w` belongs to clip `owner[w]` and
+/// weighs its `real[w]` frames.
+pub fn combine_windows(pooled: &Tensor, owner: &[usize], real: &[usize], clips: usize) -> Tensor {
     let mut out = vec![];
-    for i in 0..clips.len() {
-        let rows: Vec<usize> = (0..windows.len()).filter(|&w| owner[w] == i).collect();
+    for i in 0..clips {
+        let rows: Vec<usize> = (0..owner.len()).filter(|&w| owner[w] == i).collect();
         let weights: Vec<f32> = rows.iter().map(|&w| real[w] as f32).collect();
         let idx = Tensor::from_slice(&rows.iter().map(|&w| w as i64).collect::<Vec<_>>()).to_device(pooled.device());
         let wts = Tensor::from_slice(&weights).to_device(pooled.device()).unsqueeze(1);
         out.push((pooled.index_select(0, &idx) * &wts).sum_dim_intlist([0i64].as_slice(), false, Kind::Float) / wts.sum(Kind::Float));
     }
-    Ok(Tensor::stack(&out, 0))
+    Tensor::stack(&out, 0)
 }
 
 /// Whisper's sinusoidal position table `[length, channels]`.
