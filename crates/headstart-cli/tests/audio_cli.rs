@@ -192,7 +192,7 @@ fn models_lists_audio_entries_with_their_input_spec() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let audio: Vec<&serde_json::Value> = v.as_array().unwrap().iter().filter(|e| e["modality"] == "audio").collect();
     let names: Vec<&str> = audio.iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["whisper_tiny_en", "whisper_base", "wav2vec2_base", "hubert_base"]);
+    assert_eq!(names, vec!["whisper_tiny_en", "whisper_base", "wav2vec2_base", "hubert_base", "wavlm_base_plus"]);
     assert_eq!(audio[0]["input"]["sample_rate"], 16000);
     assert_eq!(audio[0]["input"]["features"], "log-mel 80");
     assert_eq!(audio[2]["input"]["features"], "waveform");

