@@ -25,6 +25,7 @@ pub use crate::cache::{default_cache_root, sha256_hex, FeatureCache};
 use crate::data::Skip;
 use crate::engine::{autocast_cpu, Precision};
 use crate::error::{Error, Result};
+pub use crate::learn::timings::ExtractTiming;
 use crate::models::registry::ImageInput;
 use crate::models::{Mode, Model};
 use crate::preprocess::{decode_prepared, header_of, DecodeOptions, Source};
@@ -59,21 +60,6 @@ pub struct Extracted {
     /// Truncated files kept because the decode options allow them.
     pub truncated_kept: usize,
     pub timing: ExtractTiming,
-}
-
-/// Where an extraction's wall time went, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct ExtractTiming {
-    /// The whole extraction.
-    pub wall_s: f64,
-    /// The backbone's forward passes (with stacking the batch and copying features out).
-    pub backbone_s: f64,
-    /// The backbone thread waiting for decoded images.
-    pub starved_s: f64,
-    /// Reading, hashing, decoding and preparing, summed over the decoding threads.
-    pub decode_s: f64,
-    /// Decoding threads (they share the cores with the backbone's intra-op threads).
-    pub decode_threads: usize,
 }
 
 /// The most bytes the decoding threads of one extraction hold at once.

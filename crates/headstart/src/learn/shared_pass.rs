@@ -150,7 +150,7 @@ where
 /// The slices' records and rows, in rank order, as one process's [`Featurised`]: skipped files
 /// sorted by path when every slice listed them so (as image extraction does), counts summed,
 /// warnings that differ only in a leading count added up.
-fn merge(parts: Vec<Part>, rows: &[Tensor], timing: Option<crate::features::ExtractTiming>) -> Featurised {
+fn merge(parts: Vec<Part>, rows: &[Tensor], timing: Option<crate::learn::timings::ExtractTiming>) -> Featurised {
     let mut out = Featurised::all(0);
     out.features = Tensor::cat(rows, 0);
     out.timing = timing;

@@ -47,7 +47,7 @@ pub struct Featurised {
     pub reused: usize,
     pub warnings: Vec<String>,
     /// Where the encoder pass's time went, for encoders that measure it.
-    pub timing: Option<crate::features::ExtractTiming>,
+    pub timing: Option<crate::learn::timings::ExtractTiming>,
 }
 
 impl Featurised {

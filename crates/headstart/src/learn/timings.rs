@@ -5,7 +5,20 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::features::ExtractTiming;
+/// Where a feature extraction's wall time went, in seconds (every modality reports it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ExtractTiming {
+    /// The whole extraction.
+    pub wall_s: f64,
+    /// The backbone's forward passes (with stacking the batch and copying features out).
+    pub backbone_s: f64,
+    /// The backbone thread waiting for decoded inputs.
+    pub starved_s: f64,
+    /// Reading, hashing, decoding and preparing, summed over the decoding threads.
+    pub decode_s: f64,
+    /// Decoding threads (they share the cores with the backbone's intra-op threads).
+    pub decode_threads: usize,
+}
 
 /// A `train` run's time, in seconds.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -178,7 +178,7 @@ pub struct Embedded {
     /// Where the time went: `decode_s` is tokenising (on the calling thread, so
     /// `decode_threads` is 0 and the encoder is never starved), `backbone_s` the encoder's
     /// batches; the rest of `wall_s` is cache lookups and writes.
-    pub timing: crate::features::ExtractTiming,
+    pub timing: crate::learn::timings::ExtractTiming,
 }
 
 /// Texts tokenised and embedded at a time (bounds the memory of their chunks).
@@ -218,7 +218,7 @@ pub fn embed(
     }
     let reused = texts.len() - todo.len();
     let mut chunks = 0;
-    let mut timing = crate::features::ExtractTiming::default();
+    let mut timing = crate::learn::timings::ExtractTiming::default();
     progress.start("embed", todo.len() as u64);
     for group in todo.chunks(EMBED_GROUP) {
         let group_texts: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
