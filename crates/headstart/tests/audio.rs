@@ -467,6 +467,31 @@ fn whisper_clip_embeddings_pool_real_frames_across_windows() {
     assert!(diff < 1e-5, "long clip: {diff:.3e}");
 }
 
+/// Pooling reads only the batch's longest real prefix, and so computes the last layer run for
+/// those frames alone: every readout equals pooling the whole window's states.
+#[test]
+fn whisper_pooling_on_the_real_prefix_equals_pooling_the_whole_window() {
+    use headstart::models::audio::whisper::pooled;
+    use headstart::models::audio::Readout;
+    let x = vec(&golden("audio.golden.safetensors").tensor("resample.speech.wav.16000").unwrap());
+    let (enc, _) = WhisperEncoder::open(fixtures().join("whisper_tiny_random").to_str().unwrap()).unwrap();
+    let fe = WhisperFeatures::new(80).unwrap();
+    let clips: Vec<&[f32]> = vec![&x[..4000], &x, &x[..900]];
+    let feats = fe.extract(&clips, Device::Cpu);
+    let real: Vec<usize> = clips.iter().map(|c| encoder_frames(c.len(), 1500)).collect();
+    assert!(real.iter().all(|&r| r < 1500), "{real:?}");
+    let states = tch::no_grad(|| enc.hidden_states(&feats, Mode::Eval)).unwrap();
+    let last = states.len() - 1;
+    let readouts = [(Readout::Output, vec![last]), (Readout::Layer(1), vec![1]), (Readout::Layer(0), vec![0]), (Readout::All, (0..=last).collect())];
+    for (readout, layers) in readouts {
+        let got = pooled(&enc, &feats, readout, &real).unwrap();
+        let want = Tensor::cat(&layers.iter().map(|&i| pool_real(&states[i], &real)).collect::<Vec<_>>(), 1);
+        let diff = max_diff(&vec(&got), &vec(&want));
+        println!("{readout:?}: max |diff| {diff:.2e}");
+        assert!(diff < 1e-5, "{readout:?}: {diff:.3e}");
+    }
+}
+
 /// The `clip` window: Whisper run over a clip's own seconds against transformers'
 /// `WhisperEncoder` modules run by hand over the same first frames of `WhisperFeatureExtractor`'s
 /// features (its forward insists on 30 s), in every hidden state, for clips in 1, 2 and 3 s

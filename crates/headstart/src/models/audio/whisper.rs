@@ -132,13 +132,22 @@ pub fn pool_real(h: &Tensor, real: &[usize]) -> Tensor {
 
 /// The windows' log-mel frames `feats` through the encoder to `readout`, each row pooled over
 /// its first `real` frames: `[B, D]`, or `[B, (layers + 1)·D]` for every hidden state.
+///
+/// Only the batch's longest real prefix is read out, so the last layer run computes its
+/// queries, feed-forward and final layer norm for those frames alone (every frame still serves
+/// as a key and value, as it must: the earlier layers run whole). Rows are computed
+/// independently, so the result equals pooling the full output.
 pub fn pooled(enc: &WhisperEncoder, feats: &Tensor, readout: super::Readout, real: &[usize]) -> Result<Tensor> {
     use super::Readout;
+    let prefix = real.iter().copied().max().unwrap_or(1).max(1) as i64;
     tch::no_grad(|| {
         Ok(match readout {
-            Readout::Output => pool_real(&enc.forward(feats, Mode::Eval)?, real),
-            Readout::Layer(n) => pool_real(&enc.forward_to(feats, n, Mode::Eval)?, real),
-            Readout::All => Tensor::cat(&enc.hidden_states(feats, Mode::Eval)?.iter().map(|h| pool_real(h, real)).collect::<Vec<_>>(), 1),
+            Readout::Output => pool_real(&enc.prefix_states(feats, enc.layers.len(), prefix, false)?[0], real),
+            Readout::Layer(n) => pool_real(&enc.prefix_states(feats, n, prefix, false)?[0], real),
+            Readout::All => {
+                let states = enc.prefix_states(feats, enc.layers.len(), prefix, true)?;
+                Tensor::cat(&states.iter().map(|h| pool_real(h, real)).collect::<Vec<_>>(), 1)
+            }
         })
     })
 }
@@ -349,15 +358,22 @@ impl WhisperEncoder {
     }
 
     fn layer(&self, i: usize, x: &Tensor, mode: Mode) -> Tensor {
+        self.layer_rows(i, x, None, mode)
+    }
+
+    /// Layer `i`; with `rows = Some(k)` only the first `k` positions' outputs are computed
+    /// (queries, attention output, feed-forward), while every position is a key and value.
+    fn layer_rows(&self, i: usize, x: &Tensor, rows: Option<i64>, mode: Mode) -> Tensor {
         let (l, train) = (&self.layers[i], mode.is_train());
         let (b, t, d) = x.size3().expect("[B, T, D]");
-        let heads = |y: Tensor| y.view([b, t, self.cfg.heads, -1]).transpose(1, 2);
+        let k = rows.map_or(t, |k| k.clamp(1, t));
+        let heads = |y: Tensor, n: i64| y.view([b, n, self.cfg.heads, -1]).transpose(1, 2);
         let h = x.apply(&l.ln_attn);
         let p = if train { self.cfg.attention_dropout } else { 0.0 };
-        let ctx =
-            Tensor::scaled_dot_product_attention(&heads(h.apply(&l.q)), &heads(h.apply(&l.k)), &heads(h.apply(&l.v)), None::<&Tensor>, p, false, None, false);
-        let a = ctx.transpose(1, 2).reshape([b, t, d]).apply(&l.out).dropout(self.cfg.dropout, train);
-        let x = x + a;
+        let q = heads(if k < t { h.narrow(1, 0, k) } else { h.shallow_clone() }.apply(&l.q), k);
+        let ctx = Tensor::scaled_dot_product_attention(&q, &heads(h.apply(&l.k), t), &heads(h.apply(&l.v), t), None::<&Tensor>, p, false, None, false);
+        let a = ctx.transpose(1, 2).reshape([b, k, d]).apply(&l.out).dropout(self.cfg.dropout, train);
+        let x = if k < t { x.narrow(1, 0, k) } else { x.shallow_clone() } + a;
         let h = x.apply(&l.ln_ffn).apply(&l.fc1).gelu("none").dropout(self.cfg.activation_dropout, train);
         &x + h.apply(&l.fc2).dropout(self.cfg.dropout, train)
     }
@@ -378,6 +394,28 @@ impl WhisperEncoder {
             let next = self.layer(i, states.last().expect("stem"), mode);
             states.push(if i + 1 == self.layers.len() { next.apply(&self.ln) } else { next });
         }
+        Ok(states)
+    }
+
+    /// Hidden state `n` (`layers` = the final output) for the first `prefix` frames, in eval
+    /// mode: one tensor, or with `all` every state `0..=n` (each cut to the prefix). The layers
+    /// before the `n`-th run over every frame; the `n`-th computes only the prefix's outputs.
+    pub fn prefix_states(&self, features: &Tensor, n: usize, prefix: i64, all: bool) -> Result<Vec<Tensor>> {
+        self.check_input(features)?;
+        if n > self.layers.len() {
+            return Err(Error::Model(format!("layer {n}: the encoder has hidden states 0..={}", self.layers.len())));
+        }
+        let mut x = self.stem(features, Mode::Eval);
+        let cut = |h: &Tensor| h.narrow(1, 0, prefix.clamp(1, h.size()[1]));
+        let mut states = vec![];
+        for i in 0..n {
+            if all {
+                states.push(cut(&x));
+            }
+            x = self.layer_rows(i, &x, (i + 1 == n).then_some(prefix), Mode::Eval);
+        }
+        let x = cut(&x);
+        states.push(if n == self.layers.len() { x.apply(&self.ln) } else { x });
         Ok(states)
     }
 
