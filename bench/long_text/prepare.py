@@ -5,10 +5,11 @@ form of the Reuters-21578 collection (21,578 newswire articles of 1987 with topi
 Kept: articles with exactly one topic among acq, earn, trade, crude, money-fx and interest
 whose title + body is longer than one all-MiniLM-L6-v2 window (more than 254 word-piece tokens
 without the special tokens), at most 80 per topic, chosen with seed 0. Text: title, newline,
-body. Split 60/40 stratified by topic, seed 0.
+body. Split 60/40 stratified by topic, seed 0; with SPLIT_SEED > 0 the same articles are split
+again, each topic reshuffled with that seed (the resplits of run.sh's accuracy check).
 
-Usage: prepare.py REUTERS_DIR TOKENIZER_JSON OUT_DIR   (run with .venv-ref's python: it counts
-tokens with the `tokenizers` package)
+Usage: prepare.py REUTERS_DIR TOKENIZER_JSON OUT_DIR [SPLIT_SEED]   (run with .venv-ref's
+python: it counts tokens with the `tokenizers` package)
 """
 import csv, glob, json, random, sys
 from collections import Counter
@@ -20,6 +21,7 @@ TOPICS = ["acq", "earn", "trade", "crude", "money-fx", "interest"]
 PER_TOPIC, WINDOW = 80, 254
 
 src, tok_path, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+split_seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 out.mkdir(parents=True, exist_ok=True)
 docs = []
 for f in sorted(glob.glob(str(src / "*.json"))):
@@ -37,10 +39,12 @@ lengths = [len(e.ids) for e in tok.encode_batch([r[0] for r in rows], add_specia
 long_rows = [(r, n) for r, n in zip(rows, lengths) if n > WINDOW]
 rng = random.Random(0)
 train, test = [], []
-for topic in TOPICS:
+for i, topic in enumerate(TOPICS):
     group = [x for x in long_rows if x[0][1] == topic]
     rng.shuffle(group)
     group = group[:PER_TOPIC]
+    if split_seed:
+        random.Random(split_seed * 100 + i).shuffle(group)
     k = round(len(group) * 0.4)
     test += group[:k]
     train += group[k:]

@@ -2,6 +2,9 @@
 chunks headstart reads, scikit-learn fits the classifier.
 
   reference.py chunks|truncate MODEL_DIR TRAIN.csv TEST.csv [OVERLAP [MAX_CHUNKS]]
+  reference.py resplits chunks|truncate MODEL_DIR SPLITS_DIR   (accuracy only: every text of
+      SPLITS_DIR/*/train.csv and test.csv is embedded once, then the head is fitted and scored
+      on each split; prints one JSON line per split)
 
 chunks: each text is cut by the model's own (fast) tokenizer into windows of max_seq_length
 tokens with the special tokens (return_overflowing_tokens, stride = OVERLAP, default 0), the
@@ -58,7 +61,37 @@ def chunk_embeddings(m, texts, overlap, max_chunks):
     return (docs / counts[:, None]).numpy(), len(chunks)
 
 
+def embed(m, policy, texts, overlap=0, max_chunks=16):
+    if policy == "chunks":
+        return chunk_embeddings(m, texts, overlap, max_chunks)
+    return m.encode(texts, batch_size=32), len(texts)
+
+
+def fit_score(ftr, ytr, fte, yte):
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(ftr, ytr)
+    return float(np.mean(clf.predict(fte) == np.array(yte)))
+
+
+def resplits():
+    from pathlib import Path
+    policy, model_dir, root = sys.argv[2:5]
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    splits = sorted(d for d in Path(root).iterdir() if (d / "train.csv").exists())
+    parts = {d.name: (read(d / "train.csv"), read(d / "test.csv")) for d in splits}
+    texts = sorted({t for (xtr, _), (xte, _) in parts.values() for t in xtr + xte})
+    m = SentenceTransformer(model_dir, device="cpu")
+    m.eval()
+    emb, _ = embed(m, policy, texts)
+    row = {t: i for i, t in enumerate(texts)}
+    for name, ((xtr, ytr), (xte, yte)) in parts.items():
+        acc = fit_score(emb[[row[t] for t in xtr]], ytr, emb[[row[t] for t in xte]], yte)
+        print(json.dumps({"split": name, "policy": policy, "test_accuracy": acc}))
+
+
 def main():
+    if sys.argv[1] == "resplits":
+        return resplits()
     policy, model_dir, train, test = sys.argv[1:5]
     overlap = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     max_chunks = int(sys.argv[6]) if len(sys.argv) > 6 else 16
@@ -68,18 +101,11 @@ def main():
     m = SentenceTransformer(model_dir, device="cpu")
     m.eval()
     t = time.perf_counter()
-    if policy == "chunks":
-        ftr, ctr = chunk_embeddings(m, xtr, overlap, max_chunks)
-        fte, cte = chunk_embeddings(m, xte, overlap, max_chunks)
-        n_chunks = ctr + cte
-    else:
-        ftr = m.encode(xtr, batch_size=32)
-        fte = m.encode(xte, batch_size=32)
-        n_chunks = len(xtr) + len(xte)
+    ftr, ctr = embed(m, policy, xtr, overlap, max_chunks)
+    fte, cte = embed(m, policy, xte, overlap, max_chunks)
+    n_chunks = ctr + cte
     encode_s = time.perf_counter() - t
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    clf.fit(ftr, ytr)
-    acc = float(np.mean(clf.predict(fte) == np.array(yte)))
+    acc = fit_score(ftr, ytr, fte, yte)
     print(json.dumps({"tool": "sentence-transformers+sklearn", "policy": policy, "overlap": overlap, "chunks": n_chunks,
                       "encode_seconds": encode_s, "seconds": time.perf_counter() - T0, "test_accuracy": acc}))
 

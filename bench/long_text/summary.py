@@ -1,7 +1,8 @@
 """Reads bench/long_text/out and prints the side-by-side figures as JSON: per tool and policy,
 test accuracy and the fastest round's wall and CPU seconds (headstart: train + eval, cold
 cache, the reference's logistic regression), and headstart's default head on the cached
-embeddings."""
+embeddings; then both tools' test accuracy on every resplit of the articles, and the mean and
+spread of the difference."""
 import glob, json, re, sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ def times(name):
 
 rounds = sorted({int(m.group(1)) for f in glob.glob(str(out / "pt_*_*.time")) if (m := re.search(r"_(\d+)\.time$", f))})
 rows = []
-for policy in ["chunks", "truncate"]:
+for policy in ["chunks", "truncate"] if rounds else []:
     hs, pt = [], []
     for r in rounds:
         tw, tc, trss = times(f"hs_{policy}_train_{r}")
@@ -54,4 +55,24 @@ for policy in ["chunks", "truncate"]:
                  "all_rounds": {"headstart": hs, "reference": pt},
                  "accuracy_points": round(100 * (h["test_accuracy"] - p["test_accuracy"]), 2),
                  "wall_ratio": round(h["wall_s"] / p["wall_s"], 3), "cpu_ratio": round(h["cpu_s"] / p["cpu_s"], 3)})
-print(json.dumps({"rounds": len(rounds), "results": rows}, indent=1))
+resplits = []
+for policy in ["chunks", "truncate"]:
+    ref_file = out / f"split_pt_{policy}.jsonl"
+    if not ref_file.exists():
+        continue
+    ref = {}
+    for line in ref_file.read_text().splitlines():
+        r = json.loads(line)
+        ref[r["split"]] = r["test_accuracy"]
+    per = []
+    for split in sorted(ref, key=lambda x: int(x[1:])):
+        hs = json.loads((out / f"split_hs_{policy}_{split}.json").read_text())["accuracy"]
+        per.append({"split": split, "headstart": hs, "reference": ref[split], "points": round(100 * (hs - ref[split]), 2)})
+    d = [x["points"] for x in per]
+    mean = sum(d) / len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)) ** 0.5
+    resplits.append({"policy": policy, "splits": len(per), "headstart_mean": round(sum(x["headstart"] for x in per) / len(per), 4),
+                     "reference_mean": round(sum(x["reference"] for x in per) / len(per), 4),
+                     "points_mean": round(mean, 2), "points_sd": round(sd, 2), "points_min": min(d), "points_max": max(d),
+                     "splits_within_0.5": sum(1 for x in d if x >= -0.5), "per_split": per})
+print(json.dumps({"rounds": len(rounds), "results": rows, "resplits": resplits}, indent=1))
