@@ -12,7 +12,8 @@
 #     lr 3e-5; EPOCHS, default 1) in fp32 and bf16 vs HF Trainer: training samples/s of the
 #     whole jobs, and of the optimiser steps alone (headstart's `timings.finetune`, a
 #     TrainerCallback on the other side), also without each side's first two steps
-#     (FINETUNE=0 leaves fine-tuning out, FEATURES=0 feature extraction).
+#     (FINETUNE=0 leaves fine-tuning out, FEATURES=0 feature extraction; PRECISIONS, default
+#     "fp32 bf16", the fine-tuning precisions to run).
 # Needs: scripts/setup, scripts/setup --reference, scripts/fetch-assets whisper_tiny_en klettres.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,7 +62,7 @@ python3 "$here/summary.py" "$out" "$windows"
 fi
 n_labels=$(tr ',' '\n' <<< "$langs" | wc -l)
 "$py" "$here/reference.py" make-w2v2 "$out/w2v2-small" "$n_labels" > /dev/null
-for p in fp32 bf16; do
+for p in ${PRECISIONS:-fp32 bf16}; do
   timed "hs_finetune_$p" "$hs" train --mode finetune --data "$data/train.csv" --model "$out/w2v2-small" --epochs "$epochs" --head-epochs 0 \
     --batch-size 8 --lr 3e-5 --val-split 0 --precision "$p" --out "$out/run-finetune-$p" --no-cache --progress none --json
   timed "pt_finetune_$p" "$py" "$here/reference.py" trainer "$out/w2v2-small" "$data/train.csv" "$p" "$epochs"
