@@ -93,14 +93,23 @@ impl TextTransformer {
     }
 
     /// Unnormalised text embeddings `[B, E]` of token ids `[B, L]`, `L ≤ context_length`.
+    ///
+    /// Attention is causal, so no position after the pooled ones can change them: unless the
+    /// last position is pooled, the padding after the longest text's pooled position is not
+    /// run (a prompt of ten tokens padded to 77 costs ten positions, not 77).
     pub fn encode(&self, ids: &Tensor) -> Tensor {
+        let idx = self.pool_index(ids);
+        let ids = match self.cfg.pool {
+            EotPool::Last => ids.shallow_clone(),
+            EotPool::Argmax | EotPool::FirstId(_) => ids.narrow(1, 0, idx.max().int64_value(&[]) + 1),
+        };
         let (b, l) = ids.size2().expect("[B, L]");
-        let mut x = Tensor::embedding(&self.token, ids, -1, false, false) + self.pos.narrow(0, 0, l);
+        let mut x = Tensor::embedding(&self.token, &ids, -1, false, false) + self.pos.narrow(0, 0, l);
         for blk in &self.blocks {
             x = blk.forward(&x, true);
         }
         let x = x.apply(&self.ln_final);
-        let idx = self.pool_index(ids).to_device(x.device());
+        let idx = idx.to_device(x.device());
         let pooled = x.gather(1, &idx.view([b, 1, 1]).expand([b, 1, self.cfg.width], false), false);
         self.proj.apply(&pooled.squeeze_dim(1))
     }
