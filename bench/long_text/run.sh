@@ -39,9 +39,10 @@ py=$root/.venv-ref/bin/python
 hs=${HEADSTART_BIN:-$root/target/release/headstart}
 timed() { local name=$1; shift; /usr/bin/time -f "%e %U %S %M" -o "$out/$name.time" "$@" > "$out/$name.json"; }
 rm -rf "$out"/*.time "$out"/hs_*.json "$out"/pt_*.json "$out"/run-*
-# Rows, not lines: article bodies hold quoted line breaks.
-n_train=$(python3 -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$data/train.csv")
-l2=$(python3 -c "print(1 / $n_train)")
+# scikit-learn's C = 1 as headstart's L2: 1 / rows (rows, not lines: article bodies hold quoted
+# line breaks).
+l2_of() { python3 -c 'import csv, sys; print(1 / sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$1"; }
+l2=$(l2_of "$data/train.csv")
 for r in $(seq 1 "$rounds"); do
   for policy in chunks truncate; do
     rm -rf "$out/cache"
@@ -69,8 +70,7 @@ if (( splits > 0 )); then
   for policy in chunks truncate; do
     for d in "$out"/splits/s*; do
       s=$(basename "$d")
-      n=$(python3 -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$d/train.csv")
-      "$hs" train --data "$d/train.csv" --model "$model" --long-text "$policy" --val-split 0 --l2 "$(python3 -c "print(1 / $n)")" \
+      "$hs" train --data "$d/train.csv" --model "$model" --long-text "$policy" --val-split 0 --l2 "$(l2_of "$d/train.csv")" \
         --out "$out/split_run-$policy-$s" --cache-dir "$out/cache-splits" --progress none --json > /dev/null
       "$hs" eval "$out/split_run-$policy-$s/bundle" --data "$d/test.csv" --cache-dir "$out/cache-splits" --progress none --json \
         > "$out/split_hs_${policy}_$s.json"

@@ -25,7 +25,7 @@ pub use crate::cache::{default_cache_root, sha256_hex, FeatureCache};
 use crate::data::Skip;
 use crate::engine::{autocast_cpu, Precision};
 use crate::error::{Error, Result};
-pub use crate::learn::timings::ExtractTiming;
+use crate::learn::timings::ExtractTiming;
 use crate::models::registry::ImageInput;
 use crate::models::{Mode, Model};
 use crate::preprocess::{decode_prepared, header_of, DecodeOptions, Source};

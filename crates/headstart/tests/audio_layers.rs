@@ -3,17 +3,16 @@
 //! HuBERT fixtures, short and long clips, both Whisper windows), its own feature-cache key and
 //! bundle record, and the layer-sum head trained on it through the audio block.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{fixture, wav_bytes};
 use headstart::audio::encoder::{AudioModel, WINDOW};
 use headstart::audio::window::AudioWindow;
 use headstart::blocks::audio::{train_audio, AudioOptions, AudioPredictor, AudioTrainRequest};
 use headstart::progress::Silent;
 use headstart::train::{HeadKind, TrainConfig};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name).display().to_string()
-}
 
 /// A clip of tones (class 0: low, 1: high) with a little seeded noise.
 fn clip(c: usize, seed: u64, samples: usize) -> Vec<f32> {
@@ -75,28 +74,9 @@ fn write_set(dir: &Path, per_class: usize) {
         std::fs::create_dir_all(dir.join(name)).unwrap();
         for k in 0..per_class {
             let samples = clip(c, k as u64, 8000 + 800 * (k % 4));
-            std::fs::write(dir.join(name).join(format!("{k}.wav")), wav_bytes(&samples)).unwrap();
+            std::fs::write(dir.join(name).join(format!("{k}.wav")), wav_bytes(&samples, 16000)).unwrap();
         }
     }
-}
-
-/// A mono 16-bit PCM WAV file at 16 kHz.
-fn wav_bytes(samples: &[f32]) -> Vec<u8> {
-    let data: Vec<u8> = samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect();
-    let mut b = b"RIFF".to_vec();
-    b.extend((36 + data.len() as u32).to_le_bytes());
-    b.extend(b"WAVEfmt ");
-    b.extend(16u32.to_le_bytes());
-    b.extend(1u16.to_le_bytes());
-    b.extend(1u16.to_le_bytes());
-    b.extend(16000u32.to_le_bytes());
-    b.extend(32000u32.to_le_bytes());
-    b.extend(2u16.to_le_bytes());
-    b.extend(16u16.to_le_bytes());
-    b.extend(b"data");
-    b.extend((data.len() as u32).to_le_bytes());
-    b.extend(data);
-    b
 }
 
 /// Trained through the audio block: the layer-sum head and its weights in the outcome, the

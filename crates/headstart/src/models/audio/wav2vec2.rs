@@ -486,17 +486,29 @@ impl Wav2Vec2Encoder {
     }
 
     /// Runs stages `range` on `x` (the waveform for stage 0).
-    fn run(&self, range: std::ops::Range<usize>, x: Tensor, lengths: Option<&[usize]>, mode: Mode, states: &mut Option<Vec<Tensor>>) -> Tensor {
+    ///
+    /// `bias` holds WavLM's position bias once a layer stage has computed it, for a later call
+    /// over the following stages: it comes from the first layer, so when that layer is frozen
+    /// the bias of the frozen call is the one the trainable call needs, and when it trains the
+    /// frozen call runs no layer and leaves it to the trainable one.
+    fn run(
+        &self,
+        range: std::ops::Range<usize>,
+        x: Tensor,
+        lengths: Option<&[usize]>,
+        mode: Mode,
+        states: &mut Option<Vec<Tensor>>,
+        bias: &mut Option<Tensor>,
+    ) -> Tensor {
         let mut x = x;
         let mut mask = None;
-        let mut bias = None;
         for s in range {
             if s >= 1 && mask.is_none() {
                 let t = if s == 1 { x.size()[2] } else { x.size()[1] };
                 mask = lengths.map(|l| self.frame_mask(l, t, x.device()));
             }
             if s >= 2 && bias.is_none() {
-                bias = self.position_bias(x.size()[1], x.device());
+                *bias = self.position_bias(x.size()[1], x.device());
             }
             x = match s {
                 0 => self.extract(&x),
@@ -523,7 +535,7 @@ impl Wav2Vec2Encoder {
     pub fn hidden_states(&self, wave: &Tensor, lengths: Option<&[usize]>, mode: Mode) -> Result<Vec<Tensor>> {
         self.check_input(wave, lengths)?;
         let mut states = Some(vec![]);
-        let _last = self.run(0..self.stages.len(), wave.shallow_clone(), lengths, mode, &mut states);
+        let _last = self.run(0..self.stages.len(), wave.shallow_clone(), lengths, mode, &mut states, &mut None);
         Ok(states.expect("collected"))
     }
 
@@ -534,7 +546,7 @@ impl Wav2Vec2Encoder {
         if n > self.layers.len() {
             return Err(Error::Model(format!("layer {n}: the encoder has hidden states 0..={}", self.layers.len())));
         }
-        Ok(self.run(0..n + 2, wave.shallow_clone(), lengths, mode, &mut None))
+        Ok(self.run(0..n + 2, wave.shallow_clone(), lengths, mode, &mut None, &mut None))
     }
 
     /// Stage 0 alone, without autograd: the convolutional feature encoder's output `[B, C, T]`
@@ -550,11 +562,12 @@ impl Wav2Vec2Encoder {
     pub fn forward_from_features(&self, feats: &Tensor, lengths: Option<&[usize]>, first_trainable: usize, mode: Mode) -> Tensor {
         let n = self.stages.len();
         let first = first_trainable.clamp(1, n);
-        let x = tch::no_grad(|| self.run(1..first, feats.shallow_clone(), lengths, Mode::Eval, &mut None));
+        let mut bias = None;
+        let x = tch::no_grad(|| self.run(1..first, feats.shallow_clone(), lengths, Mode::Eval, &mut None, &mut bias));
         if first == n {
             return tch::no_grad(|| self.finish(x));
         }
-        self.finish(self.run(first..n, x, lengths, mode, &mut None))
+        self.finish(self.run(first..n, x, lengths, mode, &mut None, &mut bias))
     }
 
     /// The final hidden states `[B, T, D]`; stages before `first_trainable` run without autograd
@@ -563,10 +576,11 @@ impl Wav2Vec2Encoder {
         self.check_input(wave, lengths)?;
         let n = self.stages.len();
         let first = first_trainable.min(n);
-        let x = tch::no_grad(|| self.run(0..first, wave.shallow_clone(), lengths, Mode::Eval, &mut None));
+        let mut bias = None;
+        let x = tch::no_grad(|| self.run(0..first, wave.shallow_clone(), lengths, Mode::Eval, &mut None, &mut bias));
         if first == n {
             return Ok(tch::no_grad(|| self.finish(x)));
         }
-        Ok(self.finish(self.run(first..n, x, lengths, mode, &mut None)))
+        Ok(self.finish(self.run(first..n, x, lengths, mode, &mut None, &mut bias)))
     }
 }

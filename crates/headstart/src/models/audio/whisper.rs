@@ -388,49 +388,44 @@ impl WhisperEncoder {
 
     /// Every hidden state (`layers + 1` of them), as `output_hidden_states` gives them.
     pub fn hidden_states(&self, features: &Tensor, mode: Mode) -> Result<Vec<Tensor>> {
-        self.check_input(features)?;
-        let mut states = vec![self.stem(features, mode)];
-        for i in 0..self.layers.len() {
-            let next = self.layer(i, states.last().expect("stem"), mode);
-            states.push(if i + 1 == self.layers.len() { next.apply(&self.ln) } else { next });
-        }
-        Ok(states)
+        self.states(features, self.layers.len(), None, true, mode)
     }
 
     /// Hidden state `n` (`layers` = the final output) for the first `prefix` frames, in eval
     /// mode: one tensor, or with `all` every state `0..=n` (each cut to the prefix). The layers
     /// before the `n`-th run over every frame; the `n`-th computes only the prefix's outputs.
     pub fn prefix_states(&self, features: &Tensor, n: usize, prefix: i64, all: bool) -> Result<Vec<Tensor>> {
-        self.check_input(features)?;
-        if n > self.layers.len() {
-            return Err(Error::Model(format!("layer {n}: the encoder has hidden states 0..={}", self.layers.len())));
-        }
-        let mut x = self.stem(features, Mode::Eval);
-        let cut = |h: &Tensor| h.narrow(1, 0, prefix.clamp(1, h.size()[1]));
-        let mut states = vec![];
-        for i in 0..n {
-            if all {
-                states.push(cut(&x));
-            }
-            x = self.layer_rows(i, &x, (i + 1 == n).then_some(prefix), Mode::Eval);
-        }
-        let x = cut(&x);
-        states.push(if n == self.layers.len() { x.apply(&self.ln) } else { x });
-        Ok(states)
+        self.states(features, n, Some(prefix), all, Mode::Eval)
     }
 
     /// Hidden state `n` (0 = after the stem, `layers` = the final output) without running the
     /// layers after it: `--layer N`.
     pub fn forward_to(&self, features: &Tensor, n: usize, mode: Mode) -> Result<Tensor> {
+        Ok(self.states(features, n, None, false, mode)?.remove(0))
+    }
+
+    /// Hidden state `n`, or with `all` every state `0..=n`; with `prefix`, each cut to its
+    /// first frames, the `n`-th layer computing only those.
+    fn states(&self, features: &Tensor, n: usize, prefix: Option<i64>, all: bool, mode: Mode) -> Result<Vec<Tensor>> {
         self.check_input(features)?;
         if n > self.layers.len() {
             return Err(Error::Model(format!("layer {n}: the encoder has hidden states 0..={}", self.layers.len())));
         }
+        let cut = |h: Tensor| match prefix {
+            Some(p) => h.narrow(1, 0, p.clamp(1, h.size()[1])),
+            None => h,
+        };
         let mut x = self.stem(features, mode);
+        let mut states = vec![];
         for i in 0..n {
-            x = self.layer(i, &x, mode);
+            if all {
+                states.push(cut(x.shallow_clone()));
+            }
+            x = self.layer_rows(i, &x, prefix.filter(|_| i + 1 == n), mode);
         }
-        Ok(if n == self.layers.len() { x.apply(&self.ln) } else { x })
+        let x = cut(x);
+        states.push(if n == self.layers.len() { x.apply(&self.ln) } else { x });
+        Ok(states)
     }
 
     /// The final hidden states `[B, T/2, D]`. Stages before `first_trainable` run without
